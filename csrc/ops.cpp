@@ -1,0 +1,14 @@
+// The one place where sparseflow's operator schemas live. Kernels register per dispatch key in their
+// family folders (csrc/<family>/*_cpu.cpp, *_cuda.cpp); fakes (meta kernels) and autograd are in
+// python/sparseflow/_meta.py, which the dispatcher imports on demand through set_python_module.
+#include <torch/library.h>
+
+TORCH_LIBRARY(sparseflow, m) {
+  m.set_python_module("sparseflow._meta");
+
+  // ---- N:M family (csrc/nm) ----
+  // Dense [rows, cols] with <= n non-zeros per group of m columns -> (values, uint8 in-group positions).
+  m.def("nm_compress(Tensor dense, int n, int m) -> (Tensor values, Tensor indices)");
+  // Inverse of nm_compress: scatter values to their positions; validates every position.
+  m.def("nm_decompress(Tensor values, Tensor indices, int n, int m) -> Tensor");
+}
