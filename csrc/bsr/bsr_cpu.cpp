@@ -248,13 +248,17 @@ at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& meta, const at:
     w.scale = scale.data_ptr<float>();
   }
 
-  at::Tensor x2 = x.reshape({-1, in_features});
+  at::Tensor x2 = x.reshape({c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1), in_features});
   if (x2.stride(-1) != 1 || (x2.size(0) > 1 && x2.stride(0) < in_features)) x2 = x2.contiguous();
   const int64_t M = x2.size(0);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = out_features;
   at::Tensor y = at::empty({M, out_features}, x.options().dtype(scalar_type(req.out)));
-  if (M == 0 || out_features == 0) return y.view(out_shape);
+  if (M == 0 || out_features == 0) {  // no kernel runs to check the indices on the way
+    const uint16_t* idx = w.indices;
+    check_max_index(w, indices.numel() == 0 ? 0 : *std::max_element(idx, idx + indices.numel()));
+    return y.view(out_shape);
+  }
 
   at::Tensor bias_f;
   Epilogue ep;

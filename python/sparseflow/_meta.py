@@ -70,6 +70,12 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _check_same_device(op: str, arg: str, t: torch.Tensor, others: dict) -> None:
+    for name, o in others.items():
+        if o is not None and o.device != t.device:
+            raise ValueError(f"{op}: {arg} and {name} must be on the same device, got {t.device} and {o.device}")
+
+
 @torch.library.register_fake("sparseflow::bsr_pack")
 def _bsr_pack_fake(crow, col, values, out_features, in_features, kernel="auto"):
     op = "sparseflow.bsr_pack"
@@ -79,6 +85,7 @@ def _bsr_pack_fake(crow, col, values, out_features, in_features, kernel="auto"):
     _check_dim(op, "crow", crow, 1, "[out_features/R + 1]")
     _check_dim(op, "col", col, 1, "[nnz_blocks]")
     _check_dim(op, "values", values, 3, "[nnz_blocks, R, C]")
+    _check_same_device(op, "crow", crow, {"col": col, "values": values})
     if out_features < 0 or not 0 <= in_features <= 65536:
         raise ValueError(f"{op}: out_features must be >= 0 and in_features in [0, 65536], got {out_features}, {in_features}")
     _, R, C = values.shape
@@ -118,6 +125,8 @@ def _bsr_linear_fake(x, meta, rowptr, indices, packed_values, compensation, out_
     _check_dtype(op, "rowptr", rowptr, (torch.int32,))
     _check_dtype(op, "indices", indices, (torch.int16,))
     _check_dtype(op, "compensation", compensation, (torch.int32,))
+    _check_same_device(op, "x", x, {"rowptr": rowptr, "indices": indices, "packed_values": packed_values,
+                                     "compensation": compensation, "bias": bias, "weight_scale": weight_scale})
     allowed = (torch.float32, torch.bfloat16) + ((torch.int32,) if is_int8 else ())
     if out_dtype is not None and out_dtype not in allowed:
         raise TypeError(f"{op}: out_dtype must be float32 or bfloat16 (int32 for int8 weights), got {out_dtype}")

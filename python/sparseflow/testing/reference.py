@@ -152,7 +152,7 @@ def bsr_pack(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, out_fe
     block_rows = _ceil_div(N, rows)
     padded = torch.zeros(block_rows * rows, _ceil_div(K, cols) * cols, dtype=dense.dtype)
     padded[:N, :K] = dense
-    blocks = padded.reshape(block_rows, rows, -1, cols).permute(0, 2, 1, 3)  # [block_rows, K/cols, rows, cols]
+    blocks = padded.reshape(block_rows, rows, _ceil_div(K, cols), cols).permute(0, 2, 1, 3)  # [br, K/cols, rows, cols]
     nonzero = (blocks != 0).flatten(2).any(-1)
     rowptr, indices, vals = [0], [], []
     for r in range(block_rows):
@@ -162,6 +162,7 @@ def bsr_pack(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, out_fe
         kc = torch.cat([kc, kc[-1:].expand(count - real)])  # padding blocks repeat the last index...
         b = blocks[r, kc].clone()  # [count, rows, cols]
         b[real:] = 0  # ...and hold zeros
+        b[b == 0] = 0  # -0.0 is stored as +0.0
         rowptr.append(rowptr[-1] + count)
         indices.append(kc * cols)
         if layout == "4x1":  # tile t: byte 4c + j = W[4r + c, k of block 4t + j]
@@ -312,7 +313,7 @@ def bsr_linear_dense(x: torch.Tensor, weight: torch.Tensor, bias=None, weight_sc
         raise ValueError(f"bias must have shape [{N}]")
     if weight.dtype == torch.int8 and weight_scale is not None and weight_scale.shape != (N,):
         raise ValueError(f"weight_scale must have shape [{N}]")
-    x2 = x.reshape(-1, K)
+    x2 = x.reshape(x.shape[:-1].numel(), K)
     out_dtype = out_dtype or x.dtype
     if out_dtype == torch.int32:
         y = bsr_int8_accumulator(x2, weight)
