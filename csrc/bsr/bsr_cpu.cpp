@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <memory>
+#include <new>
 #include <vector>
 
 #include "bsr_common.h"
@@ -16,12 +18,52 @@ namespace {
 // int8 batches up to this many tokens run the decode kernel (lanes = output channels, one gather per 4
 // tokens); larger ones the panel kernel (lanes = tokens). Measured crossover on AVX512_VNNI: see
 // python/sparseflow/bench/cpu_linear.py.
-constexpr int64_t kInt8DecodeMaxTokens = 16;
+constexpr int64_t kInt8DecodeMaxTokens = 8;
 // Tokens per task along M: the activation slice a thread re-reads for each of its block-rows stays in L2.
 constexpr int64_t kFloatTokensPerTask = 128;
-constexpr int64_t kInt8PanelsPerTask = 4;
+constexpr int64_t kInt8PanelsPerTask = 2;
 // Work of a block-row's epilogue in units of one block, for balancing threads.
 constexpr int64_t kRowCost = 8;
+
+// Activation scratch (quantized tokens, panels) kept per calling thread between calls: fresh multi-MB
+// buffers would cost page faults on every call. Requests above kScratchKeepBytes get a temporary buffer.
+constexpr size_t kScratchKeepBytes = size_t(64) << 20;
+enum ScratchSlot { kSlotXq = 0, kSlotPanels, kSlotScale, kSlotZp, kSlots };
+
+class Scratch {
+ public:
+  template <typename T>
+  T* get(ScratchSlot slot, int64_t count) {
+    const size_t bytes = std::max<size_t>(64, size_t(count) * sizeof(T));
+    Buffer& b = buffers_[slot];
+    if (bytes > kScratchKeepBytes) {
+      temporaries_.push_back(at::empty({int64_t(bytes)}, at::TensorOptions().dtype(at::kByte)));
+      return reinterpret_cast<T*>(temporaries_.back().data_ptr<uint8_t>());
+    }
+    if (bytes > b.size) {
+      b.ptr.reset(static_cast<uint8_t*>(::operator new(bytes, std::align_val_t(64))));
+      b.size = bytes;
+    }
+    return reinterpret_cast<T*>(b.ptr.get());
+  }
+  void release_temporaries() { temporaries_.clear(); }
+
+ private:
+  struct Free {
+    void operator()(uint8_t* p) const { ::operator delete(p, std::align_val_t(64)); }
+  };
+  struct Buffer {
+    std::unique_ptr<uint8_t, Free> ptr;
+    size_t size = 0;
+  };
+  Buffer buffers_[kSlots];
+  std::vector<at::Tensor> temporaries_;
+};
+
+Scratch& thread_scratch() {
+  thread_local Scratch scratch;
+  return scratch;
+}
 
 // Splits block-rows into `parts` contiguous ranges of about equal work (blocks + kRowCost per row).
 std::vector<int64_t> split_rows(const int32_t* rowptr, int64_t block_rows, int64_t parts) {
@@ -140,15 +182,14 @@ uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cp
   const bool x_bf16 = x2.scalar_type() == at::kBFloat16;
   if (isa >= CpuIsa::kAvx512 && w.layout == Layout::kF16x1) {
     const int64_t panels = ceil_div(M, kF32PanelTokens);
-    at::Tensor xt;
     if (M == 1 && !x_bf16) {
       a.xt = x2.data_ptr<float>();  // one token: its panel [K][1] is the row itself
     } else {
-      xt = at::empty({M * K}, x2.options().dtype(at::kFloat));
+      float* xt = thread_scratch().get<float>(kSlotPanels, M * K);
       at::parallel_for(0, panels, 1, [&](int64_t b, int64_t e) {
-        transpose_panels_f32_avx512(x2.data_ptr(), x_bf16, x2.stride(0), M, K, xt.data_ptr<float>(), b, e);
+        transpose_panels_f32_avx512(x2.data_ptr(), x_bf16, x2.stride(0), M, K, xt, b, e);
       });
-      a.xt = xt.data_ptr<float>();
+      a.xt = xt;
     }
     const int64_t per_task = kFloatTokensPerTask / kF32PanelTokens;
     const int64_t m_parts = ceil_div(panels, per_task);
@@ -175,18 +216,15 @@ uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cp
 
 uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, CpuIsa isa) {
   const int64_t M = x2.size(0), K = w.K;
-  const auto bytes = x2.options().dtype(at::kByte);
-  at::Tensor xq = at::empty({M, K}, bytes);
-  at::Tensor x_scale = at::empty({M}, x2.options().dtype(at::kFloat));
-  at::Tensor x_zp = at::empty({M}, x2.options().dtype(at::kInt));
+  Scratch& scratch = thread_scratch();
   QuantArgs q;
   q.x = x2.data_ptr();
   q.x_bf16 = x2.scalar_type() == at::kBFloat16;
   q.ldx = x2.stride(0);
   q.K = K;
-  q.xq = xq.data_ptr<uint8_t>();
-  q.scale = x_scale.data_ptr<float>();
-  q.zp = x_zp.data_ptr<int32_t>();
+  q.xq = scratch.get<uint8_t>(kSlotXq, M * K);
+  q.scale = scratch.get<float>(kSlotScale, M);
+  q.zp = scratch.get<int32_t>(kSlotZp, M);
   at::parallel_for(0, M, 4, [&](int64_t b, int64_t e) {
     if (isa >= CpuIsa::kAvx512) {
       quantize_rows_avx512(q, b, e);
@@ -203,18 +241,16 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
   a.x_zp = q.zp;
   if (isa >= CpuIsa::kAvx512Vnni && M <= kInt8DecodeMaxTokens) {
     const int64_t groups = ceil_div(M, kVnniGroupTokens);
-    at::Tensor xp = at::empty({groups * K * kVnniGroupTokens}, bytes);
-    build_groups_u8_avx512(q.xq, M, K, xp.data_ptr<uint8_t>(), 0, groups);
-    a.xp = xp.data_ptr<uint8_t>();
+    uint8_t* xp = scratch.get<uint8_t>(kSlotPanels, groups * K * kVnniGroupTokens);
+    build_groups_u8_avx512(q.xq, M, K, xp, 0, groups);
+    a.xp = xp;
     return run_tasks(w, 1, [&](int64_t b, int64_t e, int64_t) { return linear_int8_vnni_decode(a, b, e, 0, M); });
   }
   if (isa >= CpuIsa::kAvx512Vnni) {
     const int64_t panels = ceil_div(M, kVnniPanelTokens);
-    at::Tensor xp = at::empty({panels * K * kVnniPanelTokens}, bytes);
-    at::parallel_for(0, panels, 1, [&](int64_t b, int64_t e) {
-      build_panels_u8_avx512(q.xq, M, K, xp.data_ptr<uint8_t>(), b, e);
-    });
-    a.xp = xp.data_ptr<uint8_t>();
+    uint8_t* xp = scratch.get<uint8_t>(kSlotPanels, panels * K * kVnniPanelTokens);
+    at::parallel_for(0, panels, 1, [&](int64_t b, int64_t e) { build_panels_u8_avx512(q.xq, M, K, xp, b, e); });
+    a.xp = xp;
     const int64_t m_parts = ceil_div(panels, kInt8PanelsPerTask);
     return run_tasks(w, m_parts, [&](int64_t b, int64_t e, int64_t mp) {
       return linear_int8_vnni(a, b, e, mp * kInt8PanelsPerTask, std::min(panels, (mp + 1) * kInt8PanelsPerTask));
@@ -272,6 +308,7 @@ at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& meta, const at:
   ep.ldy = out_features;
   const CpuIsa isa = selected_cpu_isa();
   const uint32_t max_index = w.dtype == DType::kS8 ? run_int8(w, ep, x2, isa) : run_float(w, ep, x2, isa);
+  thread_scratch().release_temporaries();
   check_max_index(w, max_index);
   return y.view(out_shape);
 }

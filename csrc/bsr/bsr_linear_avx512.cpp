@@ -26,16 +26,12 @@ inline __m512 load_weights(const void* values, int64_t b) {
 
 // One block-row of the 16x1 layout against one panel of MT tokens.
 template <int MT, bool kBf16>
-uint32_t row_16x1(const FloatArgs& a, int64_t r, const float* panel, int64_t m0) {
+void row_16x1(const FloatArgs& a, int64_t r, const float* panel, int64_t m0) {
   const Weight& w = a.w;
   __m512 acc[MT];
   for (int t = 0; t < MT; ++t) acc[t] = _mm512_setzero_ps();
-  uint32_t max_index = 0;
-  const int64_t kmax = w.K - 1;
   for (int64_t b = w.rowptr[r]; b < w.rowptr[r + 1]; ++b) {
-    const uint32_t k = w.indices[b];
-    max_index = std::max(max_index, k);
-    const float* xk = panel + std::min<int64_t>(k, kmax) * MT;
+    const float* xk = panel + int64_t(w.indices[b]) * MT;
     const __m512 wv = load_weights<kBf16>(w.values, b);
 #pragma GCC unroll 16
     for (int t = 0; t < MT; ++t) acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(xk[t]), wv, acc[t]);
@@ -48,27 +44,27 @@ uint32_t row_16x1(const FloatArgs& a, int64_t r, const float* panel, int64_t m0)
     const __m512 v = activate_ps(_mm512_add_ps(acc[t], bias), a.ep.act);
     store_lanes(v, a.ep.out, static_cast<char*>(a.ep.y) + ((m0 + t) * a.ep.ldy + n0) * esize, rows);
   }
-  return max_index;
 }
 
 template <bool kBf16>
 uint32_t rows_16x1(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin, int64_t p_end) {
   uint32_t max_index = 0;
   for (int64_t r = br_begin; r < br_end; ++r) {
+    const uint32_t mi = max_u16(a.w.indices + a.w.rowptr[r], a.w.rowptr[r + 1] - a.w.rowptr[r]);
+    max_index = std::max(max_index, mi);
+    if (mi >= a.w.K) continue;  // corrupted: reported by the caller, never read
     for (int64_t p = p_begin; p < p_end; ++p) {
       const int64_t m0 = p * kF32PanelTokens;
       const float* panel = a.xt + m0 * a.w.K;
-      uint32_t mi = 0;
       switch (std::min<int64_t>(kF32PanelTokens, a.M - m0)) {
 #define SPARSEFLOW_CASE(n) \
-  case n: mi = row_16x1<n, kBf16>(a, r, panel, m0); break;
+  case n: row_16x1<n, kBf16>(a, r, panel, m0); break;
         SPARSEFLOW_CASE(1) SPARSEFLOW_CASE(2) SPARSEFLOW_CASE(3) SPARSEFLOW_CASE(4) SPARSEFLOW_CASE(5)
         SPARSEFLOW_CASE(6) SPARSEFLOW_CASE(7) SPARSEFLOW_CASE(8) SPARSEFLOW_CASE(9) SPARSEFLOW_CASE(10)
         SPARSEFLOW_CASE(11) SPARSEFLOW_CASE(12) SPARSEFLOW_CASE(13) SPARSEFLOW_CASE(14) SPARSEFLOW_CASE(15)
         SPARSEFLOW_CASE(16)
 #undef SPARSEFLOW_CASE
       }
-      max_index = std::max(max_index, mi);
     }
   }
   return max_index;
@@ -97,16 +93,13 @@ inline __m512 reduce16(const __m512 a[16]) {
 
 // One output row of the 1x16 layout against MT tokens starting at m0.
 template <int MT, bool kBf16>
-uint32_t row_1x16(const FloatArgs& a, int64_t n, int64_t m0) {
+void row_1x16(const FloatArgs& a, int64_t n, int64_t m0) {
   const Weight& w = a.w;
   __m512 acc[16];
   for (int t = 0; t < 16; ++t) acc[t] = _mm512_setzero_ps();
-  uint32_t max_index = 0;
   const float* x = a.x + m0 * a.ldx;
   for (int64_t b = w.rowptr[n]; b < w.rowptr[n + 1]; ++b) {
-    const uint32_t k = w.indices[b];
-    max_index = std::max(max_index, k);
-    const int64_t kc = std::min<int64_t>(k, w.K - 1);
+    const int64_t kc = w.indices[b];
     const __m512 wv = load_weights<kBf16>(w.values, b);
     if (kc + 16 <= w.K) {
 #pragma GCC unroll 16
@@ -136,25 +129,25 @@ uint32_t row_1x16(const FloatArgs& a, int64_t n, int64_t m0) {
     _mm512_store_ps(out, v);
     for (int t = 0; t < MT; ++t) static_cast<float*>(a.ep.y)[(m0 + t) * a.ep.ldy + n] = out[t];
   }
-  return max_index;
 }
 
 template <bool kBf16>
 uint32_t rows_1x16(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t m_begin, int64_t m_end) {
   uint32_t max_index = 0;
   for (int64_t n = br_begin; n < br_end; ++n) {
+    const uint32_t mi = max_u16(a.w.indices + a.w.rowptr[n], a.w.rowptr[n + 1] - a.w.rowptr[n]);
+    max_index = std::max(max_index, mi);
+    if (mi >= a.w.K) continue;  // corrupted: reported by the caller, never read
     for (int64_t m0 = m_begin; m0 < m_end; m0 += 16) {
-      uint32_t mi = 0;
       switch (std::min<int64_t>(16, m_end - m0)) {
 #define SPARSEFLOW_CASE(c) \
-  case c: mi = row_1x16<c, kBf16>(a, n, m0); break;
+  case c: row_1x16<c, kBf16>(a, n, m0); break;
         SPARSEFLOW_CASE(1) SPARSEFLOW_CASE(2) SPARSEFLOW_CASE(3) SPARSEFLOW_CASE(4) SPARSEFLOW_CASE(5)
         SPARSEFLOW_CASE(6) SPARSEFLOW_CASE(7) SPARSEFLOW_CASE(8) SPARSEFLOW_CASE(9) SPARSEFLOW_CASE(10)
         SPARSEFLOW_CASE(11) SPARSEFLOW_CASE(12) SPARSEFLOW_CASE(13) SPARSEFLOW_CASE(14) SPARSEFLOW_CASE(15)
         SPARSEFLOW_CASE(16)
 #undef SPARSEFLOW_CASE
       }
-      max_index = std::max(max_index, mi);
     }
   }
   return max_index;

@@ -5,12 +5,13 @@
 // (k0..k3). The four activation rows k0..k3 of a 64-token panel (64 bytes each) are interleaved with two
 // rounds of unpacks into four registers whose dword j is (x[t, k0], x[t, k1], x[t, k2], x[t, k3]) for 16
 // tokens t, and each output channel's weight dword is broadcast against them: 4 loads + 8 unpacks +
-// 4 broadcasts feed 16 vpdpbusd (1024 multiply-adds).
+// 4 broadcasts feed 16 vpdpbusd (1024 multiply-adds). Block-rows are processed 16 at a time against each
+// panel, so their weights stay in L1/L2 while the panels (at most 4, 256 KiB each for K=4096) sit in L2.
 //
 // Decode kernel (few tokens; lanes = 4 tiles x 4 output channels): one zmm load brings the weights of
-// 4 tiles; one vpgatherdd fetches, for 4 tokens at once, the 16 activation dwords of their 16 input
-// channels, and a vpshufb per token turns them into each tile's (x[k0], x[k1], x[k2], x[k3]) dword. Weight
-// bytes streamed per non-zero: 1 + 2/4 (16-bit index per 4x1 block).
+// 4 tiles; 16 dword loads fetch, for 4 tokens at once, the activations of their 16 input channels, and a
+// vpshufb per token turns them into each tile's (x[k0], x[k1], x[k2], x[k3]) dword. Weight bytes streamed
+// per non-zero: 1 + 2/4 (16-bit index per 4x1 block).
 #include <algorithm>
 #include <vector>
 
@@ -27,65 +28,22 @@ inline int32_t weight_dword(const int8_t* tile, int c) {
   return v;
 }
 
-// Dequantizes 16 accumulators of output channel n for 16 tokens (lanes) and returns them as fp32 bits
-// (or the compensated int32 itself for int32 output).
-inline __m512 dequant_tokens(const Int8Args& a, __m512i acc, int64_t n, __m512i zp, __m512 sx) {
-  acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(zp, _mm512_set1_epi32(a.w.compensation[n])));
-  if (a.ep.out == DType::kS32) return _mm512_castsi512_ps(acc);
-  __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(sx, _mm512_set1_ps(a.w.scale[n])));
-  if (a.ep.bias != nullptr) v = _mm512_add_ps(v, _mm512_set1_ps(a.ep.bias[n]));
-  return activate_ps(v, a.ep.act);
-}
+// Block-rows whose raw accumulators are staged before one finishing pass: the pass transposes them to
+// token-major order and writes 64 contiguous channels per token, instead of 16 bytes into each of 64 token
+// rows per block-row (which thrashed the TLB: output rows are out_features * 4 bytes apart).
+constexpr int kStageRows = 16;
+constexpr int kStageChannels = 4 * kStageRows;
 
-// Stores 4 channels (c[0..3], lanes = 16 tokens from m0) into y[m0 + j, n0 .. n0 + rows).
-inline void store_4x16(const Int8Args& a, const __m512 c[4], int64_t m0, int64_t tokens, int64_t n0, int64_t rows) {
-  const __m512 u0 = _mm512_unpacklo_ps(c[0], c[1]), u1 = _mm512_unpackhi_ps(c[0], c[1]);
-  const __m512 u2 = _mm512_unpacklo_ps(c[2], c[3]), u3 = _mm512_unpackhi_ps(c[2], c[3]);
-  // lane L of t[e]: channels 0..3 of token 4L + e
-  const __m512 t[4] = {_mm512_shuffle_ps(u0, u2, 0x44), _mm512_shuffle_ps(u0, u2, 0xEE),
-                       _mm512_shuffle_ps(u1, u3, 0x44), _mm512_shuffle_ps(u1, u3, 0xEE)};
-  const __mmask8 m4 = __mmask8((1u << rows) - 1);
-  if (a.ep.out == DType::kBF16) {
-    auto* y = static_cast<uint16_t*>(a.ep.y);
-    for (int e = 0; e < 4; ++e) {
-      const __m256i h = cvt_bf16(t[e]);  // lane L's 4 values are 16-bit elements 4L..4L+3
-      alignas(32) uint16_t buf[16];
-      _mm256_store_si256((__m256i*)buf, h);
-      for (int L = 0; L < 4; ++L) {
-        const int64_t j = 4 * L + e;
-        if (j < tokens) _mm_mask_storeu_epi16(y + (m0 + j) * a.ep.ldy + n0, m4, _mm_loadl_epi64((const __m128i*)(buf + 4 * L)));
-      }
-    }
-    return;
-  }
-  auto* y = static_cast<float*>(a.ep.y);  // int32 output is stored through the same bits
-  for (int e = 0; e < 4; ++e) {
-    const __m128 l[4] = {_mm512_castps512_ps128(t[e]), _mm512_extractf32x4_ps(t[e], 1),
-                         _mm512_extractf32x4_ps(t[e], 2), _mm512_extractf32x4_ps(t[e], 3)};
-    for (int L = 0; L < 4; ++L) {
-      const int64_t j = 4 * L + e;
-      if (j < tokens) _mm_mask_storeu_ps(y + (m0 + j) * a.ep.ldy + n0, m4, l[L]);
-    }
-  }
-}
-
-// One block-row against one 64-token panel, of which Q groups of 16 tokens are in use.
+// One block-row against one 64-token panel, of which Q groups of 16 tokens are in use; raw accumulators go
+// to stage[c][16q .. 16q + 15] for the row's channels c. The caller has checked the block-row's indices.
 template <int Q>
-uint32_t row_panel(const Int8Args& a, int64_t r, const uint8_t* panel, int64_t m0) {
-  const Weight& w = a.w;
+void row_panel(const Weight& w, int64_t r, const uint8_t* panel, int32_t* stage) {
   const auto* values = static_cast<const int8_t*>(w.values);
   __m512i acc[4][Q];
   for (int c = 0; c < 4; ++c)
     for (int q = 0; q < Q; ++q) acc[c][q] = _mm512_setzero_si512();
-  uint32_t max_index = 0;
-  const uint32_t kmax = static_cast<uint32_t>(w.K - 1);
   for (int64_t b = w.rowptr[r]; b < w.rowptr[r + 1]; b += 4) {
-    uint32_t k[4];
-    for (int j = 0; j < 4; ++j) {
-      k[j] = w.indices[b + j];
-      max_index = std::max(max_index, k[j]);
-      k[j] = std::min(k[j], kmax);
-    }
+    const uint16_t* k = w.indices + b;
     const __m512i r0 = _mm512_loadu_si512(panel + k[0] * kVnniPanelTokens);
     const __m512i r1 = _mm512_loadu_si512(panel + k[1] * kVnniPanelTokens);
     const __m512i r2 = _mm512_loadu_si512(panel + k[2] * kVnniPanelTokens);
@@ -104,29 +62,67 @@ uint32_t row_panel(const Int8Args& a, int64_t r, const uint8_t* panel, int64_t m
     for (int c = 0; c < 4; ++c) {
       const __m512i wc = _mm512_set1_epi32(weight_dword(tile, c));
 #pragma GCC unroll 4
-      for (int q = 0; q < Q; ++q) acc[c][q] = _mm512_dpbusd_epi32(acc[c][q], x[q], wc);
+      for (int q = 0; q < Q; ++q) acc[c][q] = dpbusd(acc[c][q], x[q], wc);
     }
   }
-  const int64_t n0 = r * 4, rows = std::min<int64_t>(4, w.N - n0);
-  for (int q = 0; q < Q; ++q) {
-    const int64_t mq = m0 + 16 * q, tokens = std::min<int64_t>(16, a.M - mq);
-    if (tokens <= 0) break;
-    const __mmask16 valid = lanes16(tokens);
-    const __m512i zp = _mm512_maskz_loadu_epi32(valid, a.x_zp + mq);
-    const __m512 sx = _mm512_maskz_loadu_ps(valid, a.x_scale + mq);
-    __m512 c[4];
-    for (int ch = 0; ch < 4; ++ch) {
-      c[ch] = ch < rows ? dequant_tokens(a, acc[ch][q], n0 + ch, zp, sx) : _mm512_setzero_ps();
+  for (int c = 0; c < 4; ++c)
+    for (int q = 0; q < Q; ++q) _mm512_store_si512(stage + c * kVnniPanelTokens + 16 * q, acc[c][q]);
+}
+
+// Dequantizes the staged accumulators of channels [n0, n0 + channels) and tokens [m0, m0 + tokens) and
+// stores them to y: per 16x16 (channel, token) block, a register transpose, then lanes = channels.
+void finish_stage(const Int8Args& a, const int32_t* stage, int64_t n0, int64_t channels, int64_t m0,
+                  int64_t tokens) {
+  const int64_t esize = a.ep.out == DType::kBF16 ? 2 : 4;
+  for (int64_t g = 0; g < channels; g += 16) {
+    const int64_t n = n0 + g;
+    const __mmask16 cm = lanes16(channels - g);
+    const __m512i comp = _mm512_maskz_loadu_epi32(cm, a.w.compensation + n);
+    const bool raw = a.ep.out == DType::kS32;
+    const __m512 sw = raw ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(cm, a.w.scale + n);
+    const __m512 bias = a.ep.bias != nullptr ? _mm512_maskz_loadu_ps(cm, a.ep.bias + n) : _mm512_setzero_ps();
+    for (int64_t q = 0; q < tokens; q += 16) {
+      __m512 t[16];
+      for (int i = 0; i < 16; ++i) {
+        t[i] = _mm512_castsi512_ps(_mm512_load_si512(stage + (g + i) * kVnniPanelTokens + q));
+      }
+      transpose16x16_ps(t);  // t[j]: token m0 + q + j, lanes = channels n .. n + 15
+      const int64_t count = std::min<int64_t>(16, tokens - q);
+      for (int64_t j = 0; j < count; ++j) {
+        const int64_t m = m0 + q + j;
+        const __m512i acc = _mm512_sub_epi32(_mm512_castps_si512(t[j]), _mm512_mullo_epi32(_mm512_set1_epi32(a.x_zp[m]), comp));
+        char* y = static_cast<char*>(a.ep.y) + (m * a.ep.ldy + n) * esize;
+        if (raw) {
+          _mm512_mask_storeu_epi32(y, cm, acc);
+          continue;
+        }
+        __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(_mm512_set1_ps(a.x_scale[m]), sw), bias);
+        store_lanes(activate_ps(v, a.ep.act), a.ep.out, y, channels - g);
+      }
     }
-    store_4x16(a, c, mq, tokens, n0, rows);
   }
-  return max_index;
+}
+
+// The activation dwords x4[k] of up to 16 blocks (4 tiles) as one vector, lane 4t + j = block 4t + j:
+// explicit loads and inserts, because vpgatherdd is several times slower on the CPUs measured.
+inline __m512i gather_quad(const int* x4, const uint16_t* k, int64_t blocks) {
+  auto tile = [&](int t) {
+    __m128i v = _mm_cvtsi32_si128(x4[k[4 * t]]);
+    v = _mm_insert_epi32(v, x4[k[4 * t + 1]], 1);
+    v = _mm_insert_epi32(v, x4[k[4 * t + 2]], 2);
+    return _mm_insert_epi32(v, x4[k[4 * t + 3]], 3);
+  };
+  __m512i r = _mm512_castsi128_si512(tile(0));
+  if (blocks > 4) r = _mm512_inserti32x4(r, tile(1), 1);
+  if (blocks > 8) r = _mm512_inserti32x4(r, tile(2), 2);
+  if (blocks > 12) r = _mm512_inserti32x4(r, tile(3), 3);
+  return r;
 }
 
 // Decode: one block-row for MT <= 16 tokens (groups of 4 in xp); writes the compensated int32 sums of the
-// block-row's 4 channels to acc_out[t * 4 + c].
+// block-row's 4 channels to acc_out[t * 4 + c]. The caller has checked the block-row's indices.
 template <int MT>
-uint32_t row_decode(const Int8Args& a, int64_t r, int32_t* acc_out) {
+void row_decode(const Int8Args& a, int64_t r, int32_t* acc_out) {
   constexpr int G = (MT + 3) / 4;
   const Weight& w = a.w;
   const auto* values = static_cast<const int8_t*>(w.values);
@@ -137,21 +133,16 @@ uint32_t row_decode(const Int8Args& a, int64_t r, int32_t* acc_out) {
   for (int t = 0; t < 4; ++t) {  // dword c of each lane gathers byte t of that lane's 4 dwords
     ctl[t] = _mm512_set1_epi32(t | (4 + t) << 8 | (8 + t) << 16 | (12 + t) << 24);
   }
-  const __m512i kmax = _mm512_set1_epi32(static_cast<int>(w.K - 1));
-  __m512i seen = _mm512_setzero_si512();
   const int64_t end = w.rowptr[r + 1];
   for (int64_t b = w.rowptr[r]; b < end; b += 16) {
     const __mmask16 m = lanes16(end - b);
-    __m512i idx = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, w.indices + b));
-    seen = _mm512_max_epu32(seen, idx);
-    idx = _mm512_min_epu32(idx, kmax);
     const __m512i wv = _mm512_maskz_loadu_epi32(m, values + b * 4);
 #pragma GCC unroll 4
     for (int g = 0; g < G; ++g) {
-      const __m512i xg = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, x4 + g * w.K, 4);
+      const __m512i xg = gather_quad(x4 + g * w.K, w.indices + b, end - b);
 #pragma GCC unroll 4
       for (int t = 0; t < 4; ++t) {
-        if (4 * g + t < MT) acc[4 * g + t] = _mm512_dpbusd_epi32(acc[4 * g + t], _mm512_shuffle_epi8(xg, ctl[t]), wv);
+        if (4 * g + t < MT) acc[4 * g + t] = dpbusd(acc[4 * g + t], _mm512_shuffle_epi8(xg, ctl[t]), wv);
       }
     }
   }
@@ -166,7 +157,6 @@ uint32_t row_decode(const Int8Args& a, int64_t r, int32_t* acc_out) {
     _mm_storeu_si128((__m128i*)(acc_out + 4 * t),
                      _mm_sub_epi32(_mm512_castsi512_si128(s), _mm_mullo_epi32(zp, compv)));
   }
-  return _mm512_reduce_max_epu32(seen);
 }
 
 // Dequantizes and stores y[m, n0 .. n1) from compensated int32 sums.
@@ -195,7 +185,10 @@ uint32_t rows_decode(const Int8Args& a, int64_t br_begin, int64_t br_end) {
   uint32_t max_index = 0;
   const int64_t width = n_end - n_begin;
   for (int64_t r = br_begin; r < br_end; ++r) {
-    max_index = std::max(max_index, row_decode<MT>(a, r, row.data()));
+    const uint32_t mi = max_u16(a.w.indices + a.w.rowptr[r], a.w.rowptr[r + 1] - a.w.rowptr[r]);
+    max_index = std::max(max_index, mi);
+    if (mi >= a.w.K) continue;  // corrupted: reported by the caller, never read
+    row_decode<MT>(a, r, row.data());
     const int64_t c0 = r * 4 - n_begin, rows = std::min<int64_t>(4, a.w.N - r * 4);
     for (int t = 0; t < MT; ++t) {
       for (int64_t c = 0; c < rows; ++c) sums[t * width + c0 + c] = row[4 * t + c];
@@ -208,19 +201,28 @@ uint32_t rows_decode(const Int8Args& a, int64_t br_begin, int64_t br_end) {
 }  // namespace
 
 uint32_t linear_int8_vnni(const Int8Args& a, int64_t br_begin, int64_t br_end, int64_t p_begin, int64_t p_end) {
+  const Weight& w = a.w;
+  alignas(64) int32_t stage[kStageChannels * kVnniPanelTokens];
   uint32_t max_index = 0;
-  for (int64_t r = br_begin; r < br_end; ++r) {
+  for (int64_t r0 = br_begin; r0 < br_end; r0 += kStageRows) {
+    const int64_t r1 = std::min(br_end, r0 + kStageRows);
+    const uint32_t mi = max_u16(w.indices + w.rowptr[r0], w.rowptr[r1] - w.rowptr[r0]);
+    max_index = std::max(max_index, mi);
+    if (mi >= w.K) continue;  // corrupted: reported by the caller, never read
+    const int64_t n0 = r0 * 4, channels = std::min(w.N, r1 * 4) - n0;
     for (int64_t p = p_begin; p < p_end; ++p) {
-      const int64_t m0 = p * kVnniPanelTokens;
-      const uint8_t* panel = a.xp + m0 * a.w.K;
-      uint32_t mi = 0;
-      switch ((std::min<int64_t>(kVnniPanelTokens, a.M - m0) + 15) / 16) {
-        case 1: mi = row_panel<1>(a, r, panel, m0); break;
-        case 2: mi = row_panel<2>(a, r, panel, m0); break;
-        case 3: mi = row_panel<3>(a, r, panel, m0); break;
-        default: mi = row_panel<4>(a, r, panel, m0); break;
+      const int64_t m0 = p * kVnniPanelTokens, tokens = std::min<int64_t>(kVnniPanelTokens, a.M - m0);
+      const uint8_t* panel = a.xp + m0 * w.K;
+      for (int64_t r = r0; r < r1; ++r) {
+        int32_t* st = stage + (r - r0) * 4 * kVnniPanelTokens;
+        switch ((tokens + 15) / 16) {
+          case 1: row_panel<1>(w, r, panel, st); break;
+          case 2: row_panel<2>(w, r, panel, st); break;
+          case 3: row_panel<3>(w, r, panel, st); break;
+          default: row_panel<4>(w, r, panel, st); break;
+        }
       }
-      max_index = std::max(max_index, mi);
+      finish_stage(a, stage, n0, channels, m0, tokens);
     }
   }
   return max_index;
