@@ -107,13 +107,16 @@ struct FloatArgs {
   Weight w;
   Epilogue ep;
   int64_t M = 0;
-  const float* x = nullptr;  // row-major [M, ldx] (portable and 1x16 kernels)
+  const float* x = nullptr;  // portable kernel: row-major [M, ldx]
   int64_t ldx = 0;
-  const float* xt = nullptr;  // 16x1 AVX-512 kernel: token panels, see transpose_panels_f32
+  const float* xt = nullptr;  // AVX-512 kernels: token panels, see below
 };
 
-// Token panels of the fp32 16x1 kernel: panel p holds tokens [16p, 16p + w) with w = min(16, M - 16p) as
-// [K][w] at offset 16p * K, so one cache line of a panel serves all its tokens for one input channel.
+// Token panels of the AVX-512 float kernels; panel p holds tokens [16p, 16p + w), w = min(16, M - 16p).
+// 16x1: [K][w] at offset 16p * K, so one cache line serves all the panel's tokens for one input channel.
+// 1x16: [K16 / 16][w][16] at offset 16p * K16 (K16 = K rounded up to 16, zero-padded), so a block's 16
+// input channels are one aligned line per token and the tokens' lines are adjacent (rows of x itself are
+// a multiple of 4 KiB apart for typical K and would fight over the same L1 sets).
 constexpr int kF32PanelTokens = 16;
 
 // int8 weights: activations quantized per token to u8 with a zero point (asymmetric), computed as
@@ -163,10 +166,12 @@ void quantize_rows_avx512(const QuantArgs& q, int64_t m_begin, int64_t m_end);
 // Writes panels [p_begin, p_end) of xt from x rows (fp32 or bf16).
 void transpose_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_t M, int64_t K,
                                  float* xt, int64_t p_begin, int64_t p_end);
+void kblock_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_t M, int64_t K, float* xt,
+                              int64_t p_begin, int64_t p_end);
 uint32_t linear_f16x1_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin,
                              int64_t p_end);
-uint32_t linear_f1x16_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t m_begin,
-                             int64_t m_end);
+uint32_t linear_f1x16_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin,
+                             int64_t p_end);
 
 // ---- AVX512_VNNI (bsr_linear_avx512_vnni.cpp)
 // Builds panels [p_begin, p_end) (main kernel) or groups [g_begin, g_end) (decode) from xq [M, K].

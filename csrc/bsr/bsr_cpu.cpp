@@ -19,8 +19,9 @@ namespace {
 // tokens); larger ones the panel kernel (lanes = tokens). Measured crossover on AVX512_VNNI: see
 // python/sparseflow/bench/cpu_linear.py.
 constexpr int64_t kInt8DecodeMaxTokens = 8;
-// Tokens per task along M: the activation slice a thread re-reads for each of its block-rows stays in L2.
-constexpr int64_t kFloatTokensPerTask = 128;
+// Tokens per task along M: the activation panels a thread re-reads for each of its block-rows stay in L2
+// (16 tokens x K=4096 fp32 = 256 KiB per panel).
+constexpr int64_t kFloatTokensPerTask = 32;
 constexpr int64_t kInt8PanelsPerTask = 2;
 // Work of a block-row's epilogue in units of one block, for balancing threads.
 constexpr int64_t kRowCost = 8;
@@ -197,20 +198,23 @@ uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cp
       return linear_f16x1_avx512(a, b, e, mp * per_task, std::min(panels, (mp + 1) * per_task));
     });
   }
+  if (isa >= CpuIsa::kAvx512) {  // 1x16
+    const int64_t panels = ceil_div(M, kF32PanelTokens);
+    float* xt = thread_scratch().get<float>(kSlotPanels, M * ceil_div(K, 16) * 16);
+    at::parallel_for(0, panels, 1, [&](int64_t b, int64_t e) {
+      kblock_panels_f32_avx512(x2.data_ptr(), x_bf16, x2.stride(0), M, K, xt, b, e);
+    });
+    a.xt = xt;
+    const int64_t per_task = kFloatTokensPerTask / kF32PanelTokens;
+    return run_tasks(w, ceil_div(panels, per_task), [&](int64_t b, int64_t e, int64_t mp) {
+      return linear_f1x16_avx512(a, b, e, mp * per_task, std::min(panels, (mp + 1) * per_task));
+    });
+  }
   const at::Tensor xf = x_bf16 ? x2.to(at::kFloat) : x2;
   a.x = xf.data_ptr<float>();
   a.ldx = xf.stride(0);
-  const int64_t m_parts = ceil_div(M, kFloatTokensPerTask);
-  auto tokens = [&](int64_t mp) { return std::make_pair(mp * kFloatTokensPerTask, std::min(M, (mp + 1) * kFloatTokensPerTask)); };
-  if (isa >= CpuIsa::kAvx512) {
-    return run_tasks(w, m_parts, [&](int64_t b, int64_t e, int64_t mp) {
-      const auto [m0, m1] = tokens(mp);
-      return linear_f1x16_avx512(a, b, e, m0, m1);
-    });
-  }
-  return run_tasks(w, m_parts, [&](int64_t b, int64_t e, int64_t mp) {
-    const auto [m0, m1] = tokens(mp);
-    return linear_float_portable(a, b, e, m0, m1);
+  return run_tasks(w, ceil_div(M, kFloatTokensPerTask), [&](int64_t b, int64_t e, int64_t mp) {
+    return linear_float_portable(a, b, e, mp * kFloatTokensPerTask, std::min(M, (mp + 1) * kFloatTokensPerTask));
   });
 }
 

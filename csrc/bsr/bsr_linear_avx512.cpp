@@ -91,26 +91,17 @@ inline __m512 reduce16(const __m512 a[16]) {
   return _mm512_permutexvar_ps(order, e);
 }
 
-// One output row of the 1x16 layout against MT tokens starting at m0.
+// One output row of the 1x16 layout against the MT tokens of a k-block panel starting at token m0.
 template <int MT, bool kBf16>
-void row_1x16(const FloatArgs& a, int64_t n, int64_t m0) {
+void row_1x16(const FloatArgs& a, int64_t n, const float* panel, int64_t m0) {
   const Weight& w = a.w;
   __m512 acc[16];
   for (int t = 0; t < 16; ++t) acc[t] = _mm512_setzero_ps();
-  const float* x = a.x + m0 * a.ldx;
   for (int64_t b = w.rowptr[n]; b < w.rowptr[n + 1]; ++b) {
-    const int64_t kc = w.indices[b];
+    const float* xk = panel + int64_t(w.indices[b]) * MT;  // block k0 = 16 kb starts at kb * MT * 16
     const __m512 wv = load_weights<kBf16>(w.values, b);
-    if (kc + 16 <= w.K) {
 #pragma GCC unroll 16
-      for (int t = 0; t < MT; ++t) acc[t] = _mm512_fmadd_ps(_mm512_loadu_ps(x + t * a.ldx + kc), wv, acc[t]);
-    } else {
-      const __mmask16 tail = lanes16(w.K - kc);
-#pragma GCC unroll 16
-      for (int t = 0; t < MT; ++t) {
-        acc[t] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, x + t * a.ldx + kc), wv, acc[t]);
-      }
-    }
+    for (int t = 0; t < MT; ++t) acc[t] = _mm512_fmadd_ps(_mm512_load_ps(xk + 16 * t), wv, acc[t]);
   }
   __m512 v;
   if constexpr (MT == 1) {
@@ -132,16 +123,19 @@ void row_1x16(const FloatArgs& a, int64_t n, int64_t m0) {
 }
 
 template <bool kBf16>
-uint32_t rows_1x16(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t m_begin, int64_t m_end) {
+uint32_t rows_1x16(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin, int64_t p_end) {
+  const int64_t k16 = (a.w.K + 15) / 16 * 16;
   uint32_t max_index = 0;
   for (int64_t n = br_begin; n < br_end; ++n) {
     const uint32_t mi = max_u16(a.w.indices + a.w.rowptr[n], a.w.rowptr[n + 1] - a.w.rowptr[n]);
     max_index = std::max(max_index, mi);
     if (mi >= a.w.K) continue;  // corrupted: reported by the caller, never read
-    for (int64_t m0 = m_begin; m0 < m_end; m0 += 16) {
-      switch (std::min<int64_t>(16, m_end - m0)) {
+    for (int64_t p = p_begin; p < p_end; ++p) {
+      const int64_t m0 = p * kF32PanelTokens;
+      const float* panel = a.xt + m0 * k16;
+      switch (std::min<int64_t>(kF32PanelTokens, a.M - m0)) {
 #define SPARSEFLOW_CASE(c) \
-  case c: row_1x16<c, kBf16>(a, n, m0); break;
+  case c: row_1x16<c, kBf16>(a, n, panel, m0); break;
         SPARSEFLOW_CASE(1) SPARSEFLOW_CASE(2) SPARSEFLOW_CASE(3) SPARSEFLOW_CASE(4) SPARSEFLOW_CASE(5)
         SPARSEFLOW_CASE(6) SPARSEFLOW_CASE(7) SPARSEFLOW_CASE(8) SPARSEFLOW_CASE(9) SPARSEFLOW_CASE(10)
         SPARSEFLOW_CASE(11) SPARSEFLOW_CASE(12) SPARSEFLOW_CASE(13) SPARSEFLOW_CASE(14) SPARSEFLOW_CASE(15)
@@ -166,10 +160,10 @@ uint32_t linear_f16x1_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_en
                                    : rows_16x1<false>(a, br_begin, br_end, p_begin, p_end);
 }
 
-uint32_t linear_f1x16_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t m_begin,
-                             int64_t m_end) {
-  return a.w.dtype == DType::kBF16 ? rows_1x16<true>(a, br_begin, br_end, m_begin, m_end)
-                                   : rows_1x16<false>(a, br_begin, br_end, m_begin, m_end);
+uint32_t linear_f1x16_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin,
+                             int64_t p_end) {
+  return a.w.dtype == DType::kBF16 ? rows_1x16<true>(a, br_begin, br_end, p_begin, p_end)
+                                   : rows_1x16<false>(a, br_begin, br_end, p_begin, p_end);
 }
 
 void transpose_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_t M, int64_t K, float* xt,
@@ -190,6 +184,22 @@ void transpose_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_
       transpose16x16_ps(r);
       const int64_t kn = std::min<int64_t>(16, K - k);
       for (int64_t j = 0; j < kn; ++j) _mm512_mask_storeu_ps(panel + (k + j) * width, store_mask, r[j]);
+    }
+  }
+}
+
+void kblock_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_t M, int64_t K, float* xt,
+                              int64_t p_begin, int64_t p_end) {
+  const int64_t esize = x_bf16 ? 2 : 4, k16 = (K + 15) / 16 * 16;
+  for (int64_t p = p_begin; p < p_end; ++p) {
+    const int64_t m0 = p * kF32PanelTokens;
+    const int64_t width = std::min<int64_t>(kF32PanelTokens, M - m0);
+    float* panel = xt + m0 * k16;
+    for (int64_t t = 0; t < width; ++t) {
+      const void* row = static_cast<const char*>(x) + (m0 + t) * ldx * esize;
+      for (int64_t k = 0; k < K; k += 16) {
+        _mm512_store_ps(panel + (k / 16 * width + t) * 16, load_x(row, x_bf16, k, lanes16(K - k)));
+      }
     }
   }
 }
