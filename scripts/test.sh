@@ -14,3 +14,6 @@ cd "$root"
 
 echo "== wheel check"
 bash scripts/check_wheel.sh
+
+echo "== CPU-only torch 2.13 build check"
+bash scripts/check_torch_cpu.sh
