@@ -138,7 +138,9 @@ def _read_header(op: str, sd) -> tuple[str, int]:
         raise TypeError(f"{op}: expected a state dict (a mapping of names to tensors), got {type(sd).__name__}")
     for key in ("format", "format_version"):
         if key not in sd:
-            raise ValueError(f"{op}: the state dict has no {key!r} entry; it was not written by SparseWeight.state_dict()")
+            raise ValueError(
+                f"{op}: the state dict has no {key!r} entry; it was not written by SparseWeight.state_dict()"
+            )
     fmt, version = sd["format"], sd["format_version"]
     if not (isinstance(fmt, torch.Tensor) and fmt.dtype == torch.uint8 and fmt.dim() == 1):
         raise ValueError(f"{op}: 'format' must be a 1-D uint8 tensor of ASCII bytes, got {fmt!r}")
@@ -246,9 +248,10 @@ class SparseWeight:
         if name != target.format_name:
             raise ValueError(f"{op}: the state dict holds format {name!r}, expected {target.format_name!r}")
         if version != target.format_version:
+            newer = " (written by a newer sparseflow?)" if version > target.format_version else ""
             raise ValueError(
                 f"{op}: format_version {version} of {name!r} is not supported: this sparseflow reads version "
-                f"{target.format_version}" + (" (written by a newer sparseflow?)" if version > target.format_version else "")
+                f"{target.format_version}{newer}"
             )
         required = {"format", "format_version", *target._int_fields, *target._tensor_fields}
         missing = sorted(required - sd.keys())
@@ -284,7 +287,8 @@ class SparseWeight:
             if self.scale is not None:
                 bad = _first(~torch.isfinite(self.scale) | (self.scale < 0))
                 if bad is not None:
-                    raise ValueError(f"{op}: scale[{bad[0]}] is {self.scale[bad[0]].item()}; scales must be finite and >= 0")
+                    value = self.scale[bad[0]].item()
+                    raise ValueError(f"{op}: scale[{bad[0]}] is {value}; scales must be finite and >= 0")
 
     def _check_scale(self, op: str) -> None:
         out = self.shape[0]
@@ -605,7 +609,9 @@ class BlockSparseWeight(SparseWeight):
                 f"{crow[i].item()} (block-row {i})"
             )
         if crow[-1].item() != nnz:
-            raise IndexError(f"{op}: crow[-1] = crow[{ob}] must equal nnz_blocks = {nnz} (the length of col), got {crow[-1].item()}")
+            raise IndexError(
+                f"{op}: crow[-1] = crow[{ob}] must equal nnz_blocks = {nnz} (the length of col), got {crow[-1].item()}"
+            )
         rows = self._block_rows()
         bad = _first((col < 0) | (col >= ib))
         if bad is not None:
