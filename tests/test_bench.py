@@ -56,6 +56,15 @@ def test_measure_min_time_adds_samples_and_max_time_stops_them():
     assert t.n == harness.MAX_SAMPLES  # the sample cap ends a long min_time on a trivial function
 
 
+def test_measure_warmup_respects_the_time_budget():
+    calls = []
+    slow = busy(5.0)
+    t = harness.measure(lambda: (calls.append(1), slow()), warmup=50, repeats=3, min_time_s=0.0, max_time_s=0.02,
+                        device="cpu")
+    # Warm-up stops after ~10 ms (2-3 calls), then the estimating call, then the 3+ samples.
+    assert t.n >= 3 and len(calls) <= 3 + 1 + t.n
+
+
 def test_measure_side_by_side_keeps_each_function_apart():
     fast, slow = harness.measure_side_by_side([busy(0.5), busy(3.0)], warmup=1, repeats=4, min_time_s=0.0,
                                               device="cpu")
@@ -208,6 +217,8 @@ def test_compare_flags_regressions(tmp_path):
     assert results.compare(old, new)[1].status == "faster"
     text = report.compare_table(results.compare(old, new), 0.1)
     assert "REGRESSION" in text and "1 regression(s)" in text
+    text = report.compare_table(results.compare(old, new[:1]), 0.1)
+    assert "1 row(s) of the old run were not run this time" in text and "toy s=0.75" not in text
 
 
 def _is_png(path) -> bool:

@@ -121,7 +121,8 @@ def measure(fn: Callable[[], Any], *, warmup: int = 3, repeats: int = 10, min_ti
             device: torch.device | str = "cpu") -> Timing:
     """Time ``fn()`` and return the median, quartiles, extremes and every sample (ms).
 
-    ``warmup`` untimed calls first (at least one, which also estimates the cost). Then samples until there
+    ``warmup`` untimed calls first (at least one, which also estimates the cost; with ``max_time_s``, no more
+    once they took half of it). Then samples until there
     are at least ``repeats`` and they add up to at least ``min_time_s``; with ``max_time_s`` it stops once
     the samples add up to that (keeping at least ``min(repeats, 3)``), so a slow baseline cannot stall a run.
     ``cold_cache`` writes ``flush_bytes`` (default :func:`default_flush_bytes`) before every timed call.
@@ -150,7 +151,10 @@ def measure_side_by_side(fns: Sequence[Callable[[], Any]], *, warmup: int = 3, r
     try:
         estimates = []
         for fn in fns:
+            start = time.perf_counter()
             for _ in range(max(warmup - 1, 0)):
+                if max_time_s is not None and time.perf_counter() - start >= max_time_s / 2:
+                    break  # a slow function is warm after one call; don't spend its time budget twice
                 fn()
             estimates.append(timer(fn, 1, flush, device)[0])
         samples: list[list[float]] = [[] for _ in fns]

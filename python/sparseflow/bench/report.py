@@ -71,15 +71,20 @@ def results_table(rows: list[Row]) -> str:
 
 
 def compare_table(comparisons: list[Comparison], tolerance: float) -> str:
+    """Rows of this run against the old run; old rows this run did not measure are only counted."""
+    shown = [c for c in comparisons if c.status != "gone"]
     headers = ["case", "suite", "device", "old [ms]", "new [ms]", "new/old", "old speedup", "new speedup", "status"]
     lines = [[c.key[1], c.key[0], c.key[2], fmt(c.old_ms), fmt(c.new_ms), fmt(c.ratio, 3), fmt(c.old_speedup, 3),
               fmt(c.new_speedup, 3), c.status.upper() if c.status == "regression" else c.status]
-             for c in comparisons]
-    table = format_table(headers, lines)
+             for c in shown]
+    out = [format_table(headers, lines)]
+    gone = len(comparisons) - len(shown)
+    if gone:
+        out.append(f"{gone} row(s) of the old run were not run this time")
     regressions = sum(c.status == "regression" for c in comparisons)
-    summary = (f"{regressions} regression(s): new/old time above {1 + tolerance:.2f}" if regressions
+    out.append(f"{regressions} regression(s): new/old time above {1 + tolerance:.2f}" if regressions
                else f"no regressions (tolerance {tolerance:.0%})")
-    return f"{table}\n{summary}"
+    return "\n".join(out)
 
 
 def require_matplotlib():
@@ -114,11 +119,12 @@ def plot(rows: list[Row], path: str, sparsity_axis: dict[str, bool]) -> None:
                 ax.plot([r.sparsity for r in members], [r.speedup for r in members], marker="o", label=family)
             ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
             ax.set_xlabel("sparsity")
-            ax.set_ylabel("speedup [x]")
+            ax.set_ylabel("speedup [x] vs fastest baseline")
             ax.legend(fontsize="small")
         else:
             labels = [r.case for r in group]
-            ax.barh(range(len(group)), [r.speedup for r in group], color="tab:blue")
+            colors = ["tab:green" if r.speedup >= 1 else "tab:red" for r in group]
+            ax.barh(range(len(group)), [r.speedup for r in group], color=colors)
             ax.set_yticks(range(len(group)), labels, fontsize="small")
             ax.invert_yaxis()
             ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
