@@ -217,3 +217,18 @@ def test_streamed_bytes_shrink_with_sparsity(dtype, block, bytes_per_nonzero):
         assert stored_nonzeros <= (1 - sparsity) * 1.08 + 4 * 4 / K  # padding to whole tiles only
         assert previous is None or streamed < previous
         previous = streamed
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_zero_in_features_gives_the_activated_bias(isa, isa_guard):
+    """No blocks at all: every output is written from the bias alone (never left uninitialized)."""
+    _C.set_cpu_isa(isa)
+    for dtype, block, kernel in CONFIGS:
+        packed = ops.bsr_pack(torch.zeros(-(-71 // block[0]) + 1, dtype=torch.int32),
+                              torch.zeros(0, dtype=torch.int32), torch.zeros(0, *block, dtype=dtype), 71, 0, kernel)
+        scale = torch.ones(71) if dtype == torch.int8 else None
+        bias = torch.randn(71)
+        for M in (1, 9, 40):
+            x = torch.empty(M, 0, dtype=torch.float32 if dtype == torch.int8 else dtype)
+            y = ops.bsr_linear(x, *packed, 71, 0, bias, scale, "silu", torch.float32)
+            torch.testing.assert_close(y, torch.nn.functional.silu(bias).expand(M, 71), rtol=1e-6, atol=1e-6)

@@ -87,12 +87,16 @@ void atomic_max(std::atomic<uint32_t>& a, uint32_t v) {
 }
 
 // Runs fn(row_begin, row_end, part_of_M) over rows x M-parts in parallel; returns the largest index read.
+// Below this many block x token products a call runs on the calling thread: waking the pool costs more.
+constexpr int64_t kMinParallelWork = 1 << 15;
+
 template <typename Fn>
-uint32_t run_tasks(const Weight& w, int64_t m_parts, Fn&& fn) {
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), w.block_rows));
+uint32_t run_tasks(const Weight& w, int64_t M, int64_t m_parts, Fn&& fn) {
+  const bool small = int64_t(w.rowptr[w.block_rows]) * M < kMinParallelWork;
+  const int64_t parts = small ? 1 : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), w.block_rows));
   const std::vector<int64_t> bounds = split_rows(w.rowptr, w.block_rows, parts);
   std::atomic<uint32_t> max_index{0};
-  at::parallel_for(0, parts * m_parts, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, parts * m_parts, small ? parts * m_parts : 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t part = t / m_parts, mp = t % m_parts;
       if (bounds[part] < bounds[part + 1]) atomic_max(max_index, fn(bounds[part], bounds[part + 1], mp));
@@ -194,7 +198,7 @@ uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cp
     }
     const int64_t per_task = kFloatTokensPerTask / kF32PanelTokens;
     const int64_t m_parts = ceil_div(panels, per_task);
-    return run_tasks(w, m_parts, [&](int64_t b, int64_t e, int64_t mp) {
+    return run_tasks(w, M, m_parts, [&](int64_t b, int64_t e, int64_t mp) {
       return linear_f16x1_avx512(a, b, e, mp * per_task, std::min(panels, (mp + 1) * per_task));
     });
   }
@@ -206,14 +210,14 @@ uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cp
     });
     a.xt = xt;
     const int64_t per_task = kFloatTokensPerTask / kF32PanelTokens;
-    return run_tasks(w, ceil_div(panels, per_task), [&](int64_t b, int64_t e, int64_t mp) {
+    return run_tasks(w, M, ceil_div(panels, per_task), [&](int64_t b, int64_t e, int64_t mp) {
       return linear_f1x16_avx512(a, b, e, mp * per_task, std::min(panels, (mp + 1) * per_task));
     });
   }
   const at::Tensor xf = x_bf16 ? x2.to(at::kFloat) : x2;
   a.x = xf.data_ptr<float>();
   a.ldx = xf.stride(0);
-  return run_tasks(w, ceil_div(M, kFloatTokensPerTask), [&](int64_t b, int64_t e, int64_t mp) {
+  return run_tasks(w, M, ceil_div(M, kFloatTokensPerTask), [&](int64_t b, int64_t e, int64_t mp) {
     return linear_float_portable(a, b, e, mp * kFloatTokensPerTask, std::min(M, (mp + 1) * kFloatTokensPerTask));
   });
 }
@@ -248,7 +252,7 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
     uint8_t* xp = scratch.get<uint8_t>(kSlotPanels, groups * K * kVnniGroupTokens);
     build_groups_u8_avx512(q.xq, M, K, xp, 0, groups);
     a.xp = xp;
-    return run_tasks(w, 1, [&](int64_t b, int64_t e, int64_t) { return linear_int8_vnni_decode(a, b, e, 0, M); });
+    return run_tasks(w, M, 1, [&](int64_t b, int64_t e, int64_t) { return linear_int8_vnni_decode(a, b, e, 0, M); });
   }
   if (isa >= CpuIsa::kAvx512Vnni) {
     const int64_t panels = ceil_div(M, kVnniPanelTokens);
@@ -256,12 +260,12 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
     at::parallel_for(0, panels, 1, [&](int64_t b, int64_t e) { build_panels_u8_avx512(q.xq, M, K, xp, b, e); });
     a.xp = xp;
     const int64_t m_parts = ceil_div(panels, kInt8PanelsPerTask);
-    return run_tasks(w, m_parts, [&](int64_t b, int64_t e, int64_t mp) {
+    return run_tasks(w, M, m_parts, [&](int64_t b, int64_t e, int64_t mp) {
       return linear_int8_vnni(a, b, e, mp * kInt8PanelsPerTask, std::min(panels, (mp + 1) * kInt8PanelsPerTask));
     });
   }
   const int64_t m_parts = ceil_div(M, kFloatTokensPerTask);
-  return run_tasks(w, m_parts, [&](int64_t b, int64_t e, int64_t mp) {
+  return run_tasks(w, M, m_parts, [&](int64_t b, int64_t e, int64_t mp) {
     return linear_int8_portable(a, b, e, mp * kFloatTokensPerTask, std::min(M, (mp + 1) * kFloatTokensPerTask));
   });
 }

@@ -52,7 +52,7 @@ uint32_t rows_16x1(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t
   for (int64_t r = br_begin; r < br_end; ++r) {
     const uint32_t mi = max_u16(a.w.indices + a.w.rowptr[r], a.w.rowptr[r + 1] - a.w.rowptr[r]);
     max_index = std::max(max_index, mi);
-    if (mi >= a.w.K) continue;  // corrupted: reported by the caller, never read
+    if (mi >= a.w.K && a.w.rowptr[r + 1] > a.w.rowptr[r]) continue;  // corrupted: reported by the caller, never read
     for (int64_t p = p_begin; p < p_end; ++p) {
       const int64_t m0 = p * kF32PanelTokens;
       const float* panel = a.xt + m0 * a.w.K;
@@ -129,7 +129,7 @@ uint32_t rows_1x16(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t
   for (int64_t n = br_begin; n < br_end; ++n) {
     const uint32_t mi = max_u16(a.w.indices + a.w.rowptr[n], a.w.rowptr[n + 1] - a.w.rowptr[n]);
     max_index = std::max(max_index, mi);
-    if (mi >= a.w.K) continue;  // corrupted: reported by the caller, never read
+    if (mi >= a.w.K && a.w.rowptr[n + 1] > a.w.rowptr[n]) continue;  // corrupted: reported by the caller, never read
     for (int64_t p = p_begin; p < p_end; ++p) {
       const int64_t m0 = p * kF32PanelTokens;
       const float* panel = a.xt + m0 * k16;

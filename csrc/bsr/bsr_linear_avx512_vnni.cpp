@@ -187,7 +187,7 @@ uint32_t rows_decode(const Int8Args& a, int64_t br_begin, int64_t br_end) {
   for (int64_t r = br_begin; r < br_end; ++r) {
     const uint32_t mi = max_u16(a.w.indices + a.w.rowptr[r], a.w.rowptr[r + 1] - a.w.rowptr[r]);
     max_index = std::max(max_index, mi);
-    if (mi >= a.w.K) continue;  // corrupted: reported by the caller, never read
+    if (mi >= a.w.K && a.w.rowptr[r + 1] > a.w.rowptr[r]) continue;  // corrupted: reported by the caller, never read
     row_decode<MT>(a, r, row.data());
     const int64_t c0 = r * 4 - n_begin, rows = std::min<int64_t>(4, a.w.N - r * 4);
     for (int t = 0; t < MT; ++t) {
@@ -208,7 +208,7 @@ uint32_t linear_int8_vnni(const Int8Args& a, int64_t br_begin, int64_t br_end, i
     const int64_t r1 = std::min(br_end, r0 + kStageRows);
     const uint32_t mi = max_u16(w.indices + w.rowptr[r0], w.rowptr[r1] - w.rowptr[r0]);
     max_index = std::max(max_index, mi);
-    if (mi >= w.K) continue;  // corrupted: reported by the caller, never read
+    if (mi >= w.K && w.rowptr[r1] > w.rowptr[r0]) continue;  // corrupted: reported by the caller, never read
     const int64_t n0 = r0 * 4, channels = std::min(w.N, r1 * 4) - n0;
     for (int64_t p = p_begin; p < p_end; ++p) {
       const int64_t m0 = p * kVnniPanelTokens, tokens = std::min<int64_t>(kVnniPanelTokens, a.M - m0);
