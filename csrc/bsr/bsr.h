@@ -166,12 +166,19 @@ void quantize_rows_avx512(const QuantArgs& q, int64_t m_begin, int64_t m_end);
 // Writes panels [p_begin, p_end) of xt from x rows (fp32 or bf16).
 void transpose_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_t M, int64_t K,
                                  float* xt, int64_t p_begin, int64_t p_end);
+// bf16 x rows -> [K][w] bf16 panels (the AVX512_BF16 kernel's layout, same offsets as the fp32 16x1 one).
+void transpose_panels_bf16_avx512(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, uint16_t* xt,
+                                  int64_t p_begin, int64_t p_end);
 void kblock_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_t M, int64_t K, float* xt,
                               int64_t p_begin, int64_t p_end);
 uint32_t linear_f16x1_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin,
                              int64_t p_end);
 uint32_t linear_f1x16_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin,
                              int64_t p_end);
+
+// ---- AVX512_BF16 (bsr_linear_avx512_bf16.cpp): bf16 weights, 16x1, vdpbf16ps on bf16 panels
+uint32_t linear_bf16_16x1_avx512bf16(const FloatArgs& a, const uint16_t* panels, int64_t br_begin, int64_t br_end,
+                                     int64_t p_begin, int64_t p_end);
 
 // ---- AVX512_VNNI (bsr_linear_avx512_vnni.cpp)
 // Builds panels [p_begin, p_end) (main kernel) or groups [g_begin, g_end) (decode) from xq [M, K].

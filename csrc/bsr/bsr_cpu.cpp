@@ -185,6 +185,22 @@ uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cp
   a.ep = ep;
   a.M = M;
   const bool x_bf16 = x2.scalar_type() == at::kBFloat16;
+  if (isa >= CpuIsa::kAvx512Bf16 && w.layout == Layout::kF16x1 && w.dtype == DType::kBF16) {
+    const int64_t panels = ceil_div(M, kF32PanelTokens);
+    const auto* x = reinterpret_cast<const uint16_t*>(x2.data_ptr<at::BFloat16>());
+    const uint16_t* xt = x;  // one token: its panel [K][1] is the row itself
+    if (M > 1) {
+      uint16_t* buf = thread_scratch().get<uint16_t>(kSlotPanels, M * K);
+      at::parallel_for(0, panels, 1, [&](int64_t b, int64_t e) {
+        transpose_panels_bf16_avx512(x, x2.stride(0), M, K, buf, b, e);
+      });
+      xt = buf;
+    }
+    const int64_t per_task = kFloatTokensPerTask / kF32PanelTokens;
+    return run_tasks(w, M, ceil_div(panels, per_task), [&](int64_t b, int64_t e, int64_t mp) {
+      return linear_bf16_16x1_avx512bf16(a, xt, b, e, mp * per_task, std::min(panels, (mp + 1) * per_task));
+    });
+  }
   if (isa >= CpuIsa::kAvx512 && w.layout == Layout::kF16x1) {
     const int64_t panels = ceil_div(M, kF32PanelTokens);
     if (M == 1 && !x_bf16) {

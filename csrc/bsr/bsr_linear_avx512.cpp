@@ -188,6 +188,29 @@ void transpose_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_
   }
 }
 
+void transpose_panels_bf16_avx512(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, uint16_t* xt,
+                                  int64_t p_begin, int64_t p_end) {
+  for (int64_t p = p_begin; p < p_end; ++p) {
+    const int64_t m0 = p * kF32PanelTokens;
+    const int64_t width = std::min<int64_t>(kF32PanelTokens, M - m0);
+    uint16_t* panel = xt + m0 * K;
+    const __mmask16 store_mask = lanes16(width);
+    for (int64_t k = 0; k < K; k += 16) {
+      const __mmask16 load_mask = lanes16(K - k);
+      __m512 r[16];  // bf16 bit patterns widened to 32-bit lanes, transposed as such
+      for (int t = 0; t < 16; ++t) {
+        r[t] = t < width ? _mm512_castsi512_ps(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(load_mask, x + (m0 + t) * ldx + k)))
+                         : _mm512_setzero_ps();
+      }
+      transpose16x16_ps(r);
+      const int64_t kn = std::min<int64_t>(16, K - k);
+      for (int64_t j = 0; j < kn; ++j) {
+        _mm512_mask_cvtepi32_storeu_epi16(panel + (k + j) * width, store_mask, _mm512_castps_si512(r[j]));
+      }
+    }
+  }
+}
+
 void kblock_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_t M, int64_t K, float* xt,
                               int64_t p_begin, int64_t p_end) {
   const int64_t esize = x_bf16 ? 2 : 4, k16 = (K + 15) / 16 * 16;
