@@ -232,3 +232,15 @@ def test_zero_in_features_gives_the_activated_bias(isa, isa_guard):
             x = torch.empty(M, 0, dtype=torch.float32 if dtype == torch.int8 else dtype)
             y = ops.bsr_linear(x, *packed, 71, 0, bias, scale, "silu", torch.float32)
             torch.testing.assert_close(y, torch.nn.functional.silu(bias).expand(M, 71), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c[0] != torch.int8], ids=lambda c: f"{str(c[0])[6:]}-{c[2]}")
+def test_long_reductions_are_as_accurate_as_torch(isa, config, isa_guard):
+    """Thousands of blocks per output channel: summed in chunks, within 2x of torch's own error."""
+    _C.set_cpu_isa(isa)
+    dtype, block, kernel = config
+    packed, _, _ = _weight(dtype, block, kernel, N=48, K=8192, density=0.6)
+    x = _x(18, 8192, dtype)
+    args = (x, *packed, 48, 8192, None, None, "none", None)
+    assert_bsr_linear_close(ops.bsr_linear(*args), ref.bsr_linear(*args), args)

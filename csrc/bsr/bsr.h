@@ -112,6 +112,11 @@ struct FloatArgs {
   const float* xt = nullptr;  // AVX-512 kernels: token panels, see below
 };
 
+// Float kernels that sum a block-row's blocks sequentially into one accumulator per output add them in
+// chunks of this many blocks and then sum the chunks: a single chain over K/2 = 2048 terms was several
+// times less accurate than MKL's blocked GEMM.
+constexpr int64_t kSumChunkBlocks = 64;
+
 // Token panels of the AVX-512 float kernels; panel p holds tokens [16p, 16p + w), w = min(16, M - 16p).
 // 16x1: [K][w] at offset 16p * K, so one cache line serves all the panel's tokens for one input channel.
 // 1x16: [K16 / 16][w][16] at offset 16p * K16 (K16 = K rounded up to 16, zero-padded), so a block's 16

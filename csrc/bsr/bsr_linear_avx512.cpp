@@ -28,20 +28,25 @@ inline __m512 load_weights(const void* values, int64_t b) {
 template <int MT, bool kBf16>
 void row_16x1(const FloatArgs& a, int64_t r, const float* panel, int64_t m0) {
   const Weight& w = a.w;
-  __m512 acc[MT];
-  for (int t = 0; t < MT; ++t) acc[t] = _mm512_setzero_ps();
-  for (int64_t b = w.rowptr[r]; b < w.rowptr[r + 1]; ++b) {
-    const float* xk = panel + int64_t(w.indices[b]) * MT;
-    const __m512 wv = load_weights<kBf16>(w.values, b);
+  __m512 acc[MT], sum[MT];
+  for (int t = 0; t < MT; ++t) sum[t] = _mm512_setzero_ps();
+  for (int64_t b0 = w.rowptr[r]; b0 < w.rowptr[r + 1]; b0 += kSumChunkBlocks) {
+    const int64_t b1 = std::min<int64_t>(w.rowptr[r + 1], b0 + kSumChunkBlocks);
+    for (int t = 0; t < MT; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = b0; b < b1; ++b) {
+      const float* xk = panel + int64_t(w.indices[b]) * MT;
+      const __m512 wv = load_weights<kBf16>(w.values, b);
 #pragma GCC unroll 16
-    for (int t = 0; t < MT; ++t) acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(xk[t]), wv, acc[t]);
+      for (int t = 0; t < MT; ++t) acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(xk[t]), wv, acc[t]);
+    }
+    for (int t = 0; t < MT; ++t) sum[t] = _mm512_add_ps(sum[t], acc[t]);
   }
   const int64_t n0 = r * 16, rows = std::min<int64_t>(16, w.N - n0);
   const __mmask16 valid = lanes16(rows);
   const __m512 bias = a.ep.bias != nullptr ? _mm512_maskz_loadu_ps(valid, a.ep.bias + n0) : _mm512_setzero_ps();
   const int64_t esize = a.ep.out == DType::kBF16 ? 2 : 4;
   for (int t = 0; t < MT; ++t) {
-    const __m512 v = activate_ps(_mm512_add_ps(acc[t], bias), a.ep.act);
+    const __m512 v = activate_ps(_mm512_add_ps(sum[t], bias), a.ep.act);
     store_lanes(v, a.ep.out, static_cast<char*>(a.ep.y) + ((m0 + t) * a.ep.ldy + n0) * esize, rows);
   }
 }

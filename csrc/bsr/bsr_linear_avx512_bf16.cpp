@@ -24,10 +24,16 @@ void row_pairs(const FloatArgs& a, int64_t r, const uint16_t* panel, int64_t m0)
   const Weight& w = a.w;
   const auto* values = static_cast<const uint16_t*>(w.values);
   const __mmask16 tokens = lanes16(MT);
-  __m512 acc[MT];
-  for (int t = 0; t < MT; ++t) acc[t] = _mm512_setzero_ps();
+  __m512 acc[MT], sum[MT];
+  for (int t = 0; t < MT; ++t) sum[t] = acc[t] = _mm512_setzero_ps();
   alignas(64) int32_t x_pairs[16];
   for (int64_t b = w.rowptr[r]; b < w.rowptr[r + 1]; b += 2) {
+    if ((b - w.rowptr[r]) % kSumChunkBlocks == 0) {  // see kSumChunkBlocks (an even number)
+      for (int t = 0; t < MT; ++t) {
+        sum[t] = _mm512_add_ps(sum[t], acc[t]);
+        acc[t] = _mm512_setzero_ps();
+      }
+    }
     const bool single = b + 1 == w.rowptr[r + 1];  // an odd last block pairs with zeros
     const __m256i w_hi = single ? _mm256_setzero_si256() : _mm256_loadu_si256((const __m256i*)(values + (b + 1) * 16));
     const __m512i wv = pair16(_mm256_loadu_si256((const __m256i*)(values + b * 16)), w_hi);
@@ -43,7 +49,7 @@ void row_pairs(const FloatArgs& a, int64_t r, const uint16_t* panel, int64_t m0)
   const __m512 bias = a.ep.bias != nullptr ? _mm512_maskz_loadu_ps(lanes16(rows), a.ep.bias + n0) : _mm512_setzero_ps();
   const int64_t esize = a.ep.out == DType::kBF16 ? 2 : 4;
   for (int t = 0; t < MT; ++t) {
-    const __m512 v = activate_ps(_mm512_add_ps(acc[t], bias), a.ep.act);
+    const __m512 v = activate_ps(_mm512_add_ps(_mm512_add_ps(sum[t], acc[t]), bias), a.ep.act);
     store_lanes(v, a.ep.out, static_cast<char*>(a.ep.y) + ((m0 + t) * a.ep.ldy + n0) * esize, rows);
   }
 }

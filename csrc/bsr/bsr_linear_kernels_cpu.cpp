@@ -29,19 +29,23 @@ uint32_t float_rows(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_
     const int64_t rows = std::min<int64_t>(nb.rows, w.N - row0);
     for (int64_t m = m_begin; m < m_end; ++m) {
       const float* x = a.x + m * a.ldx;
-      float acc[16] = {};
-      for (int64_t b = w.rowptr[r]; b < w.rowptr[r + 1]; ++b) {
-        const uint32_t k = w.indices[b];
-        max_index = std::max(max_index, k);
-        const int64_t kc = std::min<int64_t>(k, w.K - 1);
-        if (lanes_are_channels) {
-          for (int c = 0; c < 16; ++c) acc[c] += weight_at<kW>(w.values, b * 16 + c) * x[kc];
-        } else {
-          const int64_t width = std::min<int64_t>(16, w.K - kc);
-          for (int64_t c = 0; c < width; ++c) acc[0] += weight_at<kW>(w.values, b * 16 + c) * x[kc + c];
+      float sum[16] = {};
+      for (int64_t b0 = w.rowptr[r]; b0 < w.rowptr[r + 1]; b0 += kSumChunkBlocks) {
+        float acc[16] = {};
+        for (int64_t b = b0; b < std::min<int64_t>(w.rowptr[r + 1], b0 + kSumChunkBlocks); ++b) {
+          const uint32_t k = w.indices[b];
+          max_index = std::max(max_index, k);
+          const int64_t kc = std::min<int64_t>(k, w.K - 1);
+          if (lanes_are_channels) {
+            for (int c = 0; c < 16; ++c) acc[c] += weight_at<kW>(w.values, b * 16 + c) * x[kc];
+          } else {
+            const int64_t width = std::min<int64_t>(16, w.K - kc);
+            for (int64_t c = 0; c < width; ++c) acc[0] += weight_at<kW>(w.values, b * 16 + c) * x[kc + c];
+          }
         }
+        for (int c = 0; c < 16; ++c) sum[c] += acc[c];
       }
-      for (int64_t c = 0; c < rows; ++c) store_float(a.ep, m, row0 + c, acc[c]);
+      for (int64_t c = 0; c < rows; ++c) store_float(a.ep, m, row0 + c, sum[c]);
     }
   }
   return max_index;
