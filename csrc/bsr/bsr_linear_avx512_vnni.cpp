@@ -105,17 +105,19 @@ void finish_stage(const Int8Args& a, const int32_t* stage, int64_t n0, int64_t c
 
 // The activation dwords x4[k] of up to 16 blocks (4 tiles) as one vector, lane 4t + j = block 4t + j:
 // explicit loads and inserts, because vpgatherdd is several times slower on the CPUs measured.
-inline __m512i gather_quad(const int* x4, const uint16_t* k, int64_t blocks) {
+template <bool kFull>
+__attribute__((always_inline)) inline __m512i gather_quad(const int* x4, const uint16_t* k, int64_t blocks) {
   auto tile = [&](int t) {
     __m128i v = _mm_cvtsi32_si128(x4[k[4 * t]]);
     v = _mm_insert_epi32(v, x4[k[4 * t + 1]], 1);
     v = _mm_insert_epi32(v, x4[k[4 * t + 2]], 2);
     return _mm_insert_epi32(v, x4[k[4 * t + 3]], 3);
   };
+  // A ragged last quad leaves the lanes of missing tiles undefined: their weights are zero.
   __m512i r = _mm512_castsi128_si512(tile(0));
-  if (blocks > 4) r = _mm512_inserti32x4(r, tile(1), 1);
-  if (blocks > 8) r = _mm512_inserti32x4(r, tile(2), 2);
-  if (blocks > 12) r = _mm512_inserti32x4(r, tile(3), 3);
+  if (kFull || blocks > 4) r = _mm512_inserti32x4(r, tile(1), 1);
+  if (kFull || blocks > 8) r = _mm512_inserti32x4(r, tile(2), 2);
+  if (kFull || blocks > 12) r = _mm512_inserti32x4(r, tile(3), 3);
   return r;
 }
 
@@ -134,18 +136,20 @@ void row_decode(const Int8Args& a, int64_t r, int32_t* acc_out) {
     ctl[t] = _mm512_set1_epi32(t | (4 + t) << 8 | (8 + t) << 16 | (12 + t) << 24);
   }
   const int64_t end = w.rowptr[r + 1];
-  for (int64_t b = w.rowptr[r]; b < end; b += 16) {
-    const __mmask16 m = lanes16(end - b);
-    const __m512i wv = _mm512_maskz_loadu_epi32(m, values + b * 4);
+  auto quad = [&]<bool kFull>(int64_t b) {
+    const __m512i wv = kFull ? _mm512_loadu_si512(values + b * 4) : _mm512_maskz_loadu_epi32(lanes16(end - b), values + b * 4);
 #pragma GCC unroll 4
     for (int g = 0; g < G; ++g) {
-      const __m512i xg = gather_quad(x4 + g * w.K, w.indices + b, end - b);
+      const __m512i xg = gather_quad<kFull>(x4 + g * w.K, w.indices + b, end - b);
 #pragma GCC unroll 4
       for (int t = 0; t < 4; ++t) {
         if (4 * g + t < MT) acc[4 * g + t] = dpbusd(acc[4 * g + t], _mm512_shuffle_epi8(xg, ctl[t]), wv);
       }
     }
-  }
+  };
+  int64_t b = w.rowptr[r];
+  for (; b + 16 <= end; b += 16) quad.template operator()<true>(b);
+  if (b < end) quad.template operator()<false>(b);
   const int64_t n0 = r * 4, rows = std::min<int64_t>(4, w.N - n0);
   alignas(16) int32_t comp[4] = {};
   for (int64_t c = 0; c < rows; ++c) comp[c] = w.compensation[n0 + c];
