@@ -249,13 +249,13 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
   q.xq = scratch.get<uint8_t>(kSlotXq, M * K);
   q.scale = scratch.get<float>(kSlotScale, M);
   q.zp = scratch.get<int32_t>(kSlotZp, M);
-  at::parallel_for(0, M, 4, [&](int64_t b, int64_t e) {
+  auto quantize = [&](int64_t b, int64_t e) {
     if (isa >= CpuIsa::kAvx512) {
       quantize_rows_avx512(q, b, e);
     } else {
       quantize_rows_portable(q, b, e);
     }
-  });
+  };
   Int8Args a;
   a.w = w;
   a.ep = ep;
@@ -266,6 +266,7 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
   if (isa >= CpuIsa::kAvx512Vnni && M <= kInt8DecodeMaxTokens) {
     const int64_t groups = ceil_div(M, kVnniGroupTokens);
     uint8_t* xp = scratch.get<uint8_t>(kSlotPanels, groups * K * kVnniGroupTokens);
+    quantize(0, M);  // a few tokens: not worth waking the pool
     build_groups_u8_avx512(q.xq, M, K, xp, 0, groups);
     a.xp = xp;
     return run_tasks(w, M, 1, [&](int64_t b, int64_t e, int64_t) { return linear_int8_vnni_decode(a, b, e, 0, M); });
@@ -273,13 +274,17 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
   if (isa >= CpuIsa::kAvx512Vnni) {
     const int64_t panels = ceil_div(M, kVnniPanelTokens);
     uint8_t* xp = scratch.get<uint8_t>(kSlotPanels, panels * K * kVnniPanelTokens);
-    at::parallel_for(0, panels, 1, [&](int64_t b, int64_t e) { build_panels_u8_avx512(q.xq, M, K, xp, b, e); });
+    at::parallel_for(0, panels, 1, [&](int64_t b, int64_t e) {  // quantize each panel's tokens, then lay it out
+      quantize(b * kVnniPanelTokens, std::min(M, e * kVnniPanelTokens));
+      build_panels_u8_avx512(q.xq, M, K, xp, b, e);
+    });
     a.xp = xp;
     const int64_t m_parts = ceil_div(panels, kInt8PanelsPerTask);
     return run_tasks(w, M, m_parts, [&](int64_t b, int64_t e, int64_t mp) {
       return linear_int8_vnni(a, b, e, mp * kInt8PanelsPerTask, std::min(panels, (mp + 1) * kInt8PanelsPerTask));
     });
   }
+  at::parallel_for(0, M, 16, quantize);
   const int64_t m_parts = ceil_div(M, kFloatTokensPerTask);
   return run_tasks(w, M, m_parts, [&](int64_t b, int64_t e, int64_t mp) {
     return linear_int8_portable(a, b, e, mp * kFloatTokensPerTask, std::min(M, (mp + 1) * kFloatTokensPerTask));
