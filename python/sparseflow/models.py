@@ -18,6 +18,7 @@ import importlib.util
 import inspect
 import math
 import os
+import warnings
 
 import torch
 
@@ -94,14 +95,20 @@ def _module_docs(module_name: str) -> str:
     return "\n".join(parts)
 
 
+def _docs(module_names) -> str:
+    with warnings.catch_warnings():  # some stdlib attributes warn when touched (typing.io, ...)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return "\n".join(_module_docs(m) for m in module_names)
+
+
 def calibration_text() -> str:
     """Docstrings of CALIBRATION_MODULES (deterministic for a given Python version)."""
-    return "\n".join(_module_docs(m) for m in CALIBRATION_MODULES)
+    return _docs(CALIBRATION_MODULES)
 
 
 def evaluation_text() -> str:
     """Docstrings of EVALUATION_MODULES, disjoint from the calibration modules."""
-    return "\n".join(_module_docs(m) for m in EVALUATION_MODULES)
+    return _docs(EVALUATION_MODULES)
 
 
 def tokenize_fixed(tokenizer, text: str, num_sequences: int, seq_len: int) -> torch.Tensor:

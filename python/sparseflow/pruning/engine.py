@@ -334,7 +334,7 @@ def prune_(model: nn.Module, config: PruneConfig, calibration_data: Iterable | t
         return PruneReport(config.method, pattern_str, reports, time.perf_counter() - t_start, False, 0)
 
     batches = _as_batches(calibration_data)
-    hessian = config.method == "sparsegpt"
+    hessian = config.method == "sparsegpt" or config.dsnot  # DSnoT prices swaps with XᵀX
     owl = config.sparsity if isinstance(config.sparsity, OWL) else None
     owl_report = None
     device = torch.device(config.device) if config.device is not None else None
@@ -351,7 +351,7 @@ def prune_(model: nn.Module, config: PruneConfig, calibration_data: Iterable | t
                     raise ValueError(msg)
                 warnings.warn(msg + "; calibrating all layers in one pass of the dense model instead", stacklevel=2)
                 blocks = []
-        block_layers = [{n: m for n, m in targets.items() if n.startswith(bname + ".")} for bname, _ in blocks]
+        block_layers = [{n: m for n, m in targets.items() if n == bname or n.startswith(bname + ".")} for bname, _ in blocks]
         in_blocks = {n for layers in block_layers for n in layers}
         rest = {n: m for n, m in targets.items() if n not in in_blocks}
 

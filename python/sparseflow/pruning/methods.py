@@ -149,10 +149,10 @@ def dsnot_refine(
     e = Σ_pruned W_ij E[x_j]. Each cycle regrows the pruned weight that cuts e the most (ranked by
     W_ij E[x_j] / Var[x_j]^p) and prunes the least important kept weight (by `score`) whose contribution
     also cuts e (N:M: the least important kept weight of the regrown weight's group, so groups keep n).
-    A swap is made only if it lowers the row's expected squared output error with independent inputs,
-    Σ_pruned W²·Var[x] + e² (the reference only asks that e keeps its sign). A row stops for good at its
-    first rejected swap, once |e| <= threshold, or after max_cycles. Keeps the per-row (and per-group)
-    counts. Returns the new keep-mask."""
+    A swap is made only if it lowers the row's reconstruction error on the calibration inputs,
+    ‖(W - W_pruned) X‖² (needs stats with the Gram matrix; the reference only asks that e keeps its sign,
+    which can make a layer worse). A row stops for good at its first rejected swap, once |e| <= threshold,
+    or after max_cycles. Keeps the per-row (and per-group) counts. Returns the new keep-mask."""
     w = weight.to(torch.float32)
     keep = keep.clone()
     rows, cols = w.shape
@@ -160,7 +160,11 @@ def dsnot_refine(
     contrib = w * mean.unsqueeze(0)
     err = (contrib * ~keep).sum(1)
     var = stats.var().to(w.device).clamp_min(1e-12)
-    var_w2 = w.square() * var.unsqueeze(0)
+    # Reconstruction error of each row on the calibration inputs, J = δ G δᵀ with δ the row's pruned
+    # weights and G = XᵀX / n; g = δ G is kept up to date to price a swap exactly.
+    gram = stats.gram.to(w.device) / max(stats.count, 1)
+    g = (w * ~keep) @ gram
+    gram_diag = gram.diagonal()
     gain = torch.where(keep, torch.zeros_like(w), contrib / var.pow(var_power).unsqueeze(0))
     regrow_order = torch.argsort(gain, dim=1, stable=True)  # pruned with gain > 0 at the end, < 0 at the start
     lo = torch.zeros(rows, dtype=torch.long, device=w.device)
@@ -196,9 +200,10 @@ def dsnot_refine(
             p_key = torch.where(want_pos, neg_key[ar, p_idx], pos_key[ar, p_idx])
             ok &= torch.isfinite(p_key) & torch.where(want_pos, pn < cols, pp < cols)
         new_err = err - r_contrib + contrib[ar, p_idx]
-        # Expected squared error of the row with independent inputs: Σ_pruned W²Var[x] + e². The swap must
-        # lower it, so the mean error is never bought with more variance error.
-        delta = var_w2[ar, p_idx] - var_w2[ar, r_idx] + new_err.square() - err.square()
+        # Change of J when δ_r: w_r -> 0 and δ_p: 0 -> w_p; the swap must lower J.
+        w_r, w_p = w[ar, r_idx], w[ar, p_idx]
+        delta = (2 * (w_p * g[ar, p_idx] - w_r * g[ar, r_idx]) + w_r.square() * gram_diag[r_idx]
+                 + w_p.square() * gram_diag[p_idx] - 2 * w_r * w_p * gram[r_idx, p_idx])
         ok &= delta < 0
         active = ok
         if not bool(ok.any()):
@@ -207,6 +212,7 @@ def dsnot_refine(
         keep[sel, r_idx[ok]] = True
         keep[sel, p_idx[ok]] = False
         err = torch.where(ok, new_err, err)
+        g[sel] += w_p[ok].unsqueeze(1) * gram[p_idx[ok]] - w_r[ok].unsqueeze(1) * gram[r_idx[ok]]
         hi -= (ok & want_pos).long()
         lo += (ok & ~want_pos).long()
         if pattern.kind == "nm":
