@@ -3,7 +3,6 @@
 import copy
 import importlib.util
 import itertools
-import math
 import warnings
 
 import pytest
@@ -431,7 +430,8 @@ def reference_sparsegpt(w, h, sparsity, prune_n, prune_m, blocksize=128, percdam
 def test_sparsegpt_matches_reference(pattern, prune_n, prune_m):
     torch.manual_seed(9)
     rows, cols = 37, 200  # two tiles, the second partial; odd number of rows
-    x = torch.randn(300, cols, dtype=torch.float64) @ (torch.eye(cols, dtype=torch.float64) + 0.3 * torch.randn(cols, cols, dtype=torch.float64))
+    f64 = torch.float64
+    x = torch.randn(300, cols, dtype=f64) @ (torch.eye(cols, dtype=f64) + 0.3 * torch.randn(cols, cols, dtype=f64))
     x[:, 5] = 0  # a dead input
     h = 2 * x.T @ x / x.shape[0]
     w = torch.randn(rows, cols)
@@ -448,7 +448,8 @@ def test_upper_cholesky_of_inverse():
     x = torch.randn(50, 20, dtype=torch.float64)
     h = x.T @ x
     u = methods.upper_cholesky_of_inverse(h, 0.01)
-    ref = torch.linalg.cholesky(torch.linalg.inv(h + 0.01 * h.diagonal().mean() * torch.eye(20, dtype=h.dtype)), upper=True)
+    damped = h + 0.01 * h.diagonal().mean() * torch.eye(20, dtype=h.dtype)
+    ref = torch.linalg.cholesky(torch.linalg.inv(damped), upper=True)
     torch.testing.assert_close(u, ref)
     # singular H (rank 3): damping makes it invertible
     x = torch.randn(3, 20, dtype=torch.float64)
@@ -655,7 +656,6 @@ def test_gradual_pruner_errors():
     pruner.prepare(model)
     with pytest.raises(RuntimeError, match="already called"):
         pruner.prepare(model)
-    assert "lm_head" not in GradualPruner(0.5).prepare(TinyLM(tied=False)).state_dict() or True
 
 
 def test_gradual_pruner_skips_heads():

@@ -66,8 +66,8 @@ def lm():
 
 
 def test_50_percent_unstructured_ordering(lm):
-    dense, wanda, sparsegpt = lm.results["dense"], lm.ppl("wanda-50", method="wanda"), lm.ppl("sparsegpt-50", method="sparsegpt")
-    magnitude = lm.ppl("magnitude-50", method="magnitude")
+    dense, wanda = lm.results["dense"], lm.ppl("wanda-50", method="wanda")
+    sparsegpt, magnitude = lm.ppl("sparsegpt-50", method="sparsegpt"), lm.ppl("magnitude-50", method="magnitude")
     assert dense < min(wanda, sparsegpt) and max(wanda, sparsegpt) < magnitude, lm.results
     assert 1 / 1.5 < sparsegpt / wanda < 1.5, lm.results  # SparseGPT ≈ Wanda
     report = lm.reports["wanda-50"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence, Union
@@ -163,7 +162,8 @@ class PruneConfig:
             raise ValueError(f"sparseflow.prune_: ranking must be one of {RANKINGS}, got {self.ranking!r}")
         if isinstance(self.sparsity, str):
             if self.sparsity.lower() != "owl":
-                raise ValueError(f"sparseflow.prune_: sparsity: the only string accepted is 'owl', got {self.sparsity!r}")
+                raise ValueError(
+                    f"sparseflow.prune_: sparsity: the only string accepted is 'owl', got {self.sparsity!r}")
             self.sparsity = OWL()
         if pat.kind == "nm":
             implied = pat.implied_sparsity
@@ -198,11 +198,6 @@ class PruneConfig:
     @property
     def needs_calibration(self) -> bool:
         return self.method != "magnitude" or self.dsnot or isinstance(self.sparsity, OWL)
-
-    def replace(self, **changes) -> "PruneConfig":
-        kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
-        kw.update(changes)
-        return PruneConfig(**kw)
 
 
 @dataclass

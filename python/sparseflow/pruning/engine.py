@@ -101,7 +101,8 @@ def _module_device(module: nn.Module, default: torch.device) -> torch.device:
     return p.device if p is not None else default
 
 
-def _find_blocks(model: nn.Module, config: PruneConfig, targets: Mapping[str, nn.Module]) -> list[tuple[str, nn.Module]]:
+def _find_blocks(model: nn.Module, config: PruneConfig,
+                 targets: Mapping[str, nn.Module]) -> list[tuple[str, nn.Module]]:
     """The chain of repeated blocks: config.blocks, else the homogeneous nn.ModuleList holding most of the
     target weights, else the nn.Sequential holding most of them. [] when there is none."""
     if config.blocks is not None:
@@ -351,11 +352,13 @@ def prune_(model: nn.Module, config: PruneConfig, calibration_data: Iterable | t
                     raise ValueError(msg)
                 warnings.warn(msg + "; calibrating all layers in one pass of the dense model instead", stacklevel=2)
                 blocks = []
-        block_layers = [{n: m for n, m in targets.items() if n == bname or n.startswith(bname + ".")} for bname, _ in blocks]
+        block_layers = [{n: m for n, m in targets.items() if n == bname or n.startswith(bname + ".")}
+                        for bname, _ in blocks]
         in_blocks = {n for layers in block_layers for n in layers}
         rest = {n: m for n, m in targets.items() if n not in in_blocks}
 
-        with _progress(len(blocks) * (2 if owl else 1) + (1 if rest else 0), f"prune_ {config.method}", progress) as bar:
+        steps = len(blocks) * (2 if owl else 1) + (1 if rest else 0)
+        with _progress(steps, f"prune_ {config.method}", progress) as bar:
             if owl is not None and blocks:
                 # OWL needs every block's outlier ratio before the first is pruned: one dense pass.
                 units, sizes, x = [], [], inputs

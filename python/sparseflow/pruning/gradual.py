@@ -107,7 +107,8 @@ class GradualPruner:
         _check_fraction("initial_sparsity", initial_sparsity)
         end_step = start_step if end_step is None else end_step
         if start_step < 0 or end_step < start_step:
-            raise ValueError(f"sparseflow.GradualPruner: need 0 <= start_step <= end_step, got {start_step}, {end_step}")
+            raise ValueError(
+                f"sparseflow.GradualPruner: need 0 <= start_step <= end_step, got {start_step}, {end_step}")
         if frequency < 1:
             raise ValueError(f"sparseflow.GradualPruner: frequency must be >= 1, got {frequency}")
         if initial_sparsity > sparsity:

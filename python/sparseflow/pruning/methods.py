@@ -190,7 +190,8 @@ def dsnot_refine(
         ok = active & ~keep[ar, r_idx] & (r_contrib * err > 0) & (err.abs() > threshold)
         if pattern.kind == "nm":
             group = (r_idx - r_idx % pattern.m).unsqueeze(1) + offsets
-            cand = torch.where(keep[ar.unsqueeze(1), group] & ~regrown[ar.unsqueeze(1), group], score[ar.unsqueeze(1), group], inf)
+            rows_g = ar.unsqueeze(1)
+            cand = torch.where(keep[rows_g, group] & ~regrown[rows_g, group], score[rows_g, group], inf)
             best, arg = cand.min(dim=1)
             p_idx = group[ar, arg]
             ok &= torch.isfinite(best)
