@@ -11,4 +11,14 @@ TORCH_LIBRARY(sparseflow, m) {
   m.def("nm_compress(Tensor dense, int n, int m) -> (Tensor values, Tensor indices)");
   // Inverse of nm_compress: scatter values to their positions; validates every position.
   m.def("nm_decompress(Tensor values, Tensor indices, int n, int m) -> Tensor");
+
+  // ---- block-sparse family (csrc/bsr) ----
+  // Canonical BSR (crow, col, values [nnz, R, C]) -> this device's kernel layout (see csrc/bsr/bsr.h).
+  m.def("bsr_pack(Tensor crow, Tensor col, Tensor values, int out_features, int in_features, "
+        "str kernel=\"auto\") -> (Tensor meta, Tensor rowptr, Tensor indices, Tensor packed_values, "
+        "Tensor compensation)");
+  // y = act(x @ W^T + bias) with W packed by bsr_pack; int8 W: x quantized per token inside, dequantized out.
+  m.def("bsr_linear(Tensor x, Tensor meta, Tensor rowptr, Tensor indices, Tensor packed_values, "
+        "Tensor compensation, int out_features, int in_features, Tensor? bias=None, Tensor? weight_scale=None, "
+        "str activation=\"none\", ScalarType? out_dtype=None) -> Tensor");
 }

@@ -63,6 +63,92 @@ def _nm_decompress_fake(values, indices, n, m):
     return values.new_empty((values.shape[0], values.shape[1] // n * m))
 
 
+_BSR_VALUE_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _check_same_device(op: str, arg: str, t: torch.Tensor, others: dict) -> None:
+    for name, o in others.items():
+        if o is not None and o.device != t.device:
+            raise ValueError(f"{op}: {arg} and {name} must be on the same device, got {t.device} and {o.device}")
+
+
+@torch.library.register_fake("sparseflow::bsr_pack")
+def _bsr_pack_fake(crow, col, values, out_features, in_features, kernel="auto"):
+    op = "sparseflow.bsr_pack"
+    _check_dtype(op, "crow", crow, (torch.int32,))
+    _check_dtype(op, "col", col, (torch.int32,))
+    _check_dtype(op, "values", values, _BSR_VALUE_DTYPES)
+    _check_dim(op, "crow", crow, 1, "[out_features/R + 1]")
+    _check_dim(op, "col", col, 1, "[nnz_blocks]")
+    _check_dim(op, "values", values, 3, "[nnz_blocks, R, C]")
+    _check_same_device(op, "crow", crow, {"col": col, "values": values})
+    if out_features < 0 or not 0 <= in_features <= 65536:
+        raise ValueError(f"{op}: out_features must be >= 0 and in_features in [0, 65536], got {out_features}, {in_features}")
+    _, R, C = values.shape
+    if R < 1 or C < 1:
+        raise ValueError(f"{op}: values must hold R x C blocks with R, C >= 1, got shape {list(values.shape)}")
+    if crow.shape[0] != _ceil_div(out_features, R) + 1:
+        raise ValueError(f"{op}: crow must have ceil(out_features/R) + 1 = {_ceil_div(out_features, R) + 1} entries")
+    if col.shape[0] != values.shape[0]:
+        raise ValueError(f"{op}: col and values must describe the same blocks")
+    is_int8 = values.dtype == torch.int8
+    if kernel not in ("auto", "4x1", "16x1", "1x16") or (kernel == "4x1") != (is_int8 and kernel != "auto"):
+        raise ValueError(f"{op}: kernel {kernel!r} does not fit {values.dtype} weights")
+    rows = 4 if is_int8 else (1 if kernel == "1x16" or (kernel == "auto" and C > R) else 16)
+    ctx = torch.library.get_ctx()
+    tiles = ctx.new_dynamic_size()
+    nnz = tiles * 4 if is_int8 else tiles
+    meta = crow.new_empty((8,), dtype=torch.int64)
+    rowptr = crow.new_empty((_ceil_div(out_features, rows) + 1,))
+    indices = crow.new_empty((nnz,), dtype=torch.int16)
+    packed = values.new_empty((tiles, 4, 4) if is_int8 else (nnz, 16))
+    compensation = crow.new_empty((out_features if is_int8 else 0,))
+    return meta, rowptr, indices, packed, compensation
+
+
+@torch.library.register_fake("sparseflow::bsr_linear")
+def _bsr_linear_fake(x, meta, rowptr, indices, packed_values, compensation, out_features, in_features,
+                     bias=None, weight_scale=None, activation="none", out_dtype=None):
+    op = "sparseflow.bsr_linear"
+    _check_dtype(op, "meta", meta, (torch.int64,))
+    _check_dtype(op, "x", x, (torch.float32, torch.bfloat16))
+    if x.dim() == 0 or x.shape[-1] != in_features:
+        raise ValueError(f"{op}: x must have shape [..., in_features={in_features}], got {list(x.shape)}")
+    _check_dtype(op, "packed_values", packed_values, _BSR_VALUE_DTYPES)
+    is_int8 = packed_values.dtype == torch.int8
+    if not is_int8 and x.dtype != packed_values.dtype:
+        raise TypeError(f"{op}: x must have the weight's dtype {packed_values.dtype}, got {x.dtype}")
+    _check_dtype(op, "rowptr", rowptr, (torch.int32,))
+    _check_dtype(op, "indices", indices, (torch.int16,))
+    _check_dtype(op, "compensation", compensation, (torch.int32,))
+    _check_same_device(op, "x", x, {"rowptr": rowptr, "indices": indices, "packed_values": packed_values,
+                                     "compensation": compensation, "bias": bias, "weight_scale": weight_scale})
+    allowed = (torch.float32, torch.bfloat16) + ((torch.int32,) if is_int8 else ())
+    if out_dtype is not None and out_dtype not in allowed:
+        raise TypeError(f"{op}: out_dtype must be float32 or bfloat16 (int32 for int8 weights), got {out_dtype}")
+    if activation not in ("none", "relu", "gelu", "silu"):
+        raise ValueError(f"{op}: activation must be 'none', 'relu', 'gelu' or 'silu', got {activation!r}")
+    if out_dtype == torch.int32 and (bias is not None or activation != "none"):
+        raise ValueError(f"{op}: out_dtype=int32 returns the raw int32 accumulator; bias and activation must be unset")
+    if bias is not None:
+        _check_dtype(op, "bias", bias, (torch.float32, x.dtype))
+        if bias.shape != (out_features,):
+            raise ValueError(f"{op}: bias must have shape [{out_features}], got {list(bias.shape)}")
+    if is_int8 and weight_scale is None and out_dtype != torch.int32:
+        raise ValueError(f"{op}: int8 weights need weight_scale (per-output-channel fp32 scales) to dequantize")
+    if not is_int8 and weight_scale is not None:
+        raise ValueError(f"{op}: weight_scale applies to int8 weights only")
+    if weight_scale is not None:
+        _check_dtype(op, "weight_scale", weight_scale, (torch.float32,))
+        if weight_scale.shape != (out_features,):
+            raise ValueError(f"{op}: weight_scale must have shape [{out_features}], got {list(weight_scale.shape)}")
+    return x.new_empty((*x.shape[:-1], out_features), dtype=out_dtype or x.dtype)
+
+
 def sparseflow_op_names() -> list[str]:
     """Every op registered under torch.ops.sparseflow (schema names, without overloads)."""
     return sorted(

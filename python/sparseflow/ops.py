@@ -24,3 +24,38 @@ def nm_decompress(values: torch.Tensor, indices: torch.Tensor, n: int = 2, m: in
     Raises ``IndexError`` naming the first group whose positions are out of ``[0, m)`` or not ascending.
     """
     return torch.ops.sparseflow.nm_decompress(values, indices, n, m)
+
+
+def bsr_pack(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, out_features: int, in_features: int,
+             kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pack a canonical block-sparse weight once into this device's kernel layout.
+
+    ``crow`` int32 [ceil(out/R) + 1], ``col`` int32 [nnz] (block columns, strictly ascending per block-row)
+    and ``values`` [nnz, R, C] (float32, bfloat16 or int8) describe W [out_features, in_features]; blocks may
+    overhang the matrix. The blocks are re-cut into the kernel's native blocks (all-zero ones dropped):
+    ``kernel`` "4x1" (int8, the VNNI pattern), "16x1" or "1x16" (fp32/bf16), or "auto" (int8: 4x1; float:
+    1x16 when C > R, else 16x1). in_features must be <= 65536 (16-bit indices).
+
+    Returns ``(meta, rowptr, indices, packed_values, compensation)``: plain tensors, to be kept (e.g. as
+    buffers, so they survive ``state_dict`` save/load) and passed to :func:`bsr_linear`. ``meta`` (int64, CPU)
+    records the format version, layout, dtype and sizes; ``compensation`` holds each int8 output channel's
+    weight sum (empty for float weights). Raises IndexError naming the first bad crow/col entry.
+    """
+    return torch.ops.sparseflow.bsr_pack(crow, col, values, out_features, in_features, kernel)
+
+
+def bsr_linear(x: torch.Tensor, meta: torch.Tensor, rowptr: torch.Tensor, indices: torch.Tensor,
+               packed_values: torch.Tensor, compensation: torch.Tensor, out_features: int, in_features: int,
+               bias: torch.Tensor | None = None, weight_scale: torch.Tensor | None = None,
+               activation: str = "none", out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``y = act(x @ W.T + bias)`` with W packed by :func:`bsr_pack`; x is ``[..., in_features]``.
+
+    float32/bfloat16 weights take x of the same dtype and accumulate in fp32. int8 weights take float32 or
+    bfloat16 x, quantize it per token inside the op (dynamic, asymmetric uint8 with a zero point), accumulate
+    ``sum((xq - zp) * W)`` exactly in int32, and dequantize with the per-token scale and ``weight_scale``
+    (float32 [out_features], required) fused with bias and activation. ``out_dtype``: float32 or bfloat16
+    (default: x's dtype), or int32 for the int8 raw accumulator (no bias/activation then).
+    ``activation``: "none", "relu", "gelu" (exact, erf) or "silu".
+    """
+    return torch.ops.sparseflow.bsr_linear(x, meta, rowptr, indices, packed_values, compensation, out_features,
+                                           in_features, bias, weight_scale, activation, out_dtype)

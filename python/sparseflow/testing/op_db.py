@@ -179,6 +179,253 @@ def _nm_decompress_fuzz(draw, device):
     return (values, indices, n, m)
 
 
+# ---------------------------------------------------------------------------------------------- BSR
+
+def random_bsr(out_features: int, in_features: int, R: int, C: int, density: float, dtype=torch.float32,
+               device="cpu", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Canonical BSR arrays (crow, col, values) with about `density` of the R x C blocks stored.
+
+    Stored blocks hold some zeros (and int8 ones the extremes -128/127), so packing must re-cut them.
+    """
+    g = torch.Generator().manual_seed(seed)
+    block_rows, block_cols = -(-out_features // R), -(-in_features // C)
+    kept = torch.rand(block_rows, block_cols, generator=g) < density
+    crow = torch.zeros(block_rows + 1, dtype=torch.int32)
+    crow[1:] = kept.sum(1).cumsum(0)
+    col = kept.nonzero()[:, 1].to(torch.int32)
+    shape = (len(col), R, C)
+    if dtype == torch.int8:
+        values = torch.randint(-128, 128, shape, generator=g).to(torch.int8)
+    else:
+        values = (torch.randn(shape, generator=g) * (torch.rand(shape, generator=g) < 0.9)).to(dtype)
+    return crow.to(device), col.to(device), values.to(device)
+
+
+# (out, in, R, C, density, dtype, kernel): awkward sizes (N not a multiple of the block, K not a multiple of
+# 4/16/64), blocks larger and smaller than the native ones, empty weights.
+BSR_CASES = (
+    (13, 37, 4, 1, 0.5, torch.int8, "auto"),
+    (40, 70, 1, 1, 0.3, torch.int8, "4x1"),
+    (9, 21, 3, 5, 0.6, torch.int8, "auto"),
+    (33, 100, 16, 1, 0.4, torch.float32, "auto"),
+    (20, 45, 1, 16, 0.5, torch.float32, "auto"),
+    (17, 19, 2, 3, 0.5, torch.float32, "16x1"),
+    (17, 19, 2, 3, 0.5, torch.float32, "1x16"),
+    (24, 66, 8, 8, 0.5, torch.bfloat16, "auto"),
+    (5, 16, 1, 4, 0.5, torch.bfloat16, "1x16"),
+    (6, 10, 4, 1, 0.0, torch.float32, "auto"),
+)
+
+
+def _bsr_pack_samples(device):
+    for i, (N, K, R, C, density, dtype, kernel) in enumerate(BSR_CASES):
+        crow, col, values = random_bsr(N, K, R, C, density, dtype, device, seed=i)
+        yield Sample((crow, col, values, N, K, kernel), note=f"{dtype} {R}x{C} {N}x{K} -> {kernel}")
+    crow, col, values = random_bsr(8, 8, 4, 4, 1.0, torch.float32, device)
+    values[0].fill_(-0.0)
+    yield Sample((crow, col, values, 8, 8, "auto"), note="-0.0 blocks are dropped")
+    yield Sample((torch.zeros(1, dtype=torch.int32, device=device), torch.zeros(0, dtype=torch.int32, device=device),
+                  torch.zeros(0, 4, 1, dtype=torch.int8, device=device), 0, 12, "auto"), note="out_features=0")
+    crow, col, values = random_bsr(12, 40, 4, 4, 0.5, torch.float32, device, seed=7)
+    yield Sample((crow, col, values.transpose(1, 2).contiguous().transpose(1, 2), 12, 40, "auto"),
+                 note="non-contiguous values")
+
+
+def _bsr_pack_bad(device):
+    crow, col, values = random_bsr(8, 16, 4, 4, 0.5, torch.float32, device)
+    yield BadSample((crow.long(), col, values, 8, 16), TypeError, r"bsr_pack: crow must have dtype (Int|int32), got (Long|int64)")
+    yield BadSample((crow, col, values.double(), 8, 16), TypeError, r"values must have dtype")
+    yield BadSample((crow, col, values[:, 0], 8, 16), ValueError, r"values must be 3-D")
+    yield BadSample((crow, col, values, 12, 16), ValueError, r"crow must have ceil\(out_features/R\) \+ 1 = 4")
+    yield BadSample((crow, col[:-1], values, 8, 16), ValueError, r"col and values must describe the same blocks")
+    yield BadSample((crow, col, values, 8, 70000), ValueError, r"in_features must be in \[0, 65536\]")
+    yield BadSample((crow, col, values, 8, 16, "4x1"), ValueError, r"kernel '4x1' is the int8 VNNI layout")
+    yield BadSample((crow, col, values, 8, 16, "2x2"), ValueError, r"kernel must be 'auto'")
+    yield BadSample((crow, col, values.to(torch.int8), 8, 16, "16x1"), ValueError, r"int8 weights use kernel '4x1'")
+    full = random_bsr(8, 16, 4, 4, 1.0, torch.float32, device)
+    bad_col = full[1].clone()
+    bad_col[5] = 4
+    yield BadSample((full[0], bad_col, full[2], 8, 16), IndexError, r"col\[5\] = 4 \(block-row 1\) is out of range \[0, 4\)")
+    swapped = full[1].clone()
+    swapped[[1, 2]] = swapped[[2, 1]]
+    yield BadSample((full[0], swapped, full[2], 8, 16), IndexError, r"strictly ascending .* block-row 0 has col\[1\] = 2 then col\[2\] = 1")
+    down = full[0].clone()
+    down[1] = 9
+    yield BadSample((down, full[1], full[2], 8, 16), IndexError, r"crow must be non-decreasing, but crow\[2\] = 8 < crow\[1\] = 9")
+    short = full[0].clone()
+    short[-1] = 7
+    yield BadSample((short, full[1], full[2], 8, 16), IndexError, r"crow\[-1\] must equal the number of blocks \(8\)")
+    yield BadSample((full[0] + 1, full[1], full[2], 8, 16), IndexError, r"crow\[0\] must be 0, got 1")
+
+
+def _bsr_fuzz_weight(draw, device):
+    from hypothesis import strategies as st
+
+    dtype = draw(st.sampled_from([torch.float32, torch.bfloat16, torch.int8]))
+    N, K = draw(st.integers(0, 40)), draw(st.integers(0, 70))
+    R, C = draw(st.sampled_from([(4, 1), (1, 16), (16, 1), (1, 1), (2, 3), (8, 8), (5, 2)]))
+    density = draw(st.sampled_from([0.0, 0.1, 0.5, 1.0]))
+    kernel = "auto" if dtype == torch.int8 else draw(st.sampled_from(["auto", "16x1", "1x16"]))
+    crow, col, values = random_bsr(N, K, R, C, density, dtype, device, seed=draw(st.integers(0, 999)))
+    return crow, col, values, N, K, kernel
+
+
+def _bsr_pack_fuzz(draw, device):
+    from hypothesis import strategies as st
+
+    crow, col, values, N, K, kernel = _bsr_fuzz_weight(draw, device)
+    corruption = draw(st.sampled_from(["none"] * 6 + ["col", "crow", "order", "kernel", "dtype", "rows"]))
+    if corruption == "col" and len(col):
+        col = col.clone()
+        col[draw(st.integers(0, len(col) - 1))] = draw(st.sampled_from([-1, 1000, -(-K // values.shape[2])]))
+    elif corruption == "crow" and len(crow) > 1:
+        crow = crow.clone()
+        crow[draw(st.integers(0, len(crow) - 1))] += draw(st.sampled_from([-1, 1, 3]))
+    elif corruption == "order" and len(col) >= 2:
+        col = col.flip(0).contiguous()
+    elif corruption == "kernel":
+        kernel = draw(st.sampled_from(["4x1", "16x1", "bad"]))
+    elif corruption == "dtype":
+        values = values.to(draw(st.sampled_from([torch.float64, torch.float16, torch.int32])))
+    elif corruption == "rows":
+        N += draw(st.sampled_from([-1, 1, 50]))
+    return crow, col, values, N, K, kernel
+
+
+def _bsr_linear_weight(crow, col, values, N, K, kernel, seed=0):
+    packed = ref.bsr_pack(crow, col, values, N, K, kernel)
+    g = torch.Generator().manual_seed(seed)
+    scale = (torch.rand(N, generator=g) * 0.02 + 0.001).to(values.device) if values.dtype == torch.int8 else None
+    return packed, scale
+
+
+def _bsr_x(M, K, dtype, device, seed=0, layout="contiguous"):
+    g = torch.Generator().manual_seed(seed)
+    if layout == "transposed":  # column-major rows
+        return torch.randn(K, M, generator=g).to(dtype).to(device).t()
+    if layout == "strided":  # every other column of a wider matrix
+        return torch.randn(M, 2 * K, generator=g).to(dtype).to(device)[:, ::2]
+    if layout == "3d":
+        return torch.randn(2, M, K, generator=g).to(dtype).to(device)
+    return torch.randn(M, K, generator=g).to(dtype).to(device)
+
+
+def _bsr_linear_samples(device):
+    activations = ref.ACTIVATIONS
+    for i, (N, K, R, C, density, dtype, kernel) in enumerate(BSR_CASES):
+        crow, col, values = random_bsr(N, K, R, C, density, dtype, device, seed=i)
+        packed, scale = _bsr_linear_weight(crow, col, values, N, K, kernel, seed=i)
+        x_dtypes = (torch.float32, torch.bfloat16) if dtype == torch.int8 else (dtype,)
+        for j, (M, layout) in enumerate(((1, "contiguous"), (3, "transposed"), (17, "strided"), (129, "contiguous"),
+                                         (5, "3d"), (0, "contiguous"))):
+            x_dtype = x_dtypes[j % len(x_dtypes)]
+            x = _bsr_x(M, K, x_dtype, device, seed=i * 10 + j, layout=layout)
+            bias = torch.randn(N, device=device).to(x_dtype if j % 2 else torch.float32) if j % 3 else None
+            act = activations[(i + j) % len(activations)]
+            out_dtype = (None, torch.float32, torch.bfloat16)[(i + j) % 3]
+            yield Sample((x, *packed, N, K, bias, scale, act, out_dtype),
+                         note=f"{dtype} {kernel} {R}x{C} N={N} K={K} M={M} {layout} x={x_dtype} {act} bias={bias is not None}")
+        if dtype == torch.int8:  # the raw accumulator, compared exactly
+            for M in (1, 16, 64, 65):
+                x = _bsr_x(M, K, torch.float32, device, seed=i + M)
+                yield Sample((x, *packed, N, K, None, None, "none", torch.int32), note=f"int8 accumulator M={M}")
+
+
+def _bsr_linear_bad(device):
+    crow, col, values = random_bsr(12, 40, 1, 16, 0.5, torch.float32, device)
+    packed = ref.bsr_pack(crow, col, values, 12, 40)  # 1x16: 12 block-rows
+    x = torch.randn(3, 40, device=device)
+    ok = (x, *packed, 12, 40)
+    yield BadSample((x.double(), *packed, 12, 40), TypeError, r"bsr_linear: x must have dtype (Float|float32), (BFloat16|bfloat16), got (Double|float64)")
+    yield BadSample((x[:, :39], *packed, 12, 40), ValueError, r"x has 39 input features .* in_features=40")
+    yield BadSample((x.bfloat16(), *packed, 12, 40), TypeError, r"x must have the weight's dtype Float")
+    yield BadSample((*ok, torch.randn(11, device=device)), ValueError, r"bias must have shape \[12\]")
+    yield BadSample((*ok, torch.randn(12, device=device).double()), TypeError, r"bias must have dtype")
+    yield BadSample((*ok, None, torch.ones(12, device=device)), ValueError, r"weight_scale applies to int8 weights only")
+    yield BadSample((*ok, None, None, "tanh"), ValueError, r"activation must be 'none', 'relu', 'gelu' or 'silu', got 'tanh'")
+    yield BadSample((*ok, None, None, "none", torch.float16), TypeError, r"out_dtype must be float32 or bfloat16")
+    yield BadSample((x, *packed, 16, 40), ValueError, r"packed for \[12, 40\] but out_features=16")
+    meta = packed[0].clone()
+    meta[0] = 99
+    yield BadSample((x, meta, *packed[1:], 12, 40), ValueError, r"packed-format version 99")
+    yield BadSample((x, packed[0], packed[1], packed[2].int(), *packed[3:], 12, 40), TypeError, r"indices must have dtype")
+    yield BadSample((x, *packed[:3], packed[3][:-1], packed[4], 12, 40), ValueError, r"packed_values must have shape|values must have shape")
+    rowptr = packed[1].clone()
+    rowptr[1] = rowptr[2] + 1
+    yield BadSample((x, packed[0], rowptr, *packed[2:], 12, 40), IndexError, r"rowptr is corrupted at block-row 1")
+    indices = packed[2].clone()
+    indices[3] = 40
+    yield BadSample((x, packed[0], packed[1], indices, *packed[3:], 12, 40), IndexError, r"a packed index is 40, out of range for in_features=40")
+    indices[3] = -1  # 65535 as an unsigned index
+    yield BadSample((x[:0], packed[0], packed[1], indices, *packed[3:], 12, 40), IndexError, r"a packed index is 65535")
+    q_packed, scale = _bsr_linear_weight(*random_bsr(12, 40, 4, 1, 0.5, torch.int8, device), 12, 40, "auto")
+    yield BadSample((x, *q_packed, 12, 40), ValueError, r"int8 weights need weight_scale")
+    yield BadSample((x, *q_packed, 12, 40, torch.zeros(12, device=device), None, "none", torch.int32), ValueError,
+                    r"out_dtype=int32 returns the raw int32 accumulator; bias and activation must be unset")
+    yield BadSample((x, *q_packed, 12, 40, None, scale.double()), TypeError, r"weight_scale must have dtype")
+    yield BadSample((x.to("meta"), *q_packed, 12, 40, None, scale), ValueError, r"x and rowptr must be on the same device")
+
+
+def _bsr_linear_fuzz(draw, device):
+    from hypothesis import strategies as st
+
+    crow, col, values, N, K, kernel = _bsr_fuzz_weight(draw, device)
+    packed, scale = _bsr_linear_weight(crow, col, values, N, K, kernel, seed=draw(st.integers(0, 99)))
+    is_int8 = values.dtype == torch.int8
+    x_dtype = draw(st.sampled_from([torch.float32, torch.bfloat16])) if is_int8 else values.dtype
+    M = draw(st.sampled_from([0, 1, 2, 3, 4, 5, 8, 15, 16, 17, 33, 64, 70]))
+    x = _bsr_x(M, K, x_dtype, device, seed=draw(st.integers(0, 999)),
+               layout=draw(st.sampled_from(["contiguous", "transposed", "strided", "3d"])))
+    bias = torch.randn(N, device=device) if draw(st.booleans()) else None
+    act = draw(st.sampled_from(ref.ACTIVATIONS))
+    out_dtype = draw(st.sampled_from([None, torch.float32, torch.bfloat16] + ([torch.int32] if is_int8 else [])))
+    if out_dtype == torch.int32:
+        bias, act = None, "none"
+    meta, rowptr, indices, pvalues, comp = packed
+    corruption = draw(st.sampled_from(["none"] * 8 + ["x_dtype", "k", "act", "out_dtype", "bias", "scale",
+                                                      "index", "rowptr", "features"]))
+    if corruption == "x_dtype":
+        x = x.to(draw(st.sampled_from([torch.float64, torch.float16])))
+    elif corruption == "k":
+        x = torch.randn(max(M, 1), K + 1, device=device).to(x.dtype)
+    elif corruption == "act":
+        act = "tanh"
+    elif corruption == "out_dtype":
+        out_dtype = torch.int64
+    elif corruption == "bias":
+        bias = torch.randn(N + 1, device=device)
+    elif corruption == "scale":
+        scale = None if is_int8 else torch.ones(N, device=device)
+    elif corruption == "index" and indices.numel():
+        indices = indices.clone()
+        indices[draw(st.integers(0, indices.numel() - 1))] = draw(st.sampled_from([K, K + 5, -1]))
+    elif corruption == "rowptr" and rowptr.numel() > 1:
+        rowptr = rowptr.clone()
+        rowptr[draw(st.integers(1, rowptr.numel() - 1))] += draw(st.sampled_from([-4, 1, 4]))
+    elif corruption == "features":
+        N += 1
+    return (x, meta, rowptr, indices, pvalues, comp, N, K, bias, scale, act, out_dtype)
+
+
+def assert_bsr_linear_close(actual, expected, args) -> None:
+    """int32 accumulators: exact. Float outputs: FlashAttention's rule against the float64 reference,
+    max|ours - ref64| <= 2 max|lowp - ref64| + atol, where lowp is the reference's own result (torch's
+    low-precision linear for float weights, the fp32 dequantization of the exact accumulator for int8)."""
+    assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert actual.dtype == expected.dtype, f"dtype {actual.dtype} != {expected.dtype}"
+    assert actual.device == expected.device
+    if actual.dtype == torch.int32:
+        assert torch.equal(actual, expected), f"accumulators differ at {(actual != expected).nonzero()[:5].tolist()}"
+        return
+    if actual.numel() == 0:
+        return
+    ref64 = ref.bsr_linear(*args, compute_dtype=torch.float64)
+    err = (actual.double() - ref64).abs().max().item()
+    lowp_err = (expected.double() - ref64).abs().max().item()
+    atol = (1e-6 if actual.dtype == torch.float32 else 2e-3) * (ref64.abs().max().item() + 1e-3)
+    assert err <= 2 * lowp_err + atol, f"max error {err:.3g} > 2 x {lowp_err:.3g} + {atol:.3g}"
+
+
 OP_DB: dict[str, OpEntry] = {
     e.name: e
     for e in [
@@ -186,5 +433,9 @@ OP_DB: dict[str, OpEntry] = {
                 bench_suite="nm-pack", compare=assert_bitwise_equal),
         OpEntry("nm_decompress", ref.nm_decompress, _nm_decompress_samples, _nm_decompress_bad,
                 _nm_decompress_fuzz, bench_suite="nm-pack", compare=assert_bitwise_equal),
+        OpEntry("bsr_pack", ref.bsr_pack, _bsr_pack_samples, _bsr_pack_bad, _bsr_pack_fuzz,
+                bench_suite="cpu-linear", compare=assert_bitwise_equal, cuda_pending="GPU kernels: issue 6"),
+        OpEntry("bsr_linear", ref.bsr_linear, _bsr_linear_samples, _bsr_linear_bad, _bsr_linear_fuzz,
+                bench_suite="cpu-linear", compare=assert_bsr_linear_close, cuda_pending="GPU kernels: issue 6"),
     ]
 }
