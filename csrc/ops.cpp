@@ -11,4 +11,10 @@ TORCH_LIBRARY(sparseflow, m) {
   m.def("nm_compress(Tensor dense, int n, int m) -> (Tensor values, Tensor indices)");
   // Inverse of nm_compress: scatter values to their positions; validates every position.
   m.def("nm_decompress(Tensor values, Tensor indices, int n, int m) -> Tensor");
+  // Canonical (values, indices) -> this device's kernel layout, once per weight (CPU: values + column bitmask).
+  m.def("nm_pack(Tensor values, Tensor indices, int n, int m) -> (Tensor packed_values, Tensor packed_meta)");
+  // y = act(x @ W^T + bias) for a packed N:M weight; int8 weights quantize x per token and dequantize into y.
+  m.def("nm_linear(Tensor x, Tensor packed_values, Tensor packed_meta, int n, int m, int out_features, "
+        "int in_features, Tensor? bias=None, Tensor? weight_scale=None, str activation=\"none\", "
+        "ScalarType? out_dtype=None) -> Tensor");
 }

@@ -1,0 +1,160 @@
+// nm_linear for fp32 / bf16 weights, AVX-512F/BW (torch-free; built with this ISA's flags).
+//
+// Each row of W streams once per tile of up to 8 tokens as (16-bit mask, kept values) per 16 columns:
+// vexpandps puts the kept values back in their lanes (zeros elsewhere) and one FMA per token follows, so the
+// bytes read per weight shrink with the sparsity (2:4 fp32: 2.125 bytes per dense element; bf16: 1.125) and
+// the expansion is shared by the tokens of a tile. Rows are worked in panels small enough to stay in L2
+// while the token tiles pass over them.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "nm.h"
+#include "nm_linear_scalar.h"
+#include "nm_linear_simd.h"
+
+namespace sparseflow::nm {
+namespace {
+
+constexpr int kMaxTokens = 8;
+constexpr int64_t kPanelBytes = 192 * 1024;
+
+// Rows per tile for T tokens: R*T accumulators + R expanded rows + 1 activation fit in 32 zmm registers.
+constexpr int rows_for(int tokens) { return tokens == 1 ? 8 : tokens == 2 ? 6 : tokens <= 4 ? 4 : 3; }
+
+struct Tile {
+  int64_t j0;       // first row
+  int64_t t0;       // first token
+  float* out;       // out[t * ld + r]
+  int64_t ld;
+  bool over_read;   // bf16 may load 16 values past a row's kept ones (false for the tensor's last rows)
+};
+
+template <bool kBf16, int R, int T>
+void tile(const LinearParams& p, const Tile& tl) {
+  using Value = std::conditional_t<kBf16, uint16_t, float>;
+  const int64_t k = p.in_features;
+  const int64_t packed_cols = k / p.m * p.n;
+  const int64_t meta_bytes = meta_row_bytes(k);
+  const uint8_t* meta[R];
+  const Value* val[R];
+  for (int r = 0; r < R; ++r) {
+    meta[r] = p.meta + (tl.j0 + r) * meta_bytes;
+    val[r] = static_cast<const Value*>(p.values) + (tl.j0 + r) * packed_cols;
+  }
+  const float* x[T];
+  for (int t = 0; t < T; ++t) x[t] = p.x + (tl.t0 + t) * p.x_stride;
+  __m512 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+
+  auto chunk = [&](int64_t c, __mmask16 xmask, bool over_read) {
+    __m512 w[R];
+    for (int r = 0; r < R; ++r) {
+      const __mmask16 bits = _load_mask16(reinterpret_cast<__mmask16*>(const_cast<uint8_t*>(meta[r] + c / 8)));
+      uint16_t count_bits;
+      std::memcpy(&count_bits, meta[r] + c / 8, 2);
+      const int count = __builtin_popcount(count_bits);
+      if constexpr (kBf16) {
+        const __m256i raw = over_read ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(val[r]))
+                                      : _mm256_maskz_loadu_epi16(tail_mask16(count), val[r]);
+        const __m512 packed = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+        w[r] = _mm512_maskz_expand_ps(bits, packed);
+      } else {
+        w[r] = _mm512_maskz_expandloadu_ps(bits, val[r]);
+      }
+      val[r] += count;
+    }
+    for (int t = 0; t < T; ++t) {
+      const __m512 xv = xmask == 0xffff ? _mm512_loadu_ps(x[t] + c) : _mm512_maskz_loadu_ps(xmask, x[t] + c);
+      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(w[r], xv, acc[r][t]);
+    }
+  };
+  int64_t c = 0;
+  if (tl.over_read) {
+    for (; c + 16 <= k; c += 16) chunk(c, 0xffff, true);
+  } else {
+    for (; c + 16 <= k; c += 16) chunk(c, 0xffff, false);
+  }
+  if (c < k) chunk(c, tail_mask16(k - c), false);
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) tl.out[t * tl.ld + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+// rows = R or fewer (the panel's last tile).
+template <bool kBf16, int T, int R = rows_for(T)>
+void tile_rows(const LinearParams& p, const Tile& tl, int rows) {
+  if constexpr (R > 0) {
+    if (rows == R) return tile<kBf16, R, T>(p, tl);
+    tile_rows<kBf16, T, R - 1>(p, tl, rows);
+  }
+}
+
+template <bool kBf16, int T>
+void panel(const LinearParams& p, int64_t j0, int64_t rows, int64_t t0, float* out, int64_t ld) {
+  constexpr int R = rows_for(T);
+  for (int64_t r = 0; r < rows; r += R) {
+    const int n = static_cast<int>(std::min<int64_t>(R, rows - r));
+    // A bf16 load may reach 16 values past the tile's last kept value: fine while later rows hold that many.
+    const bool over_read = (p.out_features - (j0 + r + n)) * (p.in_features / p.m * p.n) >= 16;
+    tile_rows<kBf16, T>(p, Tile{j0 + r, t0, out + r, ld, over_read}, n);
+  }
+}
+
+template <bool kBf16>
+void run(const LinearParams& p, int64_t row_begin, int64_t row_end) {
+  using PanelFn = void (*)(const LinearParams&, int64_t, int64_t, int64_t, float*, int64_t);
+  static constexpr PanelFn kPanels[kMaxTokens] = {panel<kBf16, 1>, panel<kBf16, 2>, panel<kBf16, 3>,
+                                                  panel<kBf16, 4>, panel<kBf16, 5>, panel<kBf16, 6>,
+                                                  panel<kBf16, 7>, panel<kBf16, 8>};
+  const int64_t k = p.in_features;
+  const int64_t row_bytes = k / p.m * p.n * (kBf16 ? 2 : 4) + meta_row_bytes(k);
+  const int64_t panel_rows = std::clamp<int64_t>(kPanelBytes / std::max<int64_t>(row_bytes, 1), 24, 1024);
+  std::vector<float> out(kMaxTokens * panel_rows);
+  for (int64_t j0 = row_begin; j0 < row_end; j0 += panel_rows) {
+    const int64_t rows = std::min(panel_rows, row_end - j0);
+    for (int64_t t0 = 0; t0 < p.tokens; t0 += kMaxTokens) {
+      const int tokens = static_cast<int>(std::min<int64_t>(kMaxTokens, p.tokens - t0));
+      kPanels[tokens - 1](p, j0, rows, t0, out.data(), panel_rows);
+      for (int t = 0; t < tokens; ++t) store_epilogue(p, t0 + t, j0, rows, out.data() + t * panel_rows, nullptr);
+    }
+  }
+}
+
+}  // namespace
+
+void quantize_rows_avx512(const QuantizeParams& q, int64_t t_begin, int64_t t_end) {
+  const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+  const __m128i bias = _mm_set1_epi8(q.biased ? char(0x80) : char(0));
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    const float* row = q.x + t * q.x_stride;
+    __m512 amax = _mm512_setzero_ps();
+    for (int64_t i = 0; i < q.cols; i += 16) {
+      const __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask16(q.cols - i), row + i));
+      amax = _mm512_max_ps(a, amax);  // NaN -> amax: NaN is ignored, as in quantize_rows_portable
+    }
+    const float m = _mm512_reduce_max_ps(amax);
+    const __m512 inv = _mm512_set1_ps(quantize_inv_scale(m));
+    q.scale[t] = m / 127.0f;
+    int8_t* out = q.xq + t * q.xq_stride;
+    for (int64_t i = 0; i < q.xq_stride; i += 16) {
+      const __mmask16 mask = tail_mask16(q.cols - i);  // zero past cols: q = 0 there
+      __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, row + i), inv);
+      v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);  // max returns lo on NaN, like quantize_value
+      const __m128i b = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v));  // round half to even
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm_xor_si128(b, bias));
+    }
+  }
+}
+
+void linear_avx512(const LinearParams& p, int64_t row_begin, int64_t row_end) {
+  if (p.weight == Scalar::kBFloat16) {
+    run<true>(p, row_begin, row_end);
+  } else {
+    run<false>(p, row_begin, row_end);
+  }
+}
+
+}  // namespace sparseflow::nm
