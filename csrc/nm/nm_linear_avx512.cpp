@@ -32,12 +32,58 @@ struct Tile {
   bool over_read;   // bf16 may load 16 values past a row's kept ones (false for the tensor's last rows)
 };
 
+// The 16-column mask straight from memory into a mask register (a load, where kmovw from a GPR costs a
+// port-5 uop that the expand needs).
+SF_ALWAYS_INLINE __mmask16 load_mask(const uint8_t* p) {
+  __mmask16 k;
+  asm("kmovw %1, %0" : "=Yk"(k) : "m"(*reinterpret_cast<const uint16_t*>(p)));
+  return k;
+}
+
+// One 16-column step of a tile: expand R rows, FMA them into T tokens' accumulators.
+template <bool kBf16, int R, int T, bool kFullX, bool kOverRead, typename Value>
+SF_ALWAYS_INLINE void step(__m512 (&acc)[R][T], const uint8_t* const (&meta)[R], const Value* (&val)[R],
+                           const float* const (&x)[T], int64_t c, int const_count, __mmask16 xmask) {
+  __m512 w[R];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    const __mmask16 bits = load_mask(meta[r] + c / 8);
+    int count = const_count;
+    if (count < 0) {  // m does not divide 16: the count varies from chunk to chunk
+      uint16_t raw;
+      std::memcpy(&raw, meta[r] + c / 8, 2);
+      count = __builtin_popcount(raw);
+    }
+    if constexpr (kBf16) {
+      __m256i raw;
+      if constexpr (kOverRead) {
+        raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(val[r]));
+      } else {
+        raw = _mm256_maskz_loadu_epi16(tail_mask16(count), val[r]);
+      }
+      const __m512 packed = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+      w[r] = _mm512_maskz_expand_ps(bits, packed);
+    } else {
+      w[r] = _mm512_maskz_expandloadu_ps(bits, val[r]);
+    }
+    val[r] += count;
+  }
+#pragma GCC unroll 16
+  for (int t = 0; t < T; ++t) {
+    const __m512 xv = kFullX ? _mm512_loadu_ps(x[t] + c) : _mm512_maskz_loadu_ps(xmask, x[t] + c);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(w[r], xv, acc[r][t]);
+  }
+}
+
 template <bool kBf16, int R, int T>
 void tile(const LinearParams& p, const Tile& tl) {
   using Value = std::conditional_t<kBf16, uint16_t, float>;
   const int64_t k = p.in_features;
   const int64_t packed_cols = k / p.m * p.n;
   const int64_t meta_bytes = meta_row_bytes(k);
+  // Rows hold exactly n kept values per group, so when m divides 16 every full chunk holds 16n/m.
+  const int const_count = 16 % p.m == 0 ? 16 / p.m * p.n : -1;
   const uint8_t* meta[R];
   const Value* val[R];
   for (int r = 0; r < R; ++r) {
@@ -47,39 +93,21 @@ void tile(const LinearParams& p, const Tile& tl) {
   const float* x[T];
   for (int t = 0; t < T; ++t) x[t] = p.x + (tl.t0 + t) * p.x_stride;
   __m512 acc[R][T];
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-
-  auto chunk = [&](int64_t c, __mmask16 xmask, bool over_read) {
-    __m512 w[R];
-    for (int r = 0; r < R; ++r) {
-      const __mmask16 bits = _load_mask16(reinterpret_cast<__mmask16*>(const_cast<uint8_t*>(meta[r] + c / 8)));
-      uint16_t count_bits;
-      std::memcpy(&count_bits, meta[r] + c / 8, 2);
-      const int count = __builtin_popcount(count_bits);
-      if constexpr (kBf16) {
-        const __m256i raw = over_read ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(val[r]))
-                                      : _mm256_maskz_loadu_epi16(tail_mask16(count), val[r]);
-        const __m512 packed = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-        w[r] = _mm512_maskz_expand_ps(bits, packed);
-      } else {
-        w[r] = _mm512_maskz_expandloadu_ps(bits, val[r]);
-      }
-      val[r] += count;
-    }
-    for (int t = 0; t < T; ++t) {
-      const __m512 xv = xmask == 0xffff ? _mm512_loadu_ps(x[t] + c) : _mm512_maskz_loadu_ps(xmask, x[t] + c);
-      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(w[r], xv, acc[r][t]);
-    }
-  };
   int64_t c = 0;
   if (tl.over_read) {
-    for (; c + 16 <= k; c += 16) chunk(c, 0xffff, true);
+    for (; c + 16 <= k; c += 16) step<kBf16, R, T, true, true>(acc, meta, val, x, c, const_count, 0xffff);
   } else {
-    for (; c + 16 <= k; c += 16) chunk(c, 0xffff, false);
+    for (; c + 16 <= k; c += 16) step<kBf16, R, T, true, false>(acc, meta, val, x, c, const_count, 0xffff);
   }
-  if (c < k) chunk(c, tail_mask16(k - c), false);
+  // The last, partial chunk: its count is whatever its mask says.
+  if (c < k) step<kBf16, R, T, false, false>(acc, meta, val, x, c, -1, tail_mask16(k - c));
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
     for (int t = 0; t < T; ++t) tl.out[t * tl.ld + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 

@@ -115,18 +115,22 @@ void tile(const LinearParams& p, const Consts& consts, const Tile& tl) {
   const int64_t meta_bytes = meta_row_bytes(k);
   constexpr int kChunkBytes = 64 / M * N;
   __m512i acc[R][T], wsum[R];
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
     wsum[r] = _mm512_setzero_si512();
+#pragma GCC unroll 16
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_si512();
   }
   const uint8_t* x = reinterpret_cast<const uint8_t*>(p.xq) + tl.t0 * p.xq_stride;
   for (int64_t c = 0; c < k; c += 64) {
     const int bytes = c + 64 <= k ? kChunkBytes : static_cast<int>((k - c) / M * N);
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const int64_t j = tl.j0 + r;
       const __m512i w = densify<N, M>(consts, p.meta + j * meta_bytes + c / 8,
                                       static_cast<const int8_t*>(p.values) + j * packed_cols + c / M * N, bytes);
       wsum[r] = _mm512_dpbusd_epi32(wsum[r], consts.ones, w);
+#pragma GCC unroll 16
       for (int t = 0; t < T; ++t) {
         const __m512i xv = _mm512_loadu_si512(x + t * p.xq_stride + c);
         acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], xv, w);
@@ -134,8 +138,10 @@ void tile(const LinearParams& p, const Consts& consts, const Tile& tl) {
     }
   }
   // Modulo 2^32 (the lane sums may wrap); exact because the true sum fits in int32 (in_features is bounded).
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
     const uint32_t correction = 128u * static_cast<uint32_t>(_mm512_reduce_add_epi32(wsum[r]));
+#pragma GCC unroll 16
     for (int t = 0; t < T; ++t) {
       tl.out[t * tl.ld + r] = static_cast<int32_t>(static_cast<uint32_t>(_mm512_reduce_add_epi32(acc[r][t])) - correction);
     }

@@ -8,6 +8,8 @@
 
 #include "nm.h"
 
+#define SF_ALWAYS_INLINE inline __attribute__((always_inline))
+
 namespace sparseflow::nm {
 namespace {
 
