@@ -95,6 +95,10 @@ struct LinearParams {
   // float weights: fp32 activations [tokens, x_stride] (bf16 input is widened by the caller)
   const float* x = nullptr;
   int64_t x_stride = 0;
+  // float weights with tokens >= kWideTokens at the AVX-512 level: the same activations token-interleaved,
+  // [in_features][ceil(tokens/16)][16] (a column's token blocks adjacent), zero past `tokens`
+  // (interleave_tokens_avx512), else null.
+  const float* xt = nullptr;
   // int8 weights: quantized activations [tokens, xq_stride], xq_stride a multiple of 64, zero past
   // in_features (stored +128 as uint8 for the VNNI kernel, which needs u8 x s8; plain s8 for the portable
   // one); per-token scales
@@ -113,6 +117,13 @@ struct LinearParams {
 void linear_portable(const LinearParams& p, int64_t row_begin, int64_t row_end);
 void linear_avx512(const LinearParams& p, int64_t row_begin, int64_t row_end);       // float weights
 void linear_avx512_vnni(const LinearParams& p, int64_t row_begin, int64_t row_end);  // int8 weights
+// From this many tokens linear_avx512 broadcasts each kept weight against 16 tokens at a time (only the
+// kept products are computed) instead of expanding rows against a token's 16 columns.
+constexpr int64_t kWideTokens = 32;
+// Fills token blocks [block_begin, block_end) of LinearParams::xt from x [tokens, x_stride].
+void interleave_tokens_avx512(const float* x, int64_t x_stride, int64_t tokens, int64_t cols, float* xt,
+                              int64_t block_begin, int64_t block_end);
+
 // Patterns the VNNI kernel handles (others run portable): m in {4, 8}, n in {1, 2, 4}, n < m.
 bool vnni_supports(int n, int m);
 

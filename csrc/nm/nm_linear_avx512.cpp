@@ -151,7 +151,140 @@ void run(const LinearParams& p, int64_t row_begin, int64_t row_end) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------- many tokens
+// Each kept weight is broadcast and multiplied into B blocks of 16 tokens (token-interleaved activations: a
+// column's B blocks are B adjacent 64-byte lines), so only the kept products are computed: at 2:4 half the FMAs
+// of dense. Columns go in spans whose B blocks stay in L1 while a panel of rows passes over them (each row
+// walks its span's mask bits; partial sums per row live in L2), so the activations are read from memory once
+// per panel and the weights once per token pass.
+constexpr int kMaxBlocks = 8;
+constexpr int64_t kWidePanelRows = 512;  // rows whose partial sums (512 B each) share L2
+
+struct WideSpan {
+  const float* xt;       // the span's first column, first block of this pass
+  int64_t column_floats;  // distance between two columns in xt (blocks * 16)
+  int64_t c0;             // first column of the span
+  int width;              // columns in the span (<= 64)
+};
+
+// One row over one span: acc[b] (16 tokens each) += w[c] * xt[c][b] for the kept columns c.
+template <int B, bool kBf16>
+SF_ALWAYS_INLINE void wide_row_span(const LinearParams& p, const WideSpan& sp, int64_t j, int64_t& next, float* partial,
+                                    bool first) {
+  using Value = std::conditional_t<kBf16, uint16_t, float>;
+  uint64_t word = load_u64(p.meta + j * meta_row_bytes(p.in_features) + sp.c0 / 8);
+  if (sp.width < 64) word &= (uint64_t{1} << sp.width) - 1;
+  const int count = __builtin_popcountll(word);
+  const Value* src = static_cast<const Value*>(p.values) + j * (p.in_features / p.m * p.n) + next;
+  next += count;
+  const float* v;
+  alignas(64) float widened[64];
+  if constexpr (kBf16) {
+    for (int i = 0; i < count; i += 16) {
+      _mm512_store_ps(widened + i, load_bf16(src + i, tail_mask16(count - i)));
+    }
+    v = widened;
+  } else {
+    v = src;
+  }
+  // Two accumulator sets (even / odd kept values) keep >= 8 FMA chains in flight when B is small.
+  constexpr int S = B >= 8 ? 1 : 2;
+  __m512 acc[S][B];
+#pragma GCC unroll 16
+  for (int b = 0; b < B; ++b) {
+    acc[0][b] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(partial + b * 16);
+    if constexpr (S == 2) acc[1][b] = _mm512_setzero_ps();
+  }
+  int i = 0;
+  for (; i + S <= count; i += S) {
+#pragma GCC unroll 2
+    for (int s = 0; s < S; ++s) {
+      const float* x = sp.xt + __builtin_ctzll(word) * sp.column_floats;
+      word &= word - 1;
+      const __m512 w = _mm512_set1_ps(v[i + s]);
+#pragma GCC unroll 16
+      for (int b = 0; b < B; ++b) acc[s][b] = _mm512_fmadd_ps(w, _mm512_load_ps(x + b * 16), acc[s][b]);
+    }
+  }
+  if (i < count) {  // S == 2 and an odd count
+    const float* x = sp.xt + __builtin_ctzll(word) * sp.column_floats;
+    const __m512 w = _mm512_set1_ps(v[i]);
+#pragma GCC unroll 16
+    for (int b = 0; b < B; ++b) acc[0][b] = _mm512_fmadd_ps(w, _mm512_load_ps(x + b * 16), acc[0][b]);
+  }
+#pragma GCC unroll 16
+  for (int b = 0; b < B; ++b) {
+    __m512 sum = acc[0][b];
+    if constexpr (S == 2) sum = _mm512_add_ps(sum, acc[1][b]);
+    _mm512_storeu_ps(partial + b * 16, sum);
+  }
+}
+
+// Rows [j0, j0 + rows) against token blocks [block0, block0 + B): partial[r * kMaxBlocks * 16 + token].
+// Blocked so that a column block's activations (<= 256 KiB) and the rows' partial sums (<= 256 KiB) stay in
+// L2, and a span's activations (16 KiB) with a panel's partial sums (8 KiB) in L1.
+template <int B, bool kBf16>
+void wide_pass(const LinearParams& p, int64_t j0, int64_t rows, int64_t block0, float* partial, int64_t* next) {
+  constexpr int kSpan = B > 4 ? 32 : 64;
+  constexpr int64_t kBlockCols = 512, kPanelRows = 16;
+  const int64_t k = p.in_features;
+  const int64_t blocks = (p.tokens + 15) / 16;
+  std::fill(next, next + rows, int64_t{0});
+  for (int64_t kc = 0; kc < k; kc += kBlockCols) {
+    const int64_t kc_end = std::min(k, kc + kBlockCols);
+    for (int64_t r0 = 0; r0 < rows; r0 += kPanelRows) {
+      const int64_t r_end = std::min(rows, r0 + kPanelRows);
+      for (int64_t c0 = kc; c0 < kc_end; c0 += kSpan) {
+        const WideSpan sp{p.xt + (c0 * blocks + block0) * 16, blocks * 16, c0,
+                          static_cast<int>(std::min<int64_t>(kSpan, k - c0))};
+        for (int64_t r = r0; r < r_end; ++r) {
+          wide_row_span<B, kBf16>(p, sp, j0 + r, next[r], partial + r * kMaxBlocks * 16, c0 == 0);
+        }
+      }
+    }
+  }
+}
+
+template <bool kBf16>
+void run_wide(const LinearParams& p, int64_t row_begin, int64_t row_end) {
+  using PassFn = void (*)(const LinearParams&, int64_t, int64_t, int64_t, float*, int64_t*);
+  static constexpr PassFn kPasses[kMaxBlocks] = {
+      wide_pass<1, kBf16>, wide_pass<2, kBf16>, wide_pass<3, kBf16>, wide_pass<4, kBf16>,
+      wide_pass<5, kBf16>, wide_pass<6, kBf16>, wide_pass<7, kBf16>, wide_pass<8, kBf16>};
+  const int64_t blocks = (p.tokens + 15) / 16;
+  std::vector<float> partial(kWidePanelRows * kMaxBlocks * 16), out(kMaxBlocks * 16 * kWidePanelRows);
+  std::vector<int64_t> next(kWidePanelRows);
+  for (int64_t j0 = row_begin; j0 < row_end; j0 += kWidePanelRows) {
+    const int64_t rows = std::min(kWidePanelRows, row_end - j0);
+    for (int64_t b0 = 0; b0 < blocks; b0 += kMaxBlocks) {
+      const int nb = static_cast<int>(std::min<int64_t>(kMaxBlocks, blocks - b0));
+      kPasses[nb - 1](p, j0, rows, b0, partial.data(), next.data());
+      const int64_t tokens = std::min<int64_t>(nb * 16, p.tokens - b0 * 16);
+      for (int64_t r = 0; r < rows; ++r)  // [row][token] -> [token][row] for the epilogue
+        for (int64_t t = 0; t < tokens; ++t) out[t * rows + r] = partial[r * kMaxBlocks * 16 + t];
+      for (int64_t t = 0; t < tokens; ++t) store_epilogue(p, b0 * 16 + t, j0, rows, out.data() + t * rows, nullptr);
+    }
+  }
+}
+
 }  // namespace
+
+void interleave_tokens_avx512(const float* x, int64_t x_stride, int64_t tokens, int64_t cols, float* xt,
+                              int64_t block_begin, int64_t block_end) {
+  const int64_t blocks = (tokens + 15) / 16;
+  for (int64_t b = block_begin; b < block_end; ++b) {
+    float* dst = xt + b * 16;
+    const int64_t t0 = b * 16, count = std::min<int64_t>(16, tokens - t0);
+    // Gather 16 tokens' value of one column per store: the column's line of the block.
+    const __m512i index = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                             _mm512_set1_epi32(static_cast<int32_t>(x_stride)));
+    const __mmask16 live = tail_mask16(count);
+    const float* src = x + t0 * x_stride;
+    for (int64_t c = 0; c < cols; ++c) {
+      _mm512_storeu_ps(dst + c * blocks * 16, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, index, src + c, 4));
+    }
+  }
+}
 
 void quantize_rows_avx512(const QuantizeParams& q, int64_t t_begin, int64_t t_end) {
   const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
@@ -178,10 +311,11 @@ void quantize_rows_avx512(const QuantizeParams& q, int64_t t_begin, int64_t t_en
 }
 
 void linear_avx512(const LinearParams& p, int64_t row_begin, int64_t row_end) {
-  if (p.weight == Scalar::kBFloat16) {
-    run<true>(p, row_begin, row_end);
+  const bool bf16 = p.weight == Scalar::kBFloat16;
+  if (p.xt) {
+    bf16 ? run_wide<true>(p, row_begin, row_end) : run_wide<false>(p, row_begin, row_end);
   } else {
-    run<false>(p, row_begin, row_end);
+    bf16 ? run<true>(p, row_begin, row_end) : run<false>(p, row_begin, row_end);
   }
 }
 

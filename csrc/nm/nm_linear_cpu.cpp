@@ -83,7 +83,7 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
 
   const CpuIsa isa = selected_cpu_isa();
   void (*kernel)(const LinearParams&, int64_t, int64_t) = linear_portable;
-  at::Tensor xq, x_scale;
+  at::Tensor xq, x_scale, xt;
   const at::Tensor w_scale = weight_scale ? weight_scale->contiguous() : at::Tensor();
   if (p.weight == Scalar::kInt8) {
     const bool vnni = isa >= CpuIsa::kAvx512Vnni && vnni_supports(p.n, p.m);
@@ -106,9 +106,21 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
     p.x_scale = q.scale;
     p.weight_scale = w_scale.data_ptr<float>();
   } else {
-    if (isa >= CpuIsa::kAvx512) kernel = linear_avx512;
     p.x = x2.data_ptr<float>();
     p.x_stride = x2.stride(0);
+    if (isa >= CpuIsa::kAvx512) {
+      kernel = linear_avx512;
+      const int64_t blocks = (p.tokens + 15) / 16;
+      // interleave_tokens_avx512 gathers 16 rows with 32-bit indices.
+      if (p.tokens >= kWideTokens && in_features > 0 && p.x_stride < INT32_MAX / 16) {
+        xt = at::empty({in_features, blocks, 16}, x2.options());
+        float* dst = xt.data_ptr<float>();
+        at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+          interleave_tokens_avx512(p.x, p.x_stride, p.tokens, in_features, dst, begin, end);
+        });
+        p.xt = dst;
+      }
+    }
   }
   // Threads split the output features; each row's sum is computed the same way whatever the split.
   const int64_t work_per_row = std::max<int64_t>(1, in_features * p.tokens);
