@@ -146,9 +146,11 @@ def test_non_contiguous_x(isa, dtype, layout):
 
 
 @pytest.mark.parametrize("dtype", WEIGHT_DTYPES)
-def test_large_k_decode(isa, dtype):
-    # K past several 64-column chunks and panels, rows not a multiple of any tile size.
-    args = nm_linear_args((2,), 203, 4096 + 68, 2, 4, dtype, bias=True, activation="silu", seed=5)
+@pytest.mark.parametrize("tokens", [2, 40])
+def test_large_k(isa, dtype, tokens):
+    # K past several 64-column chunks, spans and column blocks; rows not a multiple of any tile size. Long
+    # sums are where the summation order shows against torch's blocked GEMM.
+    args = nm_linear_args((tokens,), 203, 4096 + 68, 2, 4, dtype, bias=True, activation="silu", seed=5)
     nm_linear_tolerance_check(torch.ops.sparseflow.nm_linear(*args), args)
 
 

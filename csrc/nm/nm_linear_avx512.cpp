@@ -191,10 +191,9 @@ SF_ALWAYS_INLINE void wide_row_span(const LinearParams& p, const WideSpan& sp, i
   constexpr int S = B >= 8 ? 1 : 2;
   __m512 acc[S][B];
 #pragma GCC unroll 16
-  for (int b = 0; b < B; ++b) {
-    acc[0][b] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(partial + b * 16);
-    if constexpr (S == 2) acc[1][b] = _mm512_setzero_ps();
-  }
+  for (int s = 0; s < S; ++s)
+#pragma GCC unroll 16
+    for (int b = 0; b < B; ++b) acc[s][b] = _mm512_setzero_ps();
   int i = 0;
   for (; i + S <= count; i += S) {
 #pragma GCC unroll 2
@@ -216,17 +215,21 @@ SF_ALWAYS_INLINE void wide_row_span(const LinearParams& p, const WideSpan& sp, i
   for (int b = 0; b < B; ++b) {
     __m512 sum = acc[0][b];
     if constexpr (S == 2) sum = _mm512_add_ps(sum, acc[1][b]);
+    if (!first) sum = _mm512_add_ps(_mm512_loadu_ps(partial + b * 16), sum);
     _mm512_storeu_ps(partial + b * 16, sum);
   }
 }
 
 // Rows [j0, j0 + rows) against token blocks [block0, block0 + B): partial[r * kMaxBlocks * 16 + token].
 // Blocked so that a column block's activations (<= 256 KiB) and the rows' partial sums (<= 256 KiB) stay in
-// L2, and a span's activations (16 KiB) with a panel's partial sums (8 KiB) in L1.
+// L2, and a span's activations (16 KiB) with a panel's column-block sums (8 KiB) in L1. Sums go in three
+// levels (span, column block, row), like a blocked GEMM's: one chain over every kept weight of a long row
+// would be several times less accurate than torch's sgemm at K = 11008.
 template <int B, bool kBf16>
 void wide_pass(const LinearParams& p, int64_t j0, int64_t rows, int64_t block0, float* partial, int64_t* next) {
   constexpr int kSpan = B > 4 ? 32 : 64;
-  constexpr int64_t kBlockCols = 512, kPanelRows = 16;
+  constexpr int64_t kBlockCols = 512, kPanelRows = 16, kRowFloats = kMaxBlocks * 16;
+  alignas(64) float block_sum[kPanelRows * kRowFloats];
   const int64_t k = p.in_features;
   const int64_t blocks = (p.tokens + 15) / 16;
   std::fill(next, next + rows, int64_t{0});
@@ -238,7 +241,16 @@ void wide_pass(const LinearParams& p, int64_t j0, int64_t rows, int64_t block0, 
         const WideSpan sp{p.xt + (c0 * blocks + block0) * 16, blocks * 16, c0,
                           static_cast<int>(std::min<int64_t>(kSpan, k - c0))};
         for (int64_t r = r0; r < r_end; ++r) {
-          wide_row_span<B, kBf16>(p, sp, j0 + r, next[r], partial + r * kMaxBlocks * 16, c0 == 0);
+          wide_row_span<B, kBf16>(p, sp, j0 + r, next[r], block_sum + (r - r0) * kRowFloats, c0 == kc);
+        }
+      }
+      for (int64_t r = r0; r < r_end; ++r) {
+        float* total = partial + r * kRowFloats;
+        const float* sum = block_sum + (r - r0) * kRowFloats;
+#pragma GCC unroll 16
+        for (int b = 0; b < B; ++b) {
+          const __m512 v = _mm512_load_ps(sum + b * 16);
+          _mm512_storeu_ps(total + b * 16, kc == 0 ? v : _mm512_add_ps(_mm512_loadu_ps(total + b * 16), v));
         }
       }
     }
