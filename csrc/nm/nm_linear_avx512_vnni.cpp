@@ -27,7 +27,8 @@ namespace {
 constexpr int kMaxTokens = 8;
 constexpr int64_t kPanelBytes = 192 * 1024;
 
-constexpr int rows_for(int tokens) { return tokens == 1 ? 8 : tokens == 2 ? 6 : tokens <= 4 ? 4 : 2; }
+// Rows per tile for T tokens: R*T + R accumulators (>= 8 for vpdpbusd's latency) and the constants in 32 zmm.
+constexpr int rows_for(int tokens) { return tokens <= 4 ? 4 : 2; }
 
 struct Consts {
   __m512i shifts;    // lanes 2i and 2i+1 shift by 4i: nibble i -> lane 2i, nibble 8+i -> lane 2i+1
@@ -59,37 +60,36 @@ struct Consts {
   }
 };
 
-// The kept bytes of 64 columns, each group's next to its dword lane (bytes = 64/m*n, fewer in a tail chunk).
-template <int N, int M>
-inline __m512i spread(const int8_t* v, int bytes) {
-  const bool full = bytes == 64 / M * N;
+// The kept bytes of 64 columns, each group's next to its dword lane (64/m*n bytes; `bytes` in a tail chunk).
+template <int N, int M, bool kFull>
+SF_ALWAYS_INLINE __m512i spread(const int8_t* v, int bytes) {
   if constexpr (M == 4 && N == 2) {
-    const __m256i raw = full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v))
-                             : _mm256_maskz_loadu_epi8(static_cast<__mmask32>((1ull << bytes) - 1), v);
+    const __m256i raw = kFull ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v))
+                              : _mm256_maskz_loadu_epi8(static_cast<__mmask32>((1ull << bytes) - 1), v);
     return _mm512_cvtepu16_epi32(raw);
   } else if constexpr (M == 4 && N == 1) {
-    const __m128i raw = full ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(v))
-                             : _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << bytes) - 1), v);
+    const __m128i raw = kFull ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(v))
+                              : _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << bytes) - 1), v);
     return _mm512_cvtepu8_epi32(raw);
   } else if constexpr (M == 8 && N == 4) {
-    const __m256i raw = full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v))
-                             : _mm256_maskz_loadu_epi8(static_cast<__mmask32>((1ull << bytes) - 1), v);
+    const __m256i raw = kFull ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v))
+                              : _mm256_maskz_loadu_epi8(static_cast<__mmask32>((1ull << bytes) - 1), v);
     return _mm512_cvtepu32_epi64(raw);
   } else if constexpr (M == 8 && N == 2) {
-    const __m128i raw = full ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(v))
-                             : _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << bytes) - 1), v);
+    const __m128i raw = kFull ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(v))
+                              : _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << bytes) - 1), v);
     return _mm512_cvtepu16_epi64(raw);
   } else {
     static_assert(M == 8 && N == 1);
-    const __m128i raw = full ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(v))
-                             : _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << bytes) - 1), v);
+    const __m128i raw = kFull ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(v))
+                              : _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << bytes) - 1), v);
     return _mm512_cvtepu8_epi64(raw);
   }
 }
 
 // 64 dense int8 weights of one row from its meta word and kept bytes.
-template <int N, int M>
-inline __m512i densify(const Consts& k, const uint8_t* meta, const int8_t* values, int bytes) {
+template <int N, int M, bool kFull>
+SF_ALWAYS_INLINE __m512i densify(const Consts& k, const uint8_t* meta, const int8_t* values, int bytes) {
   long long word;
   std::memcpy(&word, meta, 8);
   const __m512i nibbles = _mm512_srlv_epi32(_mm512_set1_epi64(word), k.shifts);
@@ -98,7 +98,21 @@ inline __m512i densify(const Consts& k, const uint8_t* meta, const int8_t* value
     // The upper half of a group of 8 starts after the kept bytes of its lower half.
     control = _mm512_add_epi32(control, _mm512_slli_epi64(_mm512_permutexvar_epi32(nibbles, k.pop_lut), 32));
   }
-  return _mm512_shuffle_epi8(spread<N, M>(values, bytes), control);
+  return _mm512_shuffle_epi8(spread<N, M, kFull>(values, bytes), control);
+}
+
+// One 64-column chunk of a tile.
+template <int N, int M, int R, int T, bool kFull>
+SF_ALWAYS_INLINE void chunk(const Consts& consts, __m512i (&acc)[R][T], __m512i (&wsum)[R],
+                            const uint8_t* const (&meta)[R], const int8_t* const (&values)[R],
+                            const uint8_t* const (&x)[T], int64_t c, int bytes) {
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    const __m512i w = densify<N, M, kFull>(consts, meta[r] + c / 8, values[r] + c / M * N, bytes);
+    wsum[r] = _mm512_dpbusd_epi32(wsum[r], consts.ones, w);
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], _mm512_loadu_si512(x[t] + c), w);
+  }
 }
 
 struct Tile {
@@ -121,22 +135,19 @@ void tile(const LinearParams& p, const Consts& consts, const Tile& tl) {
 #pragma GCC unroll 16
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_si512();
   }
-  const uint8_t* x = reinterpret_cast<const uint8_t*>(p.xq) + tl.t0 * p.xq_stride;
-  for (int64_t c = 0; c < k; c += 64) {
-    const int bytes = c + 64 <= k ? kChunkBytes : static_cast<int>((k - c) / M * N);
+  const uint8_t* meta[R];
+  const int8_t* values[R];
 #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
-      const int64_t j = tl.j0 + r;
-      const __m512i w = densify<N, M>(consts, p.meta + j * meta_bytes + c / 8,
-                                      static_cast<const int8_t*>(p.values) + j * packed_cols + c / M * N, bytes);
-      wsum[r] = _mm512_dpbusd_epi32(wsum[r], consts.ones, w);
-#pragma GCC unroll 16
-      for (int t = 0; t < T; ++t) {
-        const __m512i xv = _mm512_loadu_si512(x + t * p.xq_stride + c);
-        acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], xv, w);
-      }
-    }
+  for (int r = 0; r < R; ++r) {
+    meta[r] = p.meta + (tl.j0 + r) * meta_bytes;
+    values[r] = static_cast<const int8_t*>(p.values) + (tl.j0 + r) * packed_cols;
   }
+  const uint8_t* x[T];
+#pragma GCC unroll 16
+  for (int t = 0; t < T; ++t) x[t] = reinterpret_cast<const uint8_t*>(p.xq) + (tl.t0 + t) * p.xq_stride;
+  int64_t c = 0;
+  for (; c + 64 <= k; c += 64) chunk<N, M, R, T, true>(consts, acc, wsum, meta, values, x, c, kChunkBytes);
+  if (c < k) chunk<N, M, R, T, false>(consts, acc, wsum, meta, values, x, c, static_cast<int>((k - c) / M * N));
   // Modulo 2^32 (the lane sums may wrap); exact because the true sum fits in int32 (in_features is bounded).
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
