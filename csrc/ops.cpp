@@ -21,4 +21,10 @@ TORCH_LIBRARY(sparseflow, m) {
   m.def("bsr_linear(Tensor x, Tensor meta, Tensor rowptr, Tensor indices, Tensor packed_values, "
         "Tensor compensation, int out_features, int in_features, Tensor? bias=None, Tensor? weight_scale=None, "
         "str activation=\"none\", ScalarType? out_dtype=None) -> Tensor");
+  // Canonical (values, indices) -> this device's kernel layout, once per weight (CPU: values + column bitmask).
+  m.def("nm_pack(Tensor values, Tensor indices, int n, int m) -> (Tensor packed_values, Tensor packed_meta)");
+  // y = act(x @ W^T + bias) for a packed N:M weight; int8 weights quantize x per token and dequantize into y.
+  m.def("nm_linear(Tensor x, Tensor packed_values, Tensor packed_meta, int n, int m, int out_features, "
+        "int in_features, Tensor? bias=None, Tensor? weight_scale=None, str activation=\"none\", "
+        "ScalarType? out_dtype=None) -> Tensor");
 }

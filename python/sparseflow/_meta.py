@@ -147,6 +147,80 @@ def _bsr_linear_fake(x, meta, rowptr, indices, packed_values, compensation, out_
         if weight_scale.shape != (out_features,):
             raise ValueError(f"{op}: weight_scale must have shape [{out_features}], got {list(weight_scale.shape)}")
     return x.new_empty((*x.shape[:-1], out_features), dtype=out_dtype or x.dtype)
+_LINEAR_WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
+_LINEAR_FLOAT_DTYPES = (torch.float32, torch.bfloat16)
+_ACTIVATIONS = ("none", "relu", "gelu", "silu")
+_INT8_MAX_IN_FEATURES = 131072
+
+
+def _meta_row_bytes(in_features: int) -> int:
+    return (in_features + 63) // 64 * 8
+
+
+@torch.library.register_fake("sparseflow::nm_pack")
+def _nm_pack_fake(values, indices, n, m):
+    op = "sparseflow.nm_pack"
+    _check_n_m(op, n, m)
+    _check_dtype(op, "values", values, _LINEAR_WEIGHT_DTYPES)
+    _check_dtype(op, "indices", indices, (torch.uint8,))
+    _check_dim(op, "values", values, 2, "[out_features, in_features/m*n]")
+    if values.shape != indices.shape:
+        raise ValueError(
+            f"{op}: values and indices must have the same shape, got {list(values.shape)} and {list(indices.shape)}"
+        )
+    if values.shape[1] % n != 0:
+        raise ValueError(f"{op}: the column count of values ({values.shape[1]}) must be a multiple of n={n}")
+    rows, in_features = values.shape[0], values.shape[1] // n * m
+    return values.new_empty(values.shape), indices.new_empty((rows, _meta_row_bytes(in_features)))
+
+
+@torch.library.register_fake("sparseflow::nm_linear")
+def _nm_linear_fake(x, packed_values, packed_meta, n, m, out_features, in_features, bias=None, weight_scale=None,
+                    activation="none", out_dtype=None):
+    op = "sparseflow.nm_linear"
+    _check_n_m(op, n, m)
+    _check_dtype(op, "packed_values", packed_values, _LINEAR_WEIGHT_DTYPES)
+    _check_dtype(op, "packed_meta", packed_meta, (torch.uint8,))
+    _check_dtype(op, "x", x, _LINEAR_FLOAT_DTYPES)
+    int8 = packed_values.dtype == torch.int8
+    if not int8 and x.dtype != packed_values.dtype:
+        raise TypeError(f"{op}: x ({str(x.dtype).removeprefix('torch.')}) must have the dtype of packed_values "
+                        f"({str(packed_values.dtype).removeprefix('torch.')})")
+    if out_features < 0 or in_features < 0:
+        raise ValueError(f"{op}: out_features and in_features must be >= 0, got {out_features} and {in_features}")
+    if in_features % m:
+        raise ValueError(f"{op}: in_features ({in_features}) must be a multiple of m={m}")
+    if int8 and in_features > _INT8_MAX_IN_FEATURES:
+        raise ValueError(f"{op}: int8 weights support in_features <= {_INT8_MAX_IN_FEATURES} (int32 accumulation)")
+    if tuple(packed_values.shape) != (out_features, in_features // m * n):
+        raise ValueError(f"{op}: packed_values must have shape {[out_features, in_features // m * n]}, "
+                         f"got {list(packed_values.shape)}")
+    if tuple(packed_meta.shape) != (out_features, _meta_row_bytes(in_features)):
+        raise ValueError(f"{op}: packed_meta must have shape {[out_features, _meta_row_bytes(in_features)]} "
+                         f"(the output of sparseflow.nm_pack), got {list(packed_meta.shape)}")
+    if not (packed_values.is_contiguous() and packed_meta.is_contiguous()):
+        raise ValueError(f"{op}: packed_values and packed_meta must be contiguous (as nm_pack returns them)")
+    if x.dim() < 1 or x.shape[-1] != in_features:
+        raise ValueError(f"{op}: x must be [..., in_features={in_features}], got shape {list(x.shape)}")
+    if bias is not None:
+        _check_dtype(op, "bias", bias, (torch.float32, x.dtype))
+        if bias.dim() != 1 or bias.shape[0] != out_features:
+            raise ValueError(f"{op}: bias must be [out_features={out_features}], got shape {list(bias.shape)}")
+    if int8:
+        if weight_scale is None:
+            raise ValueError(f"{op}: int8 packed_values need weight_scale [out_features]")
+        _check_dtype(op, "weight_scale", weight_scale, (torch.float32,))
+        if weight_scale.dim() != 1 or weight_scale.shape[0] != out_features:
+            raise ValueError(f"{op}: weight_scale must be [out_features={out_features}], got shape "
+                             f"{list(weight_scale.shape)}")
+    elif weight_scale is not None:
+        raise ValueError(f"{op}: weight_scale is only for int8 packed_values")
+    out = out_dtype or x.dtype
+    if out not in _LINEAR_FLOAT_DTYPES:
+        raise TypeError(f"{op}: out_dtype must be float32 or bfloat16, got {str(out).removeprefix('torch.')}")
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be one of none, relu, gelu, silu, got {activation!r}")
+    return x.new_empty((*x.shape[:-1], out_features), dtype=out)
 
 
 def sparseflow_op_names() -> list[str]:

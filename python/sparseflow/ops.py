@@ -59,3 +59,46 @@ def bsr_linear(x: torch.Tensor, meta: torch.Tensor, rowptr: torch.Tensor, indice
     """
     return torch.ops.sparseflow.bsr_linear(x, meta, rowptr, indices, packed_values, compensation, out_features,
                                            in_features, bias, weight_scale, activation, out_dtype)
+def nm_pack(values: torch.Tensor, indices: torch.Tensor, n: int = 2, m: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn a canonical N:M weight (the output of :func:`nm_compress`) into the kernel layout of its device.
+
+    Call once per weight (e.g. when a module is built) and keep both tensors (they are plain tensors, so they
+    survive ``state_dict`` save/load); :func:`nm_linear` never repacks. ``values`` is float32, bfloat16 or
+    int8 ``[out_features, in_features // m * n]``. On CPU the result is ``(values copy, packed_meta)`` with
+    ``packed_meta`` uint8 ``[out_features, ceil(in_features / 64) * 8]``, a bitmask of the kept columns
+    (layout in ``csrc/nm/nm.h``; the same for every CPU ISA level, so a packed weight runs on any CPU).
+    Raises ``IndexError`` naming the first group whose positions are out of ``[0, m)`` or not ascending.
+    """
+    return torch.ops.sparseflow.nm_pack(values, indices, n, m)
+
+
+def nm_linear(
+    x: torch.Tensor,
+    packed_values: torch.Tensor,
+    packed_meta: torch.Tensor,
+    n: int,
+    m: int,
+    out_features: int,
+    in_features: int,
+    bias: torch.Tensor | None = None,
+    weight_scale: torch.Tensor | None = None,
+    activation: str = "none",
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """``act(x @ W.T + bias)`` for an N:M weight ``W [out_features, in_features]`` packed by :func:`nm_pack`.
+
+    ``x`` is ``[..., in_features]`` (any leading shape, any strides), float32 or bfloat16; float weights need
+    ``x`` of their dtype. ``activation`` is ``"none"``, ``"relu"``, ``"gelu"`` (erf form) or ``"silu"``.
+    The result has ``x``'s leading shape and ``out_dtype`` (float32 or bfloat16; default ``x.dtype``).
+    Accumulation is fp32 (bf16 weights and activations are widened exactly).
+
+    int8 weights need ``weight_scale`` (float32 ``[out_features]``, per output channel). ``x`` is then
+    quantized per token inside the op: symmetric int8, ``scale = amax / 127``, ``q = round(x * 127 / amax)``
+    (half to even), and ``y = act(fma(acc, scale * weight_scale, bias))`` from the exact int32 accumulator
+    ``acc = q @ W.T`` (``in_features <= 131072`` keeps it in range). The AVX512-VNNI kernel feeds ``q + 128`` as
+    u8 to ``vpdpbusd`` and subtracts ``128 * sum(W[j])``; the result is the same integer.
+
+    The packed tensors are trusted: pass them as :func:`nm_pack` returned them.
+    """
+    return torch.ops.sparseflow.nm_linear(x, packed_values, packed_meta, n, m, out_features, in_features, bias,
+                                          weight_scale, activation, out_dtype)

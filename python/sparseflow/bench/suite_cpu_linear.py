@@ -70,7 +70,7 @@ def _linear_setup(dtype: str, block, N: int, K: int, M: int, sparsity: float) ->
 
     def check():
         if dtype == "int8":  # exact int32 accumulator (float64 holds it exactly), then the dequantized output
-            xq8, sx, zp = ref.quantize_per_token(x)
+            xq8, sx, zp = ref.quantize_per_token_u8(x)
             acc = ((xq8.double() - zp.double()[:, None]) @ dense.double().t()).to(torch.int32)
             assert torch.equal(ops.bsr_linear(x, *packed, N, K, out_dtype=torch.int32), acc), "int32 accumulators differ"
             y64 = acc.double() * (sx.double()[:, None] * scale.double()[None, :])

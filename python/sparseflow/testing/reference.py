@@ -225,7 +225,7 @@ def bsr_unpack(meta, rowptr, indices, packed_values, compensation, out_features:
     return dense[:N, :K].to(dtype).to(packed_values.device)
 
 
-def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize_per_token_u8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The int8 path's dynamic activation quantization: (xq uint8, scale fp32, zero point int32) per row.
 
     x ~= scale * (xq - zp); scale = (max(0, max x) - min(0, min x)) / 255 (1 for an all-zero row),
@@ -246,7 +246,7 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 
 def bsr_int8_accumulator(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """The int32 accumulator of the int8 path, sum_k (xq - zp) * W, for x [M, K] and an int8 weight [N, K]."""
-    xq, _, zp = quantize_per_token(x)
+    xq, _, zp = quantize_per_token_u8(x)
     acc = (xq.long() - zp.long()[:, None]) @ weight.long().t()
     return acc.to(torch.int32)
 
@@ -261,7 +261,7 @@ def _activate(y: torch.Tensor, activation: str) -> torch.Tensor:
     return y
 
 
-def _check_linear(x, weight_dtype, bias, weight_scale, activation, out_dtype):
+def _check_bsr_linear(x, weight_dtype, bias, weight_scale, activation, out_dtype):
     if x.dtype not in (torch.float32, torch.bfloat16):
         raise TypeError(f"x must be float32 or bfloat16, got {x.dtype}")
     if weight_dtype != torch.int8 and x.dtype != weight_dtype:
@@ -287,7 +287,7 @@ def _check_linear(x, weight_dtype, bias, weight_scale, activation, out_dtype):
 def _linear_compute(x2, weight, bias, weight_scale, activation, dt):
     if weight.dtype == torch.int8:
         acc = bsr_int8_accumulator(x2, weight)
-        _, sx, _ = quantize_per_token(x2)
+        _, sx, _ = quantize_per_token_u8(x2)
         y = acc.to(dt) * (sx[:, None] * weight_scale[None, :]).to(dt)
     else:
         y = torch.nn.functional.linear(x2.to(dt), weight.to(dt))
@@ -305,7 +305,7 @@ def bsr_linear_dense(x: torch.Tensor, weight: torch.Tensor, bias=None, weight_sc
     ``compute_dtype`` (default float32); out_dtype=int32 returns the accumulator itself. ``compute_dtype``
     float64 gives the accurate result the tolerances are measured against (then not cast to out_dtype).
     """
-    _check_linear(x, weight.dtype, bias, weight_scale, activation, out_dtype)
+    _check_bsr_linear(x, weight.dtype, bias, weight_scale, activation, out_dtype)
     N, K = weight.shape
     if x.shape[-1] != K:
         raise ValueError(f"x has {x.shape[-1]} input features, the weight {K}")
@@ -335,6 +335,173 @@ def bsr_linear(x, meta, rowptr, indices, packed_values, compensation, out_featur
         raise ValueError(f"x must have shape [..., {in_features}]")
     if meta.dtype == torch.int64 and meta.shape == (8,) and int(meta[2]) in (0, 1, 2):
         wdtype = {v: k for k, v in _BSR_DTYPE_CODE.items()}[int(meta[2])]
-        _check_linear(x, wdtype, bias, weight_scale, activation, out_dtype)  # dtype errors before data errors
+        _check_bsr_linear(x, wdtype, bias, weight_scale, activation, out_dtype)  # dtype errors before data errors
     weight = bsr_unpack(meta, rowptr, indices, packed_values, compensation, out_features, in_features)
     return bsr_linear_dense(x, weight, bias, weight_scale, activation, out_dtype, compute_dtype)
+# ---------------------------------------------------------------------------------------------- N:M linear
+
+LINEAR_WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
+LINEAR_FLOAT_DTYPES = (torch.float32, torch.bfloat16)
+INT8_MAX_IN_FEATURES = 131072
+META_CHUNK = 64
+
+
+def meta_row_bytes(in_features: int) -> int:
+    return (in_features + META_CHUNK - 1) // META_CHUNK * 8
+
+
+def _meta_bit_of_column(int8_layout: bool, device) -> torch.Tensor:
+    """For each column c of a 64-column chunk, its bit inside the chunk's 64-bit meta word.
+
+    float weights: bit c. int8 weights: the 4 columns of group-of-4 g sit in nibble g/2 (g even) or 8 + g//2
+    (g odd), the order the VNNI kernel's broadcast + vpsrlvd leaves the nibbles in.
+    """
+    c = torch.arange(META_CHUNK, device=device)
+    if not int8_layout:
+        return c
+    group = c // 4
+    nibble = torch.where(group % 2 == 0, group // 2, 8 + group // 2)
+    return nibble * 4 + c % 4
+
+
+def _check_pack(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -> None:
+    _check_n_m(n, m)
+    if values.dtype not in LINEAR_WEIGHT_DTYPES:
+        raise TypeError(f"values must have a dtype in {LINEAR_WEIGHT_DTYPES}, got {values.dtype}")
+    if indices.dtype != torch.uint8:
+        raise TypeError(f"indices must be uint8, got {indices.dtype}")
+    if values.dim() != 2 or values.shape != indices.shape or values.shape[1] % n:
+        raise ValueError(f"values and indices must be equal 2-D shapes with a multiple of n={n} columns")
+    if values.device != indices.device:
+        raise ValueError("values and indices must be on the same device")
+
+
+def nm_pack(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """CPU layout: (a copy of values, a bitmask of the kept columns; see csrc/nm/nm.h)."""
+    _check_pack(values, indices, n, m)
+    rows, in_features = values.shape[0], values.shape[1] // n * m
+    # nm_decompress validates the positions (IndexError) and gives the kept columns.
+    kept = nm_decompress(torch.ones_like(values, dtype=torch.int8), indices, n, m).bool()
+    row_bytes = meta_row_bytes(in_features)
+    padded = torch.zeros(rows, row_bytes * 8, dtype=torch.bool, device=values.device)
+    padded[:, :in_features] = kept
+    chunks = padded.reshape(rows, row_bytes // 8, META_CHUNK)
+    bits = torch.zeros_like(chunks)
+    bits[..., _meta_bit_of_column(values.dtype == torch.int8, values.device)] = chunks
+    weights = 2 ** torch.arange(8, device=values.device)
+    meta = (bits.reshape(rows, row_bytes, 8).long() * weights).sum(-1).to(torch.uint8)
+    return values.contiguous().clone(), meta
+
+
+def nm_unpack(packed_values: torch.Tensor, packed_meta: torch.Tensor, in_features: int) -> torch.Tensor:
+    """The dense weight [out_features, in_features] (in packed_values' dtype) of a CPU-packed N:M weight."""
+    rows = packed_values.shape[0]
+    device = packed_values.device
+    row_bytes = packed_meta.shape[1]
+    bits = (packed_meta.reshape(rows, row_bytes, 1).long() >> torch.arange(8, device=device)) & 1
+    chunks = bits.reshape(rows, row_bytes // 8, META_CHUNK).bool()
+    kept = chunks[..., _meta_bit_of_column(packed_values.dtype == torch.int8, device)]
+    kept = kept.reshape(rows, row_bytes * 8)[:, :in_features]
+    dense = torch.zeros(rows, in_features, dtype=packed_values.dtype, device=device)
+    dense[kept] = packed_values.reshape(-1)  # row-major boolean indexing keeps each row's column order
+    return dense
+
+
+def _check_nm_linear(x, packed_values, packed_meta, n, m, out_features, in_features, bias, weight_scale, activation,
+                  out_dtype):
+    _check_n_m(n, m)
+    if packed_values.dtype not in LINEAR_WEIGHT_DTYPES:
+        raise TypeError(f"packed_values must have a dtype in {LINEAR_WEIGHT_DTYPES}, got {packed_values.dtype}")
+    if packed_meta.dtype != torch.uint8:
+        raise TypeError(f"packed_meta must be uint8, got {packed_meta.dtype}")
+    if x.dtype not in LINEAR_FLOAT_DTYPES:
+        raise TypeError(f"x must be float32 or bfloat16, got {x.dtype}")
+    int8 = packed_values.dtype == torch.int8
+    if not int8 and x.dtype != packed_values.dtype:
+        raise TypeError(f"x ({x.dtype}) must have the dtype of packed_values ({packed_values.dtype})")
+    if out_features < 0 or in_features < 0 or in_features % m:
+        raise ValueError(f"bad out_features={out_features} / in_features={in_features} for m={m}")
+    if int8 and in_features > INT8_MAX_IN_FEATURES:
+        raise ValueError(f"int8 weights support in_features <= {INT8_MAX_IN_FEATURES}")
+    if tuple(packed_values.shape) != (out_features, in_features // m * n):
+        raise ValueError(f"packed_values must have shape {(out_features, in_features // m * n)}")
+    if tuple(packed_meta.shape) != (out_features, meta_row_bytes(in_features)):
+        raise ValueError(f"packed_meta must have shape {(out_features, meta_row_bytes(in_features))}")
+    if not (packed_values.is_contiguous() and packed_meta.is_contiguous()):
+        raise ValueError("packed_values and packed_meta must be contiguous")
+    if x.dim() < 1 or x.shape[-1] != in_features:
+        raise ValueError(f"x must be [..., {in_features}], got {list(x.shape)}")
+    if x.device != packed_values.device or x.device != packed_meta.device:
+        raise ValueError("x, packed_values and packed_meta must be on the same device")
+    if bias is not None:
+        if bias.dtype not in (torch.float32, x.dtype):
+            raise TypeError(f"bias must be float32 or {x.dtype}, got {bias.dtype}")
+        if bias.dim() != 1 or bias.shape[0] != out_features:
+            raise ValueError(f"bias must be [{out_features}], got {list(bias.shape)}")
+        if bias.device != x.device:
+            raise ValueError("bias must be on the device of x")
+    if int8:
+        if weight_scale is None:
+            raise ValueError("int8 packed_values need weight_scale")
+        if weight_scale.dtype != torch.float32:
+            raise TypeError(f"weight_scale must be float32, got {weight_scale.dtype}")
+        if weight_scale.dim() != 1 or weight_scale.shape[0] != out_features:
+            raise ValueError(f"weight_scale must be [{out_features}], got {list(weight_scale.shape)}")
+        if weight_scale.device != x.device:
+            raise ValueError("weight_scale must be on the device of x")
+    elif weight_scale is not None:
+        raise ValueError("weight_scale is only for int8 packed_values")
+    if out_dtype is not None and out_dtype not in LINEAR_FLOAT_DTYPES:
+        raise TypeError(f"out_dtype must be float32 or bfloat16, got {out_dtype}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def quantize_per_token_s8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """nm_linear's dynamic activation quantization: symmetric s8 per token (row of the last dim), in fp32:
+    scale = amax / 127, q = round_half_even(clamp(x * (127 / amax), -127, 127)); a zero row has scale 0, q 0."""
+    x = x.float()
+    magnitude = torch.where(x.isnan(), 0.0, x.abs())  # NaN is ignored; inf is not
+    amax = magnitude.amax(-1, keepdim=True) if x.shape[-1] else x.new_zeros(*x.shape[:-1], 1)
+    inv = torch.where(amax > 0, torch.tensor(127.0, device=x.device) / amax, torch.zeros_like(amax))
+    q = (x * inv).nan_to_num(nan=-127.0).clamp(-127, 127).round().to(torch.int8)
+    return q, (amax / 127.0).squeeze(-1)
+
+
+def nm_linear_int8_accumulator(x, packed_values, packed_meta, n, m, out_features, in_features):
+    """The exact int32 accumulator of the int8 path, acc[..., j] = sum_k q[..., k] * W[j, k], and the per-token
+    activation scales; nm_linear returns act(fma(acc, x_scale * weight_scale[j], bias[j]))."""
+    q, x_scale = quantize_per_token_s8(x)
+    w = nm_unpack(packed_values, packed_meta, in_features)
+    acc = (q.reshape(q.shape[:-1].numel(), in_features).long() @ w.long().T).to(torch.int32)  # exact in int64
+    return acc.reshape(*x.shape[:-1], out_features), x_scale
+
+
+
+
+def nm_linear(x, packed_values, packed_meta, n, m, out_features, in_features, bias=None, weight_scale=None,
+              activation="none", out_dtype=None):
+    """act(x @ W^T + bias) of a CPU-packed N:M weight, computed in float64 and rounded once to out_dtype.
+
+    int8 weights: from the exact int32 accumulator, dequantized as acc * (x_scale * weight_scale) + bias.
+    """
+    y = nm_linear_float64(x, packed_values, packed_meta, n, m, out_features, in_features, bias, weight_scale,
+                          activation, out_dtype)
+    return y.to(out_dtype or x.dtype)
+
+
+def nm_linear_float64(x, packed_values, packed_meta, n, m, out_features, in_features, bias=None, weight_scale=None,
+                      activation="none", out_dtype=None):
+    """nm_linear before the final rounding to out_dtype: the float64 oracle."""
+    _check_nm_linear(x, packed_values, packed_meta, n, m, out_features, in_features, bias, weight_scale, activation,
+                  out_dtype)
+    if packed_values.dtype == torch.int8:
+        acc, x_scale = nm_linear_int8_accumulator(x, packed_values, packed_meta, n, m, out_features, in_features)
+        scale = x_scale.unsqueeze(-1) * weight_scale  # fp32 product, as in the kernel
+        y = acc.double() * scale.double()
+    else:
+        w = nm_unpack(packed_values, packed_meta, in_features)
+        y = x.double() @ w.double().T
+    if bias is not None:
+        y = y + bias.double()
+    return _activate(y, activation)
