@@ -1,0 +1,136 @@
+// 2:4 layouts and kernels of the CUDA N:M path (CUTLASS sparse tensor-core GEMMs). Torch-free: the layout
+// math is written once for the host (CPU packing, tests) and the device (the CUDA packing kernel).
+//
+// Canonical 2:4 input (nm.h): values [rows, cols/2] and uint8 in-group positions [rows, cols/2].
+//
+// Target 80: the layout of CUTLASS 2.x SparseGemm (mma.sp m16n8k32, fp16/bf16), used on sm80..sm90:
+//   packed_values [rows_p, cols_p/2]  row-major: the canonical values, zero-padded (the compressed A operand)
+//   packed_meta   [rows_p, cols_p/16] int16 words, each holding the 4-bit codes (idx0 | idx1 << 2) of 4
+//                 consecutive groups (lowest group in the lowest bits), stored in the order of CUTLASS's
+//                 reorder_meta (tools/util/include/cutlass/util/host_reorder.h): rows interleaved in blocks
+//                 of 32, 2x2 blocks swizzled, then ColumnMajorInterleaved<2>.
+//   rows_p = rows rounded up to 32 (the metadata row reordering works on 32-row blocks),
+//   cols_p = cols rounded up to 64 (the threadblock K of every sm80 kernel configuration).
+//   Padding groups hold zero values at positions (0, 1): code 0x4, a valid code (0 is not).
+#pragma once
+
+#include <cstdint>
+
+#include "nm_group.h"  // SF_HOST_DEVICE
+
+namespace sparseflow::nm::cutlass2x {
+
+constexpr int kRowAlign = 32;
+constexpr int kColAlign = 64;
+constexpr int kColsPerWord = 16;       // dense columns covered by one int16 metadata word
+constexpr uint16_t kPadCode = 0x4;     // positions (0, 1)
+constexpr uint16_t kPadWord = 0x4444;  // four padding groups
+
+SF_HOST_DEVICE int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
+
+// Element offset of metadata word (row, word) in the reordered int16 buffer of a matrix with rows_p rows.
+SF_HOST_DEVICE int64_t meta_offset(int64_t row, int64_t word, int64_t rows_p) {
+  // Rows: within each block of 32, row r goes to (r % 8) * 4 + r / 8, so that one ldmatrix
+  // brings every thread of a warp the metadata of its mma.sp rows.
+  int64_t r = row / 32 * 32 + (row % 8) * 4 + (row % 32) / 8;
+  int64_t c = word;
+  // Swap the off-diagonal elements of every 2x2 block (Z order to N order).
+  if (r % 2 == 0 && c % 2 == 1) {
+    ++r;
+    --c;
+  } else if (r % 2 == 1 && c % 2 == 0) {
+    --r;
+    ++c;
+  }
+  // ColumnMajorInterleaved<2>: pairs of columns stored column-major, the pair interleaved per row.
+  return (c / 2) * rows_p * 2 + r * 2 + (c % 2);
+}
+
+struct PackParams {
+  int64_t rows = 0;    // canonical rows (out_features)
+  int64_t cols = 0;    // dense columns (in_features), a multiple of 4
+  int64_t rows_p = 0;  // padded, see above
+  int64_t cols_p = 0;
+  const uint16_t* values = nullptr;  // [rows, cols/2], 16-bit elements (bits only)
+  const uint8_t* indices = nullptr;  // [rows, cols/2]
+  uint16_t* packed_values = nullptr;  // [rows_p, cols_p/2]
+  int16_t* packed_meta = nullptr;     // rows_p * cols_p/16 words, reordered
+};
+
+inline PackParams make_pack_params(int64_t rows, int64_t cols) {
+  PackParams p;
+  p.rows = rows;
+  p.cols = cols;
+  p.rows_p = round_up(rows, kRowAlign);
+  p.cols_p = round_up(cols, kColAlign);
+  return p;
+}
+
+// Packs metadata word (row, word) and its 8 values. Returns the lowest canonical group (row * cols/4 +
+// group) of this word whose positions are invalid (not ascending or >= 4), or -1.
+SF_HOST_DEVICE int64_t pack_word(const PackParams& p, int64_t row, int64_t word) {
+  const int64_t groups = p.cols / 4;
+  uint16_t* out_values = p.packed_values + row * (p.cols_p / 2) + word * 8;
+  uint32_t bits = 0;
+  int64_t bad = -1;
+  for (int g = 0; g < 4; ++g) {
+    const int64_t group = word * 4 + g;
+    uint32_t code = kPadCode;
+    uint16_t v0 = 0, v1 = 0;
+    if (row < p.rows && group < groups) {
+      const int64_t at = row * (p.cols / 2) + group * 2;
+      const uint32_t i0 = p.indices[at], i1 = p.indices[at + 1];
+      if (!(i0 < i1 && i1 < 4) && bad < 0) bad = row * groups + group;
+      code = (i0 & 3u) | ((i1 & 3u) << 2);
+      v0 = p.values[at];
+      v1 = p.values[at + 1];
+    }
+    bits |= code << (4 * g);
+    out_values[2 * g] = v0;
+    out_values[2 * g + 1] = v1;
+  }
+  p.packed_meta[meta_offset(row, word, p.rows_p)] = static_cast<int16_t>(static_cast<uint16_t>(bits));
+  return bad;
+}
+
+// Host (CPU) packing of rows [row_begin, row_end) of the padded matrix; returns the lowest bad group or -1.
+int64_t pack_cpu(const PackParams& p, int64_t row_begin, int64_t row_end);
+
+// CUDA packing, asynchronous on `stream`; the lowest bad group is atomically min-ed into *first_bad_group
+// (initialised by the caller to INT64_MAX).
+void pack_cuda(const PackParams& p, int64_t* first_bad_group, void* stream);
+
+// ---------------------------------------------------------------------------------------------- linear
+enum class Activation : int { kNone = 0, kRelu = 1, kGelu = 2, kSilu = 3 };
+enum class DType : int { kFloat16 = 0, kBFloat16 = 1, kFloat32 = 2 };
+
+// y[tokens, out] = act((x[tokens, in] @ W[out, in]^T) * weight_scale[out] + bias[out]), computed as the
+// transposed problem D[out, tokens] = W x^T (only the first operand of mma.sp can be sparse), written
+// straight into y's row-major storage (D column-major).
+struct LinearParams {
+  int64_t tokens = 0;        // GEMM N
+  int64_t out_features = 0;  // rows of W that exist (GEMM M is rows_p)
+  int64_t in_features = 0;   // GEMM K, a multiple of kColAlign
+  int64_t rows_p = 0;        // padded rows of the packed weight
+  const void* x = nullptr;   // [tokens, in], unit inner stride
+  int64_t x_stride = 0;      // elements between tokens, a multiple of 8
+  const void* values = nullptr;     // packed_values [rows_p, in/2]
+  const int16_t* meta = nullptr;    // packed_meta
+  const void* bias = nullptr;       // [out], the dtype of x, or null
+  const float* weight_scale = nullptr;  // [out] float32, or null
+  void* y = nullptr;                // [tokens, out] row-major, dense
+  DType in_dtype = DType::kFloat16;
+  DType out_dtype = DType::kFloat16;
+  Activation activation = Activation::kNone;
+};
+
+// Launch on `stream` (one instantiation set per input dtype, in nm_linear_<dtype>_sm80.cu). Return nullptr
+// on success, else a static message (a CUDA launch error string).
+const char* linear_sm80_f16(const LinearParams& p, void* stream);
+const char* linear_sm80_bf16(const LinearParams& p, void* stream);
+
+inline const char* linear_sm80(const LinearParams& p, void* stream) {
+  return p.in_dtype == DType::kBFloat16 ? linear_sm80_bf16(p, stream) : linear_sm80_f16(p, stream);
+}
+
+}  // namespace sparseflow::nm::cutlass2x
