@@ -8,7 +8,7 @@ print(';'.join(ce.include_paths()))
 print(os.path.join(os.path.dirname(torch.__file__), 'lib'))
 print(int(torch._C._GLIBCXX_USE_CXX11_ABI))
 print(torch.__version__)
-print(torch.version.cuda or '')"
+print(torch.version.cuda or 'cpu')"
   OUTPUT_VARIABLE _torch_info
   RESULT_VARIABLE _torch_rc
   OUTPUT_STRIP_TRAILING_WHITESPACE)
@@ -17,7 +17,6 @@ if(NOT _torch_rc EQUAL 0)
                       "Build with `pip install --no-build-isolation .` in a venv that has torch.")
 endif()
 string(REPLACE "\n" ";" _torch_info "${_torch_info}")
-list(GET _torch_info -5 _unused_guard) # fails loudly if the probe printed too little
 list(LENGTH _torch_info _n)
 math(EXPR _i_lib "${_n} - 4")
 math(EXPR _i_abi "${_n} - 3")
@@ -28,6 +27,9 @@ list(GET _torch_info ${_i_abi} TORCH_CXX11_ABI)
 list(GET _torch_info ${_i_ver} TORCH_VERSION)
 list(GET _torch_info ${_i_cuda} TORCH_CUDA_VERSION)
 list(SUBLIST _torch_info 0 ${_i_lib} TORCH_INCLUDE_DIRS)
+if(TORCH_CUDA_VERSION STREQUAL "cpu")
+  set(TORCH_CUDA_VERSION "")
+endif()
 message(STATUS "sparseflow: torch ${TORCH_VERSION} (cuda '${TORCH_CUDA_VERSION}') at ${TORCH_LIB_DIR}")
 
 function(_sf_torch_lib var name)

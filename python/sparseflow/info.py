@@ -1,0 +1,99 @@
+"""``python -m sparseflow.info``: how this sparseflow was built, what this machine has, which kernels exist."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+
+import torch
+
+import sparseflow
+from sparseflow import _C, _loader, _meta
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _has_kernel(name: str, key: str) -> bool:
+    qualname = f"sparseflow::{name}"
+    if key == "CUDA" and name in _meta.CUDA_FALLBACKS:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key)
+
+
+def collect() -> dict:
+    build = dict(sparseflow.BUILD_INFO)
+    gpus = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            gpus.append({"name": p.name, "capability": f"sm_{p.major}{p.minor}", "memory_gib": round(p.total_memory / 2**30, 1)})
+    return {
+        "sparseflow": sparseflow.__version__,
+        "python": sys.version.split()[0],
+        "torch_built_against": build["torch_version"],
+        "torch_running": torch.__version__,
+        "build": build,
+        "cuda_kernels_loaded": _loader.cuda_loaded,
+        "cuda_load_error": _loader.cuda_load_error,
+        "gpus": gpus,
+        "cpu": _cpu_model(),
+        "cpu_features": _C.cpu_features(),
+        "cpu_isa_detected": _C.detected_cpu_isa(),
+        "cpu_isa_selected": _C.selected_cpu_isa(),
+        "threads": torch.get_num_threads(),
+        "ops": {
+            name: {"cpu": _has_kernel(name, "CPU"), "cuda": _has_kernel(name, "CUDA"),
+                   "cuda_missing_reason": _meta.CUDA_FALLBACKS.get(name)}
+            for name in _meta.sparseflow_op_names()
+        },
+    }
+
+
+def render(info: dict) -> str:
+    b = info["build"]
+    yes = lambda v: "yes" if v else "no"  # noqa: E731
+    lines = [
+        f"sparseflow {info['sparseflow']}  (python {info['python']})",
+        f"torch: built against {info['torch_built_against']}, running {info['torch_running']}"
+        + ("" if info["torch_built_against"] == info["torch_running"] else "   <-- MISMATCH: rebuild sparseflow"),
+        f"build: {b['build_type']}, {b['cxx_compiler']}, sanitizers: {b['sanitizers'] or 'none'}",
+        f"CUDA kernels: built {yes(b['cuda_enabled'])}"
+        + (f" (archs {b['cuda_archs']}, nvcc {b['nvcc_version']})" if b["cuda_enabled"] else "")
+        + f", loaded {yes(info['cuda_kernels_loaded'])}"
+        + (f" -- {info['cuda_load_error']}" if info["cuda_load_error"] else ""),
+        "GPUs: " + (", ".join(f"{g['name']} ({g['capability']}, {g['memory_gib']} GiB)" for g in info["gpus"]) or "none visible"),
+        f"CPU: {info['cpu']}, {info['threads']} torch threads",
+        "CPU features: " + " ".join(k for k, v in info["cpu_features"].items() if v),
+        f"CPU ISA: detected {info['cpu_isa_detected']}, selected {info['cpu_isa_selected']}"
+        " (lower it with SPARSEFLOW_CPU_ISA=portable|avx512|avx512_vnni|avx512_bf16|amx)",
+        "",
+        f"{'op':<24}{'CPU':<6}{'CUDA':<6}",
+    ]
+    for name, op in info["ops"].items():
+        note = f"  ({op['cuda_missing_reason']})" if op["cuda_missing_reason"] and b["cuda_enabled"] else ""
+        lines.append(f"{name:<24}{yes(op['cpu']):<6}{yes(op['cuda']):<6}{note}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sparseflow.info", description=__doc__)
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    args = parser.parse_args(argv)
+    info = collect()
+    print(json.dumps(info, indent=2) if args.json else render(info))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
