@@ -15,8 +15,7 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> nm_pack_cutlass_cpu(const at::Tensor& values_in, const at::Tensor& indices_in,
                                                        int64_t n, int64_t m, int64_t target) {
   constexpr const char* op = "sparseflow.nm_pack_cutlass";
-  cutlass2x::PackParams p = cutlass_pack_params(op, values_in, indices_in, n, m);
-  check_cutlass_target(op, target);
+  cutlass2x::PackParams p = cutlass_pack_params(op, values_in, indices_in, n, m, target);
   const at::Tensor values = values_in.contiguous();
   const at::Tensor indices = indices_in.contiguous();
   auto [packed_values, packed_meta] = empty_cutlass_packed(p, values);

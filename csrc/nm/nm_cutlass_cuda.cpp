@@ -19,8 +19,9 @@ namespace sparseflow::nm {
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> pack_on_device(const char* op, const at::Tensor& values_in,
-                                                  const at::Tensor& indices_in, int64_t n, int64_t m) {
-  cutlass2x::PackParams p = cutlass_pack_params(op, values_in, indices_in, n, m);
+                                                  const at::Tensor& indices_in, int64_t n, int64_t m,
+                                                  std::optional<int64_t> target) {
+  cutlass2x::PackParams p = cutlass_pack_params(op, values_in, indices_in, n, m, target);
   const c10::cuda::CUDAGuard guard(values_in.device());
   const at::Tensor values = values_in.contiguous();
   const at::Tensor indices = indices_in.contiguous();
@@ -42,8 +43,7 @@ std::tuple<at::Tensor, at::Tensor> pack_on_device(const char* op, const at::Tens
 
 std::tuple<at::Tensor, at::Tensor> nm_pack_cutlass_cuda(const at::Tensor& values, const at::Tensor& indices,
                                                         int64_t n, int64_t m, int64_t target) {
-  check_cutlass_target("sparseflow.nm_pack_cutlass", target);
-  return pack_on_device("sparseflow.nm_pack_cutlass", values, indices, n, m);
+  return pack_on_device("sparseflow.nm_pack_cutlass", values, indices, n, m, target);
 }
 
 // On CUDA, nm_pack produces the layout nm_linear's kernel for this GPU consumes: CUTLASS 2.x's (target 80)
@@ -53,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor> nm_pack_cuda(const at::Tensor& values, const 
   constexpr const char* op = "sparseflow.nm_pack";
   TORCH_CHECK_VALUE(n == 2 && m == 4, op, ": on CUDA only 2:4 is supported (sparse tensor cores), got n:m = ",
                     n, ":", m, "; use the CPU kernels for other patterns");
-  return pack_on_device(op, values, indices, n, m);
+  return pack_on_device(op, values, indices, n, m, std::nullopt);
 }
 
 cutlass2x::DType to_kernel_dtype(at::ScalarType t) {

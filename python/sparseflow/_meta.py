@@ -63,6 +63,124 @@ def _nm_decompress_fake(values, indices, n, m):
     return values.new_empty((values.shape[0], values.shape[1] // n * m))
 
 
+# ---------------------------------------------------------------------------------------------------------
+# CUDA 2:4 path (branch cuda): nm_pack_cutlass, and the CUDA side of nm_pack / nm_linear.
+# The CUDA layout is the CUTLASS 2.x one (csrc/nm/nm_cutlass.h): rows padded to 32, columns to 64.
+
+_CUTLASS_ROW_ALIGN = 32
+_CUTLASS_COL_ALIGN = 64
+_NM_LINEAR_ACTIVATIONS = ("none", "relu", "gelu", "silu")
+
+
+def _round_up(v: int, to: int) -> int:
+    return (v + to - 1) // to * to
+
+
+def nm_cutlass_packed_shapes(rows: int, cols: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Shapes of (packed_values, packed_meta) in the CUTLASS 2.x layout of a [rows, cols] 2:4 weight."""
+    rows_p, cols_p = _round_up(rows, _CUTLASS_ROW_ALIGN), _round_up(cols, _CUTLASS_COL_ALIGN)
+    return (rows_p, cols_p // 2), (rows_p, cols_p // 16)
+
+
+def _nm_cutlass_pack_checks(op: str, values, indices, n: int, m: int, target: int | None = None) -> None:
+    if (n, m) != (2, 4):
+        raise ValueError(f"{op}: the CUTLASS sparse tensor-core layout is 2:4 only, got n:m = {n}:{m}")
+    if target is not None and target != 80:
+        raise ValueError(f"{op}: target must be 80 (the CUTLASS 2.x SparseGemm layout, used on sm80..sm90), got {target}")
+    _check_dtype(op, "values", values, (torch.float16, torch.bfloat16))
+    _check_dtype(op, "indices", indices, (torch.uint8,))
+    _check_dim(op, "values", values, 2, "[rows, cols/2]")
+    if values.shape != indices.shape:
+        raise ValueError(
+            f"{op}: values and indices must have the same shape, got {list(values.shape)} and {list(indices.shape)}"
+        )
+    if values.device != indices.device:
+        raise ValueError(f"{op}: values and indices must be on the same device, got {values.device} and {indices.device}")
+    if values.shape[1] % 2:
+        raise ValueError(f"{op}: the column count of values ({values.shape[1]}) must be a multiple of n=2")
+
+
+def _nm_cutlass_packed_like(values):
+    vshape, mshape = nm_cutlass_packed_shapes(values.shape[0], values.shape[1] * 2)
+    return values.new_empty(vshape), values.new_empty(mshape, dtype=torch.int16)
+
+
+@torch.library.register_fake("sparseflow::nm_pack_cutlass")
+def _nm_pack_cutlass_fake(values, indices, n, m, target=80):
+    _nm_cutlass_pack_checks("sparseflow.nm_pack_cutlass", values, indices, n, m, target)
+    return _nm_cutlass_packed_like(values)
+
+
+def nm_pack_fake_cuda(values, indices, n, m):
+    """nm_pack's fake for CUDA tensors: the layout of nm_pack_cutlass(target=80)."""
+    op = "sparseflow.nm_pack"
+    if (n, m) != (2, 4):
+        raise ValueError(f"{op}: on CUDA only 2:4 is supported (sparse tensor cores), got n:m = {n}:{m}")
+    _nm_cutlass_pack_checks(op, values, indices, n, m)
+    return _nm_cutlass_packed_like(values)
+
+
+def nm_linear_fake_cuda(x, packed_values, packed_meta, n, m, out_features, in_features, bias=None,
+                        weight_scale=None, activation="none", out_dtype=None):
+    """nm_linear's fake for CUDA tensors: the checks of csrc/nm/nm_cutlass_cuda.cpp that need no data."""
+    op = "sparseflow.nm_linear"
+    if (n, m) != (2, 4):
+        raise ValueError(f"{op}: on CUDA only 2:4 is supported (sparse tensor cores), got n:m = {n}:{m}")
+    if out_features < 0 or in_features < 0:
+        raise ValueError(f"{op}: out_features and in_features must be >= 0, got {out_features} and {in_features}")
+    _check_dtype(op, "x", x, (torch.float16, torch.bfloat16))
+    if packed_values.dtype != x.dtype:
+        raise TypeError(f"{op}: packed_values must have the dtype of x ({x.dtype}), got {packed_values.dtype}")
+    _check_dtype(op, "packed_meta", packed_meta, (torch.int16,))
+    if x.dim() < 1 or x.shape[-1] != in_features:
+        raise ValueError(f"{op}: x must be [..., in_features] with in_features={in_features}, got shape {list(x.shape)}")
+    for arg, t in (("packed_values", packed_values), ("packed_meta", packed_meta), ("bias", bias),
+                   ("weight_scale", weight_scale)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{op}: x and {arg} must be on the same device, got {x.device} and {t.device}")
+    vshape, mshape = nm_cutlass_packed_shapes(out_features, in_features)
+    if tuple(packed_values.shape) != vshape:
+        raise ValueError(f"{op}: packed_values must be {list(vshape)} (nm_pack's CUDA layout), got {list(packed_values.shape)}")
+    if tuple(packed_meta.shape) != mshape:
+        raise ValueError(f"{op}: packed_meta must be {list(mshape)} (nm_pack's CUDA layout), got {list(packed_meta.shape)}")
+    if in_features % _CUTLASS_COL_ALIGN:
+        raise ValueError(f"{op}: on CUDA in_features must be a multiple of {_CUTLASS_COL_ALIGN}, got {in_features}")
+    out_dtype = x.dtype if out_dtype is None else out_dtype
+    if out_dtype not in (x.dtype, torch.float32):
+        raise TypeError(f"{op}: out_dtype must be the dtype of x ({x.dtype}) or float32 on CUDA, got {out_dtype}")
+    if bias is not None:
+        if bias.dtype != x.dtype:
+            raise TypeError(f"{op}: bias must have the dtype of x ({x.dtype}), got {bias.dtype}")
+        if tuple(bias.shape) != (out_features,):
+            raise ValueError(f"{op}: bias must be [{out_features}], got shape {list(bias.shape)}")
+    if weight_scale is not None:
+        _check_dtype(op, "weight_scale", weight_scale, (torch.float32,))
+        if tuple(weight_scale.shape) != (out_features,):
+            raise ValueError(f"{op}: weight_scale must be [{out_features}], got shape {list(weight_scale.shape)}")
+    if activation not in _NM_LINEAR_ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be one of none, relu, gelu, silu, got {activation!r}")
+    return x.new_empty((*x.shape[:-1], out_features), dtype=out_dtype)
+
+
+# Provisional (branch cuda): the fakes of nm_pack / nm_linear belong to branch cpu-nm. When merging, keep
+# cpu-nm's registrations, make them call nm_pack_fake_cuda / nm_linear_fake_cuda for CUDA tensors, and
+# delete these two.
+@torch.library.register_fake("sparseflow::nm_pack")
+def _nm_pack_fake(values, indices, n, m):
+    if values.device.type == "cuda":
+        return nm_pack_fake_cuda(values, indices, n, m)
+    raise NotImplementedError("sparseflow.nm_pack: the CPU layout's fake is on branch cpu-nm")
+
+
+@torch.library.register_fake("sparseflow::nm_linear")
+def _nm_linear_fake(x, packed_values, packed_meta, n, m, out_features, in_features, bias=None, weight_scale=None,
+                    activation="none", out_dtype=None):
+    if x.device.type == "cuda":
+        return nm_linear_fake_cuda(x, packed_values, packed_meta, n, m, out_features, in_features, bias,
+                                   weight_scale, activation, out_dtype)
+    raise NotImplementedError("sparseflow.nm_linear: the CPU layout's fake is on branch cpu-nm")
+
+
 def sparseflow_op_names() -> list[str]:
     """Every op registered under torch.ops.sparseflow (schema names, without overloads)."""
     return sorted(

@@ -24,3 +24,20 @@ def nm_decompress(values: torch.Tensor, indices: torch.Tensor, n: int = 2, m: in
     Raises ``IndexError`` naming the first group whose positions are out of ``[0, m)`` or not ascending.
     """
     return torch.ops.sparseflow.nm_decompress(values, indices, n, m)
+
+
+# ---- CUDA 2:4 layout (branch cuda)
+
+def nm_pack_cutlass(values: torch.Tensor, indices: torch.Tensor, n: int = 2, m: int = 4,
+                    target: int = 80) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pack a canonical 2:4 weight (:func:`nm_compress`'s output) into the operands of CUTLASS's sparse
+    tensor-core GEMM for ``target`` (80: CUTLASS 2.x ``SparseGemm``, what ``nm_linear`` runs on sm80..sm90).
+
+    Works on any device, so a weight can be packed on a CPU and moved to the GPU (``nm_pack`` on a CUDA
+    tensor gives the same result). Returns ``(packed_values, packed_meta)``: the values zero-padded to
+    ``[rows_p, cols_p // 2]`` and the int16 metadata ``[rows_p, cols_p // 16]`` in CUTLASS's reordered
+    layout, with ``rows_p``/``cols_p`` the row/column counts rounded up to 32/64. Only float16 and
+    bfloat16 have a 2:4 tensor-core layout. Raises ``IndexError`` naming the first group whose positions
+    are not strictly ascending in ``[0, 4)``.
+    """
+    return torch.ops.sparseflow.nm_pack_cutlass(values, indices, n, m, target)

@@ -77,3 +77,65 @@ def nm_decompress(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -
     if dense.numel():
         _as_bits(dense).scatter_(-1, pos, _as_bits(values).reshape(rows, groups, n))
     return dense.reshape(rows, groups * m)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CUDA 2:4 layout (branch cuda): canonical 2:4 -> CUTLASS 2.x SparseGemm operands (csrc/nm/nm_cutlass.h).
+
+CUTLASS_ROW_ALIGN = 32  # metadata rows are reordered in blocks of 32
+CUTLASS_COL_ALIGN = 64  # dense columns: the threadblock K of the sm80 kernels
+
+
+def cutlass_meta_offsets(rows_p: int, words: int, device=None) -> torch.Tensor:
+    """Where metadata word (row, word) goes in the reordered buffer: CUTLASS's ``reorder_meta``
+    (tools/util/include/cutlass/util/host_reorder.h) followed by ``ColumnMajorInterleaved<2>``."""
+    row = torch.arange(rows_p, device=device).unsqueeze(1).expand(rows_p, words)
+    col = torch.arange(words, device=device).unsqueeze(0).expand(rows_p, words)
+    dst_row = row // 32 * 32 + (row % 8) * 4 + (row % 32) // 8  # interleave rows within blocks of 32
+    dst_col = col.clone()
+    down = (dst_row % 2 == 0) & (dst_col % 2 == 1)  # swap the off-diagonal entries of each 2x2 block
+    up = (dst_row % 2 == 1) & (dst_col % 2 == 0)
+    dst_row = dst_row + down.long() - up.long()
+    dst_col = dst_col - down.long() + up.long()
+    return (dst_col // 2) * rows_p * 2 + dst_row * 2 + dst_col % 2
+
+
+def nm_pack_cutlass(values: torch.Tensor, indices: torch.Tensor, n: int, m: int,
+                    target: int = 80) -> tuple[torch.Tensor, torch.Tensor]:
+    """Canonical 2:4 -> (packed_values [rows_p, cols_p/2], packed_meta int16 [rows_p, cols_p/16]).
+
+    rows_p/cols_p round rows/cols up to 32/64; padding holds zero values at positions (0, 1). Each metadata
+    word holds the 4-bit codes (first | second << 2) of 4 consecutive groups, lowest group in the lowest bits.
+    """
+    if (n, m) != (2, 4):
+        raise ValueError(f"the CUTLASS layout is 2:4 only, got n:m = {n}:{m}")
+    if target != 80:
+        raise ValueError(f"target must be 80, got {target}")
+    if values.dtype not in (torch.float16, torch.bfloat16):
+        raise TypeError(f"values must be float16 or bfloat16, got {values.dtype}")
+    if indices.dtype != torch.uint8:
+        raise TypeError(f"indices must be uint8, got {indices.dtype}")
+    if values.dim() != 2 or values.shape != indices.shape:
+        raise ValueError(f"values and indices must be equal 2-D shapes, got {list(values.shape)}, {list(indices.shape)}")
+    if values.device != indices.device:
+        raise ValueError("values and indices must be on the same device")
+    if values.shape[1] % 2:
+        raise ValueError(f"the column count of values must be even (2 per group), got {values.shape[1]}")
+    rows, cols = values.shape[0], values.shape[1] * 2
+    pairs = indices.reshape(rows, cols // 4, 2).long()
+    valid = (pairs[..., 0] < pairs[..., 1]) & (pairs[..., 1] < 4)
+    if not valid.all():
+        row, group = (~valid).nonzero()[0].tolist()
+        raise IndexError(f"indices of row {row}, group {group} are {pairs[row, group].tolist()}")
+    rows_p = -(-rows // CUTLASS_ROW_ALIGN) * CUTLASS_ROW_ALIGN
+    cols_p = -(-cols // CUTLASS_COL_ALIGN) * CUTLASS_COL_ALIGN
+    packed_values = torch.zeros(rows_p, cols_p // 2, dtype=values.dtype, device=values.device)
+    packed_values[:rows, : cols // 2] = values
+    codes = torch.full((rows_p, cols_p // 4), 0x4, dtype=torch.int64, device=values.device)
+    codes[:rows, : cols // 4] = pairs[..., 0] | (pairs[..., 1] << 2)
+    shifts = torch.tensor([0, 4, 8, 12], device=values.device)
+    words = (codes.reshape(rows_p, cols_p // 16, 4) << shifts).sum(-1)  # 16-bit words, in int64
+    meta = torch.empty(rows_p * (cols_p // 16), dtype=torch.int64, device=values.device)
+    meta[cutlass_meta_offsets(rows_p, cols_p // 16, values.device).reshape(-1)] = words.reshape(-1)
+    meta = torch.where(meta >= 1 << 15, meta - (1 << 16), meta)  # the same 16 bits as int16
+    return packed_values, meta.to(torch.int16).reshape(rows_p, cols_p // 16)
