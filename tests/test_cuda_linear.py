@@ -1,0 +1,372 @@
+"""The CUDA 2:4 path: CUTLASS layout (checked on CPU against PyTorch's independent reimplementation of
+CUTLASS's reorder_meta), shape propagation and argument checks of the CUDA ops under FakeTensorMode (no GPU
+needed), and, on a GPU, nm_pack / nm_linear against an fp64 reference (FlashAttention's tolerance rule),
+opcheck and CUDA-graph capture."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.sparse._semi_structured_conversions import (
+    sparse_semi_structured_from_dense_cutlass,
+    sparse_semi_structured_to_dense_cutlass,
+)
+
+from sparseflow import ops
+from sparseflow.testing import reference as ref
+from sparseflow.testing.op_db import random_nm_dense
+
+HALF = (torch.float16, torch.bfloat16)
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run scripts/gpu_check.sh on one)")
+
+
+def exact_2_4(rows, cols, dtype, seed=0, device="cpu"):
+    """Dense [rows, cols] with exactly 2 non-zeros (never 0 or -0.0) in every group of 4."""
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.rand(rows, cols // 4, 4, generator=g).argsort(-1).argsort(-1) < 2
+    values = (torch.rand(rows, cols // 4, 4, generator=g) + 0.5) * torch.sign(torch.randn(rows, cols // 4, 4, generator=g))
+    return (values * keep).reshape(rows, cols).to(dtype).to(device)
+
+
+# ------------------------------------------------------------------------------------------------- layout
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("rows,cols", [(32, 64), (64, 128), (96, 192), (128, 1024)])
+def test_layout_matches_pytorch_cutlass_conversion(dtype, rows, cols):
+    dense = exact_2_4(rows, cols, dtype, seed=rows + cols)
+    values, indices = ops.nm_compress(dense, 2, 4)
+    packed_values, packed_meta = ops.nm_pack_cutlass(values, indices)
+    torch_values, torch_meta = sparse_semi_structured_from_dense_cutlass(dense)
+    assert packed_meta.dtype == torch_meta.dtype == torch.int16
+    assert torch.equal(packed_values, torch_values)
+    assert torch.equal(packed_meta, torch_meta)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("rows,cols,fill", [(1, 4, 1.0), (33, 68, 0.6), (7, 200, 1.0), (100, 64, 0.3), (64, 320, 0.0)])
+def test_layout_decodes_to_the_padded_dense_matrix(dtype, rows, cols, fill):
+    """PyTorch's CUTLASS decoder reads our packing back, padding and under-full groups included."""
+    dense = random_nm_dense(rows, cols, 2, 4, dtype, seed=rows * cols, fill=fill)
+    packed_values, packed_meta = ops.nm_pack_cutlass(*ops.nm_compress(dense, 2, 4))
+    rows_p, cols_p = -(-rows // 32) * 32, -(-cols // 64) * 64
+    assert packed_values.shape == (rows_p, cols_p // 2) and packed_meta.shape == (rows_p, cols_p // 16)
+    decoded = sparse_semi_structured_to_dense_cutlass(packed_values, packed_meta)
+    expected = torch.zeros(rows_p, cols_p, dtype=dtype)
+    expected[:rows, :cols] = dense
+    assert torch.equal(decoded, expected)
+
+
+def test_padding_uses_a_valid_metadata_code():
+    # 0 is not a valid mma.sp code for 16-bit types: padded groups must say positions (0, 1) = 0x4.
+    values, indices = ops.nm_compress(exact_2_4(1, 4, torch.float16), 2, 4)
+    _, meta = ops.nm_pack_cutlass(values, indices)
+    words = (meta.view(torch.int16).to(torch.int32) & 0xFFFF).flatten().tolist()
+    real_group_code = int(indices[0, 0]) | int(indices[0, 1]) << 2
+    assert sorted(words) == sorted([0x4440 | real_group_code] + [0x4444] * (len(words) - 1))
+
+
+def test_nm_pack_cutlass_reports_the_first_bad_group():
+    values, indices = ops.nm_compress(exact_2_4(40, 64, torch.float16), 2, 4)
+    indices[33, 20:22] = torch.tensor([2, 2], dtype=torch.uint8)
+    indices[35, 0] = 9
+    with pytest.raises(IndexError, match=r"sparseflow.nm_pack_cutlass: indices of row 33, group 10 .* are \[2, 2\]"):
+        ops.nm_pack_cutlass(values, indices)
+
+
+# ------------------------------------------------------------------------------- fakes on device "cuda"
+
+def _fake_cuda_inputs(tokens_shape, out_features, in_features, dtype=torch.float16):
+    x = torch.empty(*tokens_shape, in_features, dtype=dtype, device="cuda")
+    values = torch.empty(out_features, in_features // 2, dtype=dtype, device="cuda")
+    indices = torch.empty(out_features, in_features // 2, dtype=torch.uint8, device="cuda")
+    return x, values, indices
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("out_features,in_features", [(1, 64), (100, 128), (4096, 576)])
+def test_fake_shapes_on_cuda(dtype, out_features, in_features):
+    with FakeTensorMode():
+        x, values, indices = _fake_cuda_inputs((2, 3), out_features, in_features, dtype)
+        pv, pm = torch.ops.sparseflow.nm_pack(values, indices, 2, 4)
+        rows_p, cols_p = -(-out_features // 32) * 32, -(-in_features // 64) * 64
+        assert pv.shape == (rows_p, cols_p // 2) and pv.dtype == dtype and pv.device.type == "cuda"
+        assert pm.shape == (rows_p, cols_p // 16) and pm.dtype == torch.int16
+        pv2, pm2 = torch.ops.sparseflow.nm_pack_cutlass(values, indices, 2, 4, 80)
+        assert pv2.shape == pv.shape and pm2.shape == pm.shape
+        bias = torch.empty(out_features, dtype=dtype, device="cuda")
+        scale = torch.empty(out_features, dtype=torch.float32, device="cuda")
+        y = torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, out_features, in_features, bias, scale, "gelu")
+        assert y.shape == (2, 3, out_features) and y.dtype == dtype and y.device.type == "cuda"
+        y32 = torch.ops.sparseflow.nm_linear(x[0, 0], pv, pm, 2, 4, out_features, in_features, out_dtype=torch.float32)
+        assert y32.shape == (out_features,) and y32.dtype == torch.float32
+
+
+def _bad_linear_calls():
+    """(description, kwargs overrides, exception, message regex): nm_linear's argument checks on CUDA (the
+    C++ wrapper names dtypes as c10 does, "Half"; the fake as torch does, "float16")."""
+    dtype = torch.float16
+    return [
+        ("n:m", dict(n=4, m=8), ValueError, r"sparseflow.nm_linear: on CUDA only 2:4 is supported"),
+        ("x dtype", dict(x=lambda t: t["x"].float()), TypeError, r"x must have dtype (Half, BFloat16|float16, bfloat16), got (Float|float32)"),
+        ("values dtype", dict(pv=lambda t: t["pv"].bfloat16()), TypeError, r"packed_values must have the dtype of x"),
+        ("meta dtype", dict(pm=lambda t: t["pm"].int()), TypeError, r"packed_meta must have dtype (Short|int16), got (Int|int32)"),
+        ("x width", dict(in_features=192), ValueError, r"x must be \[..., in_features\] with in_features=192"),
+        ("values shape", dict(out_features=200), ValueError, r"packed_values must be \[224, 64\]"),
+        ("meta shape", dict(pm=lambda t: t["pm"][:, :4]), ValueError, r"packed_meta must be \[128, 8\]"),
+        ("out_dtype", dict(out_dtype=torch.bfloat16), TypeError, r"out_dtype must be the dtype of x .* or float32"),
+        ("bias dtype", dict(bias=lambda t: torch.empty(100, device="cuda")), TypeError, r"bias must have the dtype of x"),
+        ("bias shape", dict(bias=lambda t: torch.empty(99, dtype=dtype, device="cuda")), ValueError, r"bias must be \[100\]"),
+        ("scale dtype", dict(weight_scale=lambda t: torch.empty(100, dtype=dtype, device="cuda")), TypeError,
+         r"weight_scale must have dtype (Float|float32)"),
+        ("scale shape", dict(weight_scale=lambda t: torch.empty(3, device="cuda")), ValueError, r"weight_scale must be \[100\]"),
+        ("activation", dict(activation="tanh"), ValueError, r"activation must be one of none, relu, gelu, silu, got 'tanh'"),
+        ("negative size", dict(out_features=-1), ValueError, r"out_features and in_features must be >= 0"),
+    ]
+
+
+def _call_linear(x, pv, pm, overrides):
+    t = {"x": x, "pv": pv, "pm": pm}
+    args = dict(n=2, m=4, out_features=100, in_features=128, bias=None, weight_scale=None, activation="none",
+                out_dtype=None)
+    for k, v in overrides.items():
+        if k in t:
+            t[k] = v(t)
+        else:
+            args[k] = v(t) if callable(v) else v
+    return torch.ops.sparseflow.nm_linear(t["x"], t["pv"], t["pm"], args["n"], args["m"], args["out_features"],
+                                          args["in_features"], args["bias"], args["weight_scale"], args["activation"],
+                                          args["out_dtype"])
+
+
+@pytest.mark.parametrize("case", _bad_linear_calls(), ids=lambda c: c[0])
+def test_fake_linear_rejects_bad_arguments(case):
+    _, overrides, error, match = case
+    with FakeTensorMode():
+        x, values, indices = _fake_cuda_inputs((5,), 100, 128)
+        pv, pm = torch.ops.sparseflow.nm_pack(values, indices, 2, 4)
+        with pytest.raises(error, match=match):
+            _call_linear(x, pv, pm, overrides)
+
+
+def test_fake_linear_rejects_in_features_off_the_k_tile():
+    with FakeTensorMode():
+        x, values, indices = _fake_cuda_inputs((5,), 64, 96)
+        pv, pm = torch.ops.sparseflow.nm_pack(values, indices, 2, 4)
+        with pytest.raises(ValueError, match=r"on CUDA in_features must be a multiple of 64, got 96"):
+            torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, 64, 96)
+
+
+def test_fake_pack_rejects_other_patterns_on_cuda():
+    with FakeTensorMode():
+        values = torch.empty(8, 8, dtype=torch.float16, device="cuda")
+        indices = torch.empty(8, 8, dtype=torch.uint8, device="cuda")
+        with pytest.raises(ValueError, match=r"sparseflow.nm_pack: on CUDA only 2:4 is supported .* got n:m = 4:8"):
+            torch.ops.sparseflow.nm_pack(values, indices, 4, 8)
+        with pytest.raises(TypeError, match=r"sparseflow.nm_pack: values must have dtype"):
+            torch.ops.sparseflow.nm_pack(values.float(), indices, 2, 4)
+
+
+# ------------------------------------------------------------------------------------------------ GPU
+
+ACTIVATIONS = {"none": lambda t: t, "relu": torch.relu, "gelu": F.gelu, "silu": F.silu}
+
+
+def _reference_and_torch(x, w, bias, scale, activation, out_dtype):
+    """(fp64 reference, torch's low-precision result) of act((x @ w^T) * scale + bias)."""
+    act = ACTIVATIONS[activation]
+    y64 = F.linear(x.double(), w.double())
+    if scale is not None:
+        y64 = y64 * scale.double()
+    if bias is not None:
+        y64 = y64 + bias.double()
+    y64 = act(y64)
+    y_lp = F.linear(x, w)
+    if scale is not None:
+        y_lp = y_lp * scale.to(x.dtype)
+    if bias is not None:
+        y_lp = y_lp + bias
+    return y64, act(y_lp).to(out_dtype)
+
+
+def assert_flash_rule(actual, y64, y_torch):
+    """FlashAttention's rule: our error against fp64 at most twice torch's own low-precision error."""
+    assert actual.shape == y64.shape
+    if actual.numel() == 0:
+        return
+    err = (actual.double() - y64).abs().max().item()
+    torch_err = (y_torch.double() - y64).abs().max().item()
+    floor = 1e-6 * max(1.0, y64.abs().max().item())
+    assert err <= 2 * torch_err + floor, f"max error {err:.3g} > 2 x torch's {torch_err:.3g}"
+
+
+def _packed_weight(out_features, in_features, dtype, seed=0, fill=1.0):
+    w = random_nm_dense(out_features, in_features, 2, 4, dtype, "cuda", seed=seed, fill=fill) / in_features**0.5
+    values, indices = ops.nm_compress(w, 2, 4)
+    return w, torch.ops.sparseflow.nm_pack(values, indices, 2, 4)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("rows,cols,fill", [(1, 4, 1.0), (33, 68, 0.6), (100, 576, 1.0), (4096, 128, 0.5)])
+def test_gpu_pack_equals_host_pack(dtype, rows, cols, fill):
+    values, indices = ops.nm_compress(random_nm_dense(rows, cols, 2, 4, dtype, seed=rows, fill=fill), 2, 4)
+    host = ops.nm_pack_cutlass(values, indices)
+    for packed in (torch.ops.sparseflow.nm_pack(values.cuda(), indices.cuda(), 2, 4),
+                   ops.nm_pack_cutlass(values.cuda(), indices.cuda())):
+        assert torch.equal(packed[0].cpu(), host[0]) and torch.equal(packed[1].cpu(), host[1])
+
+
+@gpu
+def test_gpu_pack_reports_the_first_bad_group():
+    values, indices = ops.nm_compress(exact_2_4(64, 64, torch.bfloat16, device="cuda"), 2, 4)
+    indices[40, 6:8] = torch.tensor([1, 0], dtype=torch.uint8, device="cuda")
+    indices[63, 1] = 7
+    with pytest.raises(IndexError, match=r"sparseflow.nm_pack: indices of row 40, group 3 .* are \[1, 0\]"):
+        torch.ops.sparseflow.nm_pack(values, indices, 2, 4)
+
+
+# tokens and out_features pick the tile configuration (csrc/nm/nm_linear_configs.h): cover both, with
+# ragged edges (tokens not a multiple of the N tile, out_features not a multiple of 32).
+LINEAR_SHAPES = [(1, 32, 64), (3, 100, 128), (16, 4096, 576), (17, 64, 64), (65, 200, 192), (130, 1100, 128),
+                 (333, 2048, 256)]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("tokens,out_features,in_features", LINEAR_SHAPES)
+def test_gpu_linear_matches_fp64(dtype, tokens, out_features, in_features):
+    w, (pv, pm) = _packed_weight(out_features, in_features, dtype, seed=tokens)
+    x = torch.randn(tokens, in_features, dtype=dtype, device="cuda")
+    y = torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, out_features, in_features)
+    assert y.dtype == dtype and y.is_contiguous()
+    assert_flash_rule(y, *_reference_and_torch(x, w, None, None, "none", dtype))
+
+
+@gpu
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+@pytest.mark.parametrize("with_bias,with_scale,out_float", [(True, False, False), (True, True, True),
+                                                            (False, True, False), (False, False, True)])
+@pytest.mark.parametrize("tokens", [5, 300])
+def test_gpu_linear_epilogues(dtype, activation, with_bias, with_scale, out_float, tokens):
+    out_features, in_features = 1100, 256
+    w, (pv, pm) = _packed_weight(out_features, in_features, dtype, seed=7, fill=0.8)
+    x = torch.randn(tokens, in_features, dtype=dtype, device="cuda")
+    bias = torch.randn(out_features, dtype=dtype, device="cuda") if with_bias else None
+    scale = torch.rand(out_features, device="cuda") + 0.5 if with_scale else None
+    out_dtype = torch.float32 if out_float else dtype
+    y = torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, out_features, in_features, bias, scale, activation,
+                                       torch.float32 if out_float else None)
+    assert y.dtype == out_dtype
+    assert_flash_rule(y, *_reference_and_torch(x, w, bias, scale, activation, out_dtype))
+
+
+@gpu
+def test_gpu_linear_strided_and_batched_inputs():
+    dtype, out_features, in_features = torch.float16, 96, 128
+    w, (pv, pm) = _packed_weight(out_features, in_features, dtype, seed=3)
+    wide = torch.randn(7, 2 * in_features, dtype=dtype, device="cuda")
+    cases = {
+        "row slice (used in place)": wide[:, in_features:],
+        "odd offset (copied)": wide[:, 1:in_features + 1],
+        "column-major (copied)": torch.randn(in_features, 7, dtype=dtype, device="cuda").t(),
+        "3-D": torch.randn(2, 5, in_features, dtype=dtype, device="cuda"),
+        "1-D": torch.randn(in_features, dtype=dtype, device="cuda"),
+        "one token with any stride": wide[2:3, :in_features],
+    }
+    bias = torch.randn(2 * out_features, dtype=dtype, device="cuda")[::2]  # a strided bias
+    for name, x in cases.items():
+        before = x.clone()
+        y = torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, out_features, in_features, bias)
+        assert y.shape == (*x.shape[:-1], out_features), name
+        y64, y_torch = _reference_and_torch(x.reshape(-1, in_features), w, bias, None, "none", dtype)
+        assert_flash_rule(y.reshape(-1, out_features), y64, y_torch)
+        assert torch.equal(x, before), f"{name}: input modified"
+
+
+@gpu
+def test_gpu_linear_empty_and_k_zero():
+    dtype = torch.bfloat16
+    _, (pv, pm) = _packed_weight(40, 64, dtype)
+    assert torch.ops.sparseflow.nm_linear(torch.empty(0, 64, dtype=dtype, device="cuda"), pv, pm, 2, 4, 40, 64).shape == (0, 40)
+    _, (pv0, pm0) = _packed_weight(0, 64, dtype)
+    assert torch.ops.sparseflow.nm_linear(torch.ones(3, 64, dtype=dtype, device="cuda"), pv0, pm0, 2, 4, 0, 64).shape == (3, 0)
+    # in_features = 0: y = act(bias) for every token.
+    pvk, pmk = torch.ops.sparseflow.nm_pack(torch.empty(40, 0, dtype=dtype, device="cuda"),
+                                            torch.empty(40, 0, dtype=torch.uint8, device="cuda"), 2, 4)
+    bias = torch.randn(40, dtype=dtype, device="cuda")
+    y = torch.ops.sparseflow.nm_linear(torch.empty(3, 0, dtype=dtype, device="cuda"), pvk, pmk, 2, 4, 40, 0, bias,
+                                       None, "relu")
+    assert torch.equal(y, torch.relu(bias).expand(3, 40))
+
+
+@gpu
+@pytest.mark.parametrize("case", _bad_linear_calls(), ids=lambda c: c[0])
+def test_gpu_linear_rejects_bad_arguments(case):
+    _, overrides, error, match = case
+    _, (pv, pm) = _packed_weight(100, 128, torch.float16)
+    x = torch.randn(5, 128, dtype=torch.float16, device="cuda")
+    with pytest.raises(error, match=match):
+        _call_linear(x, pv, pm, overrides)
+
+
+@gpu
+def test_gpu_linear_rejects_in_features_off_the_k_tile_and_cpu_tensors():
+    _, (pv, pm) = _packed_weight(64, 96, torch.float16)
+    x = torch.randn(2, 96, dtype=torch.float16, device="cuda")
+    with pytest.raises(ValueError, match=r"on CUDA in_features must be a multiple of 64, got 96"):
+        torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, 64, 96)
+    _, (pv, pm) = _packed_weight(64, 128, torch.float16)
+    with pytest.raises(ValueError, match=r"x and packed_values must be on the same device"):
+        torch.ops.sparseflow.nm_linear(x.new_zeros(2, 128), pv.cpu(), pm, 2, 4, 64, 128)
+
+
+@gpu
+def test_gpu_opcheck():
+    dtype = torch.float16
+    values, indices = ops.nm_compress(random_nm_dense(33, 128, 2, 4, dtype, "cuda", fill=0.7), 2, 4)
+    torch.library.opcheck(torch.ops.sparseflow.nm_pack.default, (values, indices, 2, 4))
+    torch.library.opcheck(torch.ops.sparseflow.nm_pack_cutlass.default, (values, indices, 2, 4, 80))
+    pv, pm = torch.ops.sparseflow.nm_pack(values, indices, 2, 4)
+    x = torch.randn(3, 5, 128, dtype=dtype, device="cuda")
+    bias = torch.randn(33, dtype=dtype, device="cuda")
+    scale = torch.rand(33, device="cuda")
+    torch.library.opcheck(torch.ops.sparseflow.nm_linear.default, (x, pv, pm, 2, 4, 33, 128),
+                          {"bias": bias, "weight_scale": scale, "activation": "silu", "out_dtype": torch.float32})
+    torch.library.opcheck(torch.ops.sparseflow.nm_linear.default, (x[0], pv, pm, 2, 4, 33, 128))
+
+
+@gpu
+def test_gpu_linear_cuda_graph_capture():
+    dtype, out_features, in_features = torch.bfloat16, 256, 512
+    w, (pv, pm) = _packed_weight(out_features, in_features, dtype, seed=11)
+    x = torch.randn(16, in_features, dtype=dtype, device="cuda")
+    bias = torch.randn(out_features, dtype=dtype, device="cuda")
+
+    def step():
+        return torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, out_features, in_features, bias, None, "gelu")
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # warm-up outside the capture (first call sets kernel attributes)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = step()
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_flash_rule(y, *_reference_and_torch(x, w, bias, None, "gelu", dtype))
+
+
+@gpu
+def test_gpu_linear_runs_on_a_non_default_stream_and_device_guard():
+    dtype = torch.float16
+    w, (pv, pm) = _packed_weight(64, 128, dtype)
+    x = torch.randn(9, 128, dtype=dtype, device="cuda")
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        y = torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, 64, 128)
+    stream.synchronize()
+    assert_flash_rule(y, *_reference_and_torch(x, w, None, None, "none", dtype))
