@@ -94,8 +94,7 @@ def test_fake_shapes_on_cuda(dtype, out_features, in_features):
         pv2, pm2 = torch.ops.sparseflow.nm_pack_cutlass(values, indices, 2, 4, 80)
         assert pv2.shape == pv.shape and pm2.shape == pm.shape
         bias = torch.empty(out_features, dtype=dtype, device="cuda")
-        scale = torch.empty(out_features, dtype=torch.float32, device="cuda")
-        y = torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, out_features, in_features, bias, scale, "gelu")
+        y = torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, out_features, in_features, bias, None, "gelu")
         assert y.shape == (2, 3, out_features) and y.dtype == dtype and y.device.type == "cuda"
         y32 = torch.ops.sparseflow.nm_linear(x[0, 0], pv, pm, 2, 4, out_features, in_features, out_dtype=torch.float32)
         assert y32.shape == (out_features,) and y32.dtype == torch.float32
@@ -114,11 +113,11 @@ def _bad_linear_calls():
         ("values shape", dict(out_features=200), ValueError, r"packed_values must be \[224, 64\]"),
         ("meta shape", dict(pm=lambda t: t["pm"][:, :4]), ValueError, r"packed_meta must be \[128, 8\]"),
         ("out_dtype", dict(out_dtype=torch.bfloat16), TypeError, r"out_dtype must be the dtype of x .* or float32"),
-        ("bias dtype", dict(bias=lambda t: torch.empty(100, device="cuda")), TypeError, r"bias must have the dtype of x"),
+        ("bias dtype", dict(bias=lambda t: torch.empty(100, dtype=torch.float64, device="cuda")), TypeError,
+         r"bias must have the dtype of x .* or (Float|float32)"),
         ("bias shape", dict(bias=lambda t: torch.empty(99, dtype=dtype, device="cuda")), ValueError, r"bias must be \[100\]"),
-        ("scale dtype", dict(weight_scale=lambda t: torch.empty(100, dtype=dtype, device="cuda")), TypeError,
-         r"weight_scale must have dtype (Float|float32)"),
-        ("scale shape", dict(weight_scale=lambda t: torch.empty(3, device="cuda")), ValueError, r"weight_scale must be \[100\]"),
+        ("weight_scale", dict(weight_scale=lambda t: torch.ones(100, device="cuda")), ValueError,
+         r"weight_scale is only for int8 packed_values"),
         ("activation", dict(activation="tanh"), ValueError, r"activation must be one of none, relu, gelu, silu, got 'tanh'"),
         ("negative size", dict(out_features=-1), ValueError, r"out_features and in_features must be >= 0"),
     ]
@@ -171,21 +170,15 @@ def test_fake_pack_rejects_other_patterns_on_cuda():
 ACTIVATIONS = {"none": lambda t: t, "relu": torch.relu, "gelu": F.gelu, "silu": F.silu}
 
 
-def _reference_and_torch(x, w, bias, scale, activation, out_dtype):
-    """(fp64 reference, torch's low-precision result) of act((x @ w^T) * scale + bias)."""
+def _reference_and_torch(x, w, bias, activation, out_dtype):
+    """(fp64 reference, torch's low-precision result) of act(x @ w^T + bias)."""
     act = ACTIVATIONS[activation]
     y64 = F.linear(x.double(), w.double())
-    if scale is not None:
-        y64 = y64 * scale.double()
+    y_lp = F.linear(x, w)
     if bias is not None:
         y64 = y64 + bias.double()
-    y64 = act(y64)
-    y_lp = F.linear(x, w)
-    if scale is not None:
-        y_lp = y_lp * scale.to(x.dtype)
-    if bias is not None:
-        y_lp = y_lp + bias
-    return y64, act(y_lp).to(out_dtype)
+        y_lp = y_lp + bias.to(x.dtype)
+    return act(y64), act(y_lp).to(out_dtype)
 
 
 def assert_flash_rule(actual, y64, y_torch):
@@ -239,26 +232,26 @@ def test_gpu_linear_matches_fp64(dtype, tokens, out_features, in_features):
     x = torch.randn(tokens, in_features, dtype=dtype, device="cuda")
     y = torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, out_features, in_features)
     assert y.dtype == dtype and y.is_contiguous()
-    assert_flash_rule(y, *_reference_and_torch(x, w, None, None, "none", dtype))
+    assert_flash_rule(y, *_reference_and_torch(x, w, None, "none", dtype))
 
 
 @gpu
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
-@pytest.mark.parametrize("with_bias,with_scale,out_float", [(True, False, False), (True, True, True),
-                                                            (False, True, False), (False, False, True)])
+@pytest.mark.parametrize("bias_dtype,out_float", [("x", False), ("x", True), ("float32", False), (None, True),
+                                                  (None, False)])
 @pytest.mark.parametrize("tokens", [5, 300])
-def test_gpu_linear_epilogues(dtype, activation, with_bias, with_scale, out_float, tokens):
+def test_gpu_linear_epilogues(dtype, activation, bias_dtype, out_float, tokens):
     out_features, in_features = 1100, 256
     w, (pv, pm) = _packed_weight(out_features, in_features, dtype, seed=7, fill=0.8)
     x = torch.randn(tokens, in_features, dtype=dtype, device="cuda")
-    bias = torch.randn(out_features, dtype=dtype, device="cuda") if with_bias else None
-    scale = torch.rand(out_features, device="cuda") + 0.5 if with_scale else None
+    bias = None if bias_dtype is None else torch.randn(out_features, device="cuda").to(
+        dtype if bias_dtype == "x" else torch.float32)
     out_dtype = torch.float32 if out_float else dtype
-    y = torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, out_features, in_features, bias, scale, activation,
+    y = torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, out_features, in_features, bias, None, activation,
                                        torch.float32 if out_float else None)
     assert y.dtype == out_dtype
-    assert_flash_rule(y, *_reference_and_torch(x, w, bias, scale, activation, out_dtype))
+    assert_flash_rule(y, *_reference_and_torch(x, w, bias, activation, out_dtype))
 
 
 @gpu
@@ -279,7 +272,7 @@ def test_gpu_linear_strided_and_batched_inputs():
         before = x.clone()
         y = torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, out_features, in_features, bias)
         assert y.shape == (*x.shape[:-1], out_features), name
-        y64, y_torch = _reference_and_torch(x.reshape(-1, in_features), w, bias, None, "none", dtype)
+        y64, y_torch = _reference_and_torch(x.reshape(-1, in_features), w, bias, "none", dtype)
         assert_flash_rule(y.reshape(-1, out_features), y64, y_torch)
         assert torch.equal(x, before), f"{name}: input modified"
 
@@ -329,10 +322,9 @@ def test_gpu_opcheck():
     torch.library.opcheck(torch.ops.sparseflow.nm_pack_cutlass.default, (values, indices, 2, 4, 80))
     pv, pm = torch.ops.sparseflow.nm_pack(values, indices, 2, 4)
     x = torch.randn(3, 5, 128, dtype=dtype, device="cuda")
-    bias = torch.randn(33, dtype=dtype, device="cuda")
-    scale = torch.rand(33, device="cuda")
+    bias = torch.randn(33, device="cuda")
     torch.library.opcheck(torch.ops.sparseflow.nm_linear.default, (x, pv, pm, 2, 4, 33, 128),
-                          {"bias": bias, "weight_scale": scale, "activation": "silu", "out_dtype": torch.float32})
+                          {"bias": bias, "activation": "silu", "out_dtype": torch.float32})
     torch.library.opcheck(torch.ops.sparseflow.nm_linear.default, (x[0], pv, pm, 2, 4, 33, 128))
 
 
@@ -357,7 +349,7 @@ def test_gpu_linear_cuda_graph_capture():
     x.copy_(torch.randn_like(x))
     graph.replay()
     torch.cuda.synchronize()
-    assert_flash_rule(y, *_reference_and_torch(x, w, bias, None, "gelu", dtype))
+    assert_flash_rule(y, *_reference_and_torch(x, w, bias, "gelu", dtype))
 
 
 @gpu
@@ -369,4 +361,4 @@ def test_gpu_linear_runs_on_a_non_default_stream_and_device_guard():
     with torch.cuda.stream(stream):
         y = torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, 64, 128)
     stream.synchronize()
-    assert_flash_rule(y, *_reference_and_torch(x, w, None, None, "none", dtype))
+    assert_flash_rule(y, *_reference_and_torch(x, w, None, "none", dtype))

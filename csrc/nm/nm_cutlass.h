@@ -104,7 +104,7 @@ void pack_cuda(const PackParams& p, int64_t* first_bad_group, void* stream);
 enum class Activation : int { kNone = 0, kRelu = 1, kGelu = 2, kSilu = 3 };
 enum class DType : int { kFloat16 = 0, kBFloat16 = 1, kFloat32 = 2 };
 
-// y[tokens, out] = act((x[tokens, in] @ W[out, in]^T) * weight_scale[out] + bias[out]), computed as the
+// y[tokens, out] = act(x[tokens, in] @ W[out, in]^T + bias[out]), computed as the
 // transposed problem D[out, tokens] = W x^T (only the first operand of mma.sp can be sparse), written
 // straight into y's row-major storage (D column-major).
 struct LinearParams {
@@ -116,8 +116,8 @@ struct LinearParams {
   int64_t x_stride = 0;      // elements between tokens, a multiple of 8
   const void* values = nullptr;     // packed_values [rows_p, in/2]
   const int16_t* meta = nullptr;    // packed_meta
-  const void* bias = nullptr;       // [out], the dtype of x, or null
-  const float* weight_scale = nullptr;  // [out] float32, or null
+  const void* bias = nullptr;       // [out], the dtype of x or float32 (bias_fp32), or null
+  bool bias_fp32 = false;
   void* y = nullptr;                // [tokens, out] row-major, dense
   DType in_dtype = DType::kFloat16;
   DType out_dtype = DType::kFloat16;

@@ -118,24 +118,17 @@ at::Tensor nm_linear_cuda(const at::Tensor& x_in, const at::Tensor& packed_value
   const void* bias_ptr = nullptr;
   at::Tensor bias;
   if (bias_in.has_value()) {
-    TORCH_CHECK_TYPE(bias_in->scalar_type() == x_in.scalar_type(), op, ": bias must have the dtype of x (",
-                     x_in.scalar_type(), "), got ", bias_in->scalar_type());
+    TORCH_CHECK_TYPE(bias_in->scalar_type() == x_in.scalar_type() || bias_in->scalar_type() == at::kFloat, op,
+                     ": bias must have the dtype of x (", x_in.scalar_type(), ") or Float, got ",
+                     bias_in->scalar_type());
     TORCH_CHECK_VALUE(bias_in->dim() == 1 && bias_in->size(0) == out_features, op, ": bias must be [",
                       out_features, "], got shape ", bias_in->sizes());
     check_same_device(op, "x", x_in, "bias", *bias_in);
     bias = bias_in->contiguous();
     bias_ptr = bias.data_ptr();
   }
-  const float* scale_ptr = nullptr;
-  at::Tensor scale;
-  if (weight_scale.has_value()) {
-    check_dtype(op, "weight_scale", *weight_scale, {at::kFloat});
-    TORCH_CHECK_VALUE(weight_scale->dim() == 1 && weight_scale->size(0) == out_features, op,
-                      ": weight_scale must be [", out_features, "], got shape ", weight_scale->sizes());
-    check_same_device(op, "x", x_in, "weight_scale", *weight_scale);
-    scale = weight_scale->contiguous();
-    scale_ptr = scale.data_ptr<float>();
-  }
+  // As on CPU: weight_scale dequantizes int8 weights, and CUDA 2:4 weights are float16/bfloat16.
+  TORCH_CHECK_VALUE(!weight_scale.has_value(), op, ": weight_scale is only for int8 packed_values");
   const cutlass2x::Activation act = parse_activation(op, activation);
 
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -151,7 +144,7 @@ at::Tensor nm_linear_cuda(const at::Tensor& x_in, const at::Tensor& packed_value
 
   // x as [tokens, in] with unit inner stride, a row stride of whole 16-byte vectors and an aligned start:
   // views of that kind are used as they are; anything else is copied once.
-  // (Small copies of bias/weight_scale above are made only for strided ones.)
+  // (A small copy of bias above is made only for a strided one.)
   at::Tensor x = x_in.dim() == 2 ? x_in : x_in.reshape({tokens, in_features});
   const auto usable = [&](const at::Tensor& t) {
     return t.stride(1) == 1 && (tokens == 1 || t.stride(0) % 8 == 0) && aligned16(t.data_ptr());
@@ -169,7 +162,7 @@ at::Tensor nm_linear_cuda(const at::Tensor& x_in, const at::Tensor& packed_value
   p.values = packed_values.data_ptr();
   p.meta = packed_meta.data_ptr<int16_t>();
   p.bias = bias_ptr;
-  p.weight_scale = scale_ptr;
+  p.bias_fp32 = bias_ptr != nullptr && bias.scalar_type() == at::kFloat;
   p.y = y.data_ptr();
   p.in_dtype = to_kernel_dtype(x.scalar_type());
   p.out_dtype = to_kernel_dtype(out_dtype);

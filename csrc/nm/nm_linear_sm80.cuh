@@ -28,17 +28,17 @@ CUTLASS_DEVICE float activate(float v, int activation) {
   }
 }
 
-// The whole epilogue as one visitor node: y = act(acc * scale[row] + bias[row]), stored with y's strides.
+// The whole epilogue as one visitor node: y = act(acc + bias[row]), stored with y's strides.
 // CUTLASS's own store visitor writes 16-byte vectors along N, which would need y column-major; here N (the
 // token) is y's strided dimension, so each element is stored on its own. Rows >= `rows` (the zero rows
-// that pad the packed weight to 32) are neither read from bias/scale nor stored.
+// that pad the packed weight to 32) are neither read from bias nor stored.
 template <class ThreadMap, class ElementOut, class ElementBias>
 struct LinearEpilogue {
   struct Arguments {
     ElementOut* y = nullptr;
     int64_t ld_y = 0;  // elements between tokens
-    ElementBias const* bias = nullptr;
-    float const* scale = nullptr;
+    void const* bias = nullptr;  // ElementBias, or float when bias_fp32
+    bool bias_fp32 = false;
     int rows = 0;  // out_features
     int cols = 0;  // tokens
     int activation = 0;
@@ -58,27 +58,25 @@ struct LinearEpilogue {
 
   template <class GTensor, class RTensor, class CTensor, class ColTensor>
   struct Callbacks : cutlass::epilogue::threadblock::EmptyCallbacks {
-    CUTLASS_DEVICE Callbacks(GTensor&& g, RTensor&& r, CTensor&& c, ColTensor&& bias, ColTensor&& scale,
-                             Params const* params)
+    CUTLASS_DEVICE Callbacks(GTensor&& g, RTensor&& r, CTensor&& c, ColTensor&& bias, Params const* params)
         : gY(cute::forward<GTensor>(g)), rY(cute::forward<RTensor>(r)), cY(cute::forward<CTensor>(c)),
-          rBias(cute::forward<ColTensor>(bias)), rScale(cute::forward<ColTensor>(scale)), params(params) {}
+          rBias(cute::forward<ColTensor>(bias)), params(params) {}
 
     GTensor gY;  // (VECTOR, FRAGMENT_COLUMN, FRAGMENT_ROW, STEP) in global memory
     RTensor rY;  // (VECTOR, FRAGMENT_COLUMN, FRAGMENT_ROW) of the current step, in registers
     CTensor cY;  // coordinates of gY
-    ColTensor rBias, rScale;  // (FRAGMENT_ROW, STEP)
+    ColTensor rBias;  // (FRAGMENT_ROW, STEP)
     Params const* params;
 
     template <class ElementAccumulator, int FragmentSize>
     CUTLASS_DEVICE auto visit(int iter_idx, int row_idx, int column_idx, int frg_idx,
                               cutlass::Array<ElementAccumulator, FragmentSize> const& frg_acc) {
       const float bias = rBias(row_idx, iter_idx);
-      const float scale = rScale(row_idx, iter_idx);
       cutlass::NumericConverter<ElementOut, float> convert;
       cutlass::Array<ElementOut, FragmentSize> out;
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < FragmentSize; ++i) {
-        out[i] = convert(activate(float(frg_acc[i]) * scale + bias, params->activation));
+        out[i] = convert(activate(float(frg_acc[i]) + bias, params->activation));
       }
       cute::recast<cutlass::Array<ElementOut, FragmentSize>>(cute::coalesce(rY))(frg_idx) = out;
       return out;
@@ -106,19 +104,20 @@ struct LinearEpilogue {
     Tensor cY = group_modes<3, 6>(ThreadMap::partition(cMN, thread_idx, tile_offset));
     Tensor rY = make_tensor<ElementOut>(take<0, 3>(shape(gY)));
 
-    // The bias and scale of this thread's rows, read once (they do not change along tokens).
+    // The bias of this thread's rows, read once (it does not change along tokens).
     Tensor cCol = group_modes<1, 4>(ThreadMap::partition(cMN, thread_idx, tile_offset)(_0{}, _0{}, _, _, _, _));
     Tensor rBias = make_tensor<float>(shape(cCol));
-    Tensor rScale = make_tensor<float>(shape(cCol));
     CUTLASS_PRAGMA_UNROLL
     for (int i = 0; i < size(cCol); ++i) {
       const int row = get<0>(cCol(i));
-      const bool exists = row < p.rows;
-      rBias(i) = (p.bias != nullptr && exists) ? float(p.bias[row]) : 0.f;
-      rScale(i) = (p.scale != nullptr && exists) ? p.scale[row] : 1.f;
+      float b = 0.f;
+      if (p.bias != nullptr && row < p.rows) {
+        b = p.bias_fp32 ? static_cast<float const*>(p.bias)[row] : float(static_cast<ElementBias const*>(p.bias)[row]);
+      }
+      rBias(i) = b;
     }
     return Callbacks<decltype(gY), decltype(rY), decltype(cY), decltype(rBias)>(
-        cute::move(gY), cute::move(rY), cute::move(cY), cute::move(rBias), cute::move(rScale), params_ptr);
+        cute::move(gY), cute::move(rY), cute::move(cY), cute::move(rBias), params_ptr);
   }
 };
 
@@ -155,8 +154,8 @@ struct Sm80Linear {
         LayoutE::packed({int(p.rows_p), int(p.in_features / kColsPerWord)}));
     typename Epilogue::Arguments epilogue{static_cast<ElementOut*>(p.y),
                                           p.out_features,
-                                          static_cast<Element const*>(p.bias),
-                                          p.weight_scale,
+                                          p.bias,
+                                          p.bias_fp32,
                                           int(p.out_features),
                                           int(p.tokens),
                                           int(p.activation)};

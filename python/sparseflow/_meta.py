@@ -145,18 +145,19 @@ def nm_linear_fake_cuda(x, packed_values, packed_meta, n, m, out_features, in_fe
         raise ValueError(f"{op}: packed_meta must be {list(mshape)} (nm_pack's CUDA layout), got {list(packed_meta.shape)}")
     if in_features % _CUTLASS_COL_ALIGN:
         raise ValueError(f"{op}: on CUDA in_features must be a multiple of {_CUTLASS_COL_ALIGN}, got {in_features}")
+    if not (packed_values.is_contiguous() and packed_meta.is_contiguous()):
+        raise ValueError(f"{op}: packed_values and packed_meta must be contiguous and 16-byte aligned, as nm_pack "
+                         "returns them")
     out_dtype = x.dtype if out_dtype is None else out_dtype
     if out_dtype not in (x.dtype, torch.float32):
         raise TypeError(f"{op}: out_dtype must be the dtype of x ({x.dtype}) or float32 on CUDA, got {out_dtype}")
     if bias is not None:
-        if bias.dtype != x.dtype:
-            raise TypeError(f"{op}: bias must have the dtype of x ({x.dtype}), got {bias.dtype}")
+        if bias.dtype not in (x.dtype, torch.float32):
+            raise TypeError(f"{op}: bias must have the dtype of x ({x.dtype}) or float32, got {bias.dtype}")
         if tuple(bias.shape) != (out_features,):
             raise ValueError(f"{op}: bias must be [{out_features}], got shape {list(bias.shape)}")
     if weight_scale is not None:
-        _check_dtype(op, "weight_scale", weight_scale, (torch.float32,))
-        if tuple(weight_scale.shape) != (out_features,):
-            raise ValueError(f"{op}: weight_scale must be [{out_features}], got shape {list(weight_scale.shape)}")
+        raise ValueError(f"{op}: weight_scale is only for int8 packed_values")
     if activation not in _NM_LINEAR_ACTIVATIONS:
         raise ValueError(f"{op}: activation must be one of none, relu, gelu, silu, got {activation!r}")
     return x.new_empty((*x.shape[:-1], out_features), dtype=out_dtype)
