@@ -11,13 +11,23 @@ TORCH_LIBRARY(sparseflow, m) {
   m.def("nm_compress(Tensor dense, int n, int m) -> (Tensor values, Tensor indices)");
   // Inverse of nm_compress: scatter values to their positions; validates every position.
   m.def("nm_decompress(Tensor values, Tensor indices, int n, int m) -> Tensor");
-  // Canonical N:M -> this device's kernel layout (on CUDA: the CUTLASS 2:4 layout of nm_pack_cutlass).
+  // Canonical (values, indices) -> this device's kernel layout, once per weight (CPU: values + column bitmask).
   m.def("nm_pack(Tensor values, Tensor indices, int n, int m) -> (Tensor packed_values, Tensor packed_meta)");
-  // y = act((x @ W^T) * weight_scale + bias) with W packed by nm_pack on x's device.
+  // y = act(x @ W^T + bias) for a packed N:M weight; int8 weights quantize x per token and dequantize into y.
   m.def("nm_linear(Tensor x, Tensor packed_values, Tensor packed_meta, int n, int m, int out_features, "
         "int in_features, Tensor? bias=None, Tensor? weight_scale=None, str activation=\"none\", "
         "ScalarType? out_dtype=None) -> Tensor");
-  // Canonical 2:4 -> the CUTLASS sparse-GEMM layout for `target` (80: CUTLASS 2.x SparseGemm), on any device.
+  // Canonical 2:4 -> CUTLASS's sparse-GEMM operands for `target` (80: 2.x SparseGemm; 90: 3.x sm90a), any device.
   m.def("nm_pack_cutlass(Tensor values, Tensor indices, int n, int m, int target=80) -> "
         "(Tensor packed_values, Tensor packed_meta)");
+
+  // ---- block-sparse family (csrc/bsr) ----
+  // Canonical BSR (crow, col, values [nnz, R, C]) -> this device's kernel layout (see csrc/bsr/bsr.h).
+  m.def("bsr_pack(Tensor crow, Tensor col, Tensor values, int out_features, int in_features, "
+        "str kernel=\"auto\") -> (Tensor meta, Tensor rowptr, Tensor indices, Tensor packed_values, "
+        "Tensor compensation)");
+  // y = act(x @ W^T + bias) with W packed by bsr_pack; int8 W: x quantized per token inside, dequantized out.
+  m.def("bsr_linear(Tensor x, Tensor meta, Tensor rowptr, Tensor indices, Tensor packed_values, "
+        "Tensor compensation, int out_features, int in_features, Tensor? bias=None, Tensor? weight_scale=None, "
+        "str activation=\"none\", ScalarType? out_dtype=None) -> Tensor");
 }

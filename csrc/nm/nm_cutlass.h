@@ -12,6 +12,16 @@
 //   rows_p = rows rounded up to 32 (the metadata row reordering works on 32-row blocks),
 //   cols_p = cols rounded up to 64 (the threadblock K of every sm80 kernel configuration).
 //   Padding groups hold zero values at positions (0, 1): code 0x4, a valid code (0 is not).
+//
+// Target 90: the layout of CUTLASS 3.x's sm90a sparse GEMM (wgmma.sp; Sm90GemmSparseConfig with a K tile of
+// 128), used on sm90 when out_features and in_features are multiples of 8 (TMA alignment):
+//   packed_values [rows_p, cols_p/2]  as for target 80, with rows_p/cols_p rounded up to 64/128
+//   packed_meta   [rows_p, cols_p/8]  uint8: byte b holds the codes of dense columns [k, k+8) with k the
+//                 column of logical offset 8b in Sm90GemmSparseConfig::fill_layoutE: (64 x 128) atoms, each
+//                 ordered ((8,2,4),(16,2,4)):((128,16,2048),(1,1024,32)), atoms column-major over M then K.
+//                 The lower nibble is the group at k, the upper the group at k + 4.
+//   (This closed form is checked against CUTLASS's own fill_layoutE in tests/test_cuda_linear.py.)
+// The metadata dtype tells the layouts apart (int16: 80, uint8: 90), so nm_linear never misreads one.
 #pragma once
 
 #include <cstdint>
@@ -54,7 +64,7 @@ struct PackParams {
   const uint16_t* values = nullptr;  // [rows, cols/2], 16-bit elements (bits only)
   const uint8_t* indices = nullptr;  // [rows, cols/2]
   uint16_t* packed_values = nullptr;  // [rows_p, cols_p/2]
-  int16_t* packed_meta = nullptr;     // rows_p * cols_p/16 words, reordered
+  void* packed_meta = nullptr;        // target 80: rows_p * cols_p/16 int16 words; 90: rows_p * cols_p/8 bytes
 };
 
 inline PackParams make_pack_params(int64_t rows, int64_t cols) {
@@ -89,7 +99,8 @@ SF_HOST_DEVICE int64_t pack_word(const PackParams& p, int64_t row, int64_t word)
     out_values[2 * g] = v0;
     out_values[2 * g + 1] = v1;
   }
-  p.packed_meta[meta_offset(row, word, p.rows_p)] = static_cast<int16_t>(static_cast<uint16_t>(bits));
+  static_cast<int16_t*>(p.packed_meta)[meta_offset(row, word, p.rows_p)] =
+      static_cast<int16_t>(static_cast<uint16_t>(bits));
   return bad;
 }
 
@@ -99,6 +110,64 @@ int64_t pack_cpu(const PackParams& p, int64_t row_begin, int64_t row_end);
 // CUDA packing, asynchronous on `stream`; the lowest bad group is atomically min-ed into *first_bad_group
 // (initialised by the caller to INT64_MAX).
 void pack_cuda(const PackParams& p, int64_t* first_bad_group, void* stream);
+
+// ------------------------------------------------------------------------------------- target 90 (sm90a)
+namespace sm90 {
+
+constexpr int kRowAlign = 64;   // metadata atom rows
+constexpr int kColAlign = 128;  // metadata atom columns (the K tile)
+constexpr int kColsPerByte = 8;
+
+// Logical offset of dense element (row, col) in CUTLASS's sm90 16-bit metadata layout; the metadata byte is
+// offset / 8 and the nibble (offset / 4) % 2.
+SF_HOST_DEVICE int64_t meta_offset(int64_t row, int64_t col, int64_t rows_p) {
+  const int64_t m = row % 64, k = col % 128;
+  const int64_t atom = (k % 16) + ((m / 8) % 2) * 16 + (k / 32) * 32 + (m % 8) * 128 + ((k / 16) % 2) * 1024 +
+                       (m / 16) * 2048;
+  return atom + (row / 64) * (64 * 128) + (col / 128) * rows_p * 128;
+}
+
+inline PackParams make_pack_params(int64_t rows, int64_t cols) {
+  PackParams p;
+  p.rows = rows;
+  p.cols = cols;
+  p.rows_p = round_up(rows, kRowAlign);
+  p.cols_p = round_up(cols, kColAlign);
+  return p;
+}
+
+// Packs metadata byte (row, byte) (dense columns [8 byte, 8 byte + 8)) and its 4 values; returns the lowest
+// bad canonical group or -1, as pack_word. packed_meta is read as bytes.
+SF_HOST_DEVICE int64_t pack_byte(const PackParams& p, int64_t row, int64_t byte) {
+  const int64_t groups = p.cols / 4;
+  uint16_t* out_values = p.packed_values + row * (p.cols_p / 2) + byte * 4;
+  uint32_t bits = 0;
+  int64_t bad = -1;
+  for (int g = 0; g < 2; ++g) {
+    const int64_t group = byte * 2 + g;
+    uint32_t code = kPadCode;
+    uint16_t v0 = 0, v1 = 0;
+    if (row < p.rows && group < groups) {
+      const int64_t at = row * (p.cols / 2) + group * 2;
+      const uint32_t i0 = p.indices[at], i1 = p.indices[at + 1];
+      if (!(i0 < i1 && i1 < 4) && bad < 0) bad = row * groups + group;
+      code = (i0 & 3u) | ((i1 & 3u) << 2);
+      v0 = p.values[at];
+      v1 = p.values[at + 1];
+    }
+    bits |= code << (4 * g);
+    out_values[2 * g] = v0;
+    out_values[2 * g + 1] = v1;
+  }
+  static_cast<uint8_t*>(p.packed_meta)[meta_offset(row, byte * kColsPerByte, p.rows_p) / 8] =
+      static_cast<uint8_t>(bits);
+  return bad;
+}
+
+int64_t pack_cpu(const PackParams& p, int64_t row_begin, int64_t row_end);
+void pack_cuda(const PackParams& p, int64_t* first_bad_group, void* stream);
+
+}  // namespace sm90
 
 // ---------------------------------------------------------------------------------------------- linear
 enum class Activation : int { kNone = 0, kRelu = 1, kGelu = 2, kSilu = 3 };
@@ -110,12 +179,12 @@ enum class DType : int { kFloat16 = 0, kBFloat16 = 1, kFloat32 = 2 };
 struct LinearParams {
   int64_t tokens = 0;        // GEMM N
   int64_t out_features = 0;  // rows of W that exist (GEMM M is rows_p)
-  int64_t in_features = 0;   // GEMM K, a multiple of kColAlign
-  int64_t rows_p = 0;        // padded rows of the packed weight
+  int64_t in_features = 0;   // GEMM K (target 80: a multiple of kColAlign; 90: of 8)
+  int64_t rows_p = 0;        // padded rows of the packed weight (target 80: the GEMM M)
   const void* x = nullptr;   // [tokens, in], unit inner stride
   int64_t x_stride = 0;      // elements between tokens, a multiple of 8
   const void* values = nullptr;     // packed_values [rows_p, in/2]
-  const int16_t* meta = nullptr;    // packed_meta
+  const void* meta = nullptr;       // packed_meta (target 80: int16 words; 90: bytes)
   const void* bias = nullptr;       // [out], the dtype of x or float32 (bias_fp32), or null
   bool bias_fp32 = false;
   void* y = nullptr;                // [tokens, out] row-major, dense
@@ -131,6 +200,15 @@ const char* linear_sm80_bf16(const LinearParams& p, void* stream);
 
 inline const char* linear_sm80(const LinearParams& p, void* stream) {
   return p.in_dtype == DType::kBFloat16 ? linear_sm80_bf16(p, stream) : linear_sm80_f16(p, stream);
+}
+
+// The same for packed weights of target 90 (sm_90a only; nm_linear_<dtype>_sm90.cu). Only in builds with
+// sm90a (SPARSEFLOW_HAS_SM90).
+const char* linear_sm90_f16(const LinearParams& p, void* stream);
+const char* linear_sm90_bf16(const LinearParams& p, void* stream);
+
+inline const char* linear_sm90(const LinearParams& p, void* stream) {
+  return p.in_dtype == DType::kBFloat16 ? linear_sm90_bf16(p, stream) : linear_sm90_f16(p, stream);
 }
 
 }  // namespace sparseflow::nm::cutlass2x

@@ -10,19 +10,19 @@
 
 namespace sparseflow::nm {
 
-// The CUTLASS layouts this build can produce (nm_pack_cutlass's `target`).
-inline constexpr int64_t kCutlassTargetSm80 = 80;
+// The CUTLASS layouts nm_pack_cutlass produces (its `target`; nm_cutlass.h describes both).
+inline constexpr int64_t kTargetSm80 = 80;
+inline constexpr int64_t kTargetSm90 = 90;
 
 inline void check_cutlass_target(const char* op, int64_t target) {
-  TORCH_CHECK_VALUE(target == kCutlassTargetSm80, op, ": target must be ", kCutlassTargetSm80,
-                    " (the CUTLASS 2.x SparseGemm layout, used on sm80..sm90), got ", target);
+  TORCH_CHECK_VALUE(target == kTargetSm80 || target == kTargetSm90, op,
+                    ": target must be 80 (CUTLASS 2.x SparseGemm, sm80 and later) or 90 (CUTLASS 3.x, sm90a), got ",
+                    target);
 }
 
-// Checks canonical 2:4 input (and nm_pack_cutlass's target, when given) and returns the packing params
-// (pointers left for the caller).
-inline cutlass2x::PackParams cutlass_pack_params(const char* op, const at::Tensor& values,
-                                                 const at::Tensor& indices, int64_t n, int64_t m,
-                                                 std::optional<int64_t> target) {
+// Checks canonical 2:4 input (and nm_pack_cutlass's target, when given).
+inline void check_cutlass_pack_args(const char* op, const at::Tensor& values, const at::Tensor& indices, int64_t n,
+                                    int64_t m, std::optional<int64_t> target) {
   TORCH_CHECK_VALUE(n == 2 && m == 4, op, ": the CUTLASS sparse tensor-core layout is 2:4 only, got n:m = ", n,
                     ":", m);
   if (target.has_value()) check_cutlass_target(op, *target);
@@ -33,13 +33,22 @@ inline cutlass2x::PackParams cutlass_pack_params(const char* op, const at::Tenso
   check_same_device(op, "values", values, "indices", indices);
   TORCH_CHECK_VALUE(values.size(1) % 2 == 0, op, ": the column count of values (", values.size(1),
                     ") must be a multiple of n=2");
-  return cutlass2x::make_pack_params(values.size(0), values.size(1) * 2);
 }
 
-inline std::tuple<at::Tensor, at::Tensor> empty_cutlass_packed(const cutlass2x::PackParams& p,
+inline cutlass2x::PackParams cutlass_pack_params(int64_t target, int64_t rows, int64_t cols) {
+  return target == kTargetSm90 ? cutlass2x::sm90::make_pack_params(rows, cols)
+                               : cutlass2x::make_pack_params(rows, cols);
+}
+
+// Target 80: int16 metadata words; target 90: metadata bytes (the dtype tells nm_linear the layout).
+inline std::tuple<at::Tensor, at::Tensor> empty_cutlass_packed(int64_t target, const cutlass2x::PackParams& p,
                                                                const at::Tensor& values) {
-  return {at::empty({p.rows_p, p.cols_p / 2}, values.options()),
-          at::empty({p.rows_p, p.cols_p / cutlass2x::kColsPerWord}, values.options().dtype(at::kShort))};
+  at::Tensor packed_values = at::empty({p.rows_p, p.cols_p / 2}, values.options());
+  if (target == kTargetSm90) {
+    return {packed_values,
+            at::empty({p.rows_p, p.cols_p / cutlass2x::sm90::kColsPerByte}, values.options().dtype(at::kByte))};
+  }
+  return {packed_values, at::empty({p.rows_p, p.cols_p / cutlass2x::kColsPerWord}, values.options().dtype(at::kShort))};
 }
 
 // `positions` is a host copy of the bad group's two positions.

@@ -19,19 +19,23 @@ namespace sparseflow::nm {
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> pack_on_device(const char* op, const at::Tensor& values_in,
-                                                  const at::Tensor& indices_in, int64_t n, int64_t m,
-                                                  std::optional<int64_t> target) {
-  cutlass2x::PackParams p = cutlass_pack_params(op, values_in, indices_in, n, m, target);
+                                                  const at::Tensor& indices_in, int64_t target) {
+  cutlass2x::PackParams p = cutlass_pack_params(target, values_in.size(0), values_in.size(1) * 2);
   const c10::cuda::CUDAGuard guard(values_in.device());
   const at::Tensor values = values_in.contiguous();
   const at::Tensor indices = indices_in.contiguous();
-  auto [packed_values, packed_meta] = empty_cutlass_packed(p, values);
+  auto [packed_values, packed_meta] = empty_cutlass_packed(target, p, values);
   at::Tensor first_bad = at::full({1}, INT64_MAX, values.options().dtype(at::kLong));
   p.values = reinterpret_cast<const uint16_t*>(values.data_ptr());
   p.indices = indices.data_ptr<uint8_t>();
   p.packed_values = reinterpret_cast<uint16_t*>(packed_values.data_ptr());
-  p.packed_meta = packed_meta.data_ptr<int16_t>();
-  cutlass2x::pack_cuda(p, first_bad.data_ptr<int64_t>(), c10::cuda::getCurrentCUDAStream().stream());
+  p.packed_meta = packed_meta.data_ptr();
+  const auto stream = c10::cuda::getCurrentCUDAStream().stream();
+  if (target == kTargetSm90) {
+    cutlass2x::sm90::pack_cuda(p, first_bad.data_ptr<int64_t>(), stream);
+  } else {
+    cutlass2x::pack_cuda(p, first_bad.data_ptr<int64_t>(), stream);
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int64_t bad = first_bad.item<int64_t>();
   if (bad != INT64_MAX) {
@@ -43,17 +47,28 @@ std::tuple<at::Tensor, at::Tensor> pack_on_device(const char* op, const at::Tens
 
 std::tuple<at::Tensor, at::Tensor> nm_pack_cutlass_cuda(const at::Tensor& values, const at::Tensor& indices,
                                                         int64_t n, int64_t m, int64_t target) {
-  return pack_on_device("sparseflow.nm_pack_cutlass", values, indices, n, m, target);
+  constexpr const char* op = "sparseflow.nm_pack_cutlass";
+  check_cutlass_pack_args(op, values, indices, n, m, target);
+  return pack_on_device(op, values, indices, target);
 }
 
-// On CUDA, nm_pack produces the layout nm_linear's kernel for this GPU consumes: CUTLASS 2.x's (target 80)
-// on every supported GPU, sm90 included (its mma.sp kernels are built for sm_90a too).
+bool sm90_kernels_built() { return SPARSEFLOW_HAS_SM90 != 0; }
+
+// The layout nm_linear's fastest kernel for this GPU consumes: CUTLASS 3.x's on sm90 when the weight fits TMA's
+// 16-byte alignment, else CUTLASS 2.x's (whose mma.sp kernels run on sm80 and later, sm90 included).
+int64_t cuda_pack_target(int device, int64_t rows, int64_t cols) {
+  const bool sm90 = sm90_kernels_built() && device_sm(device) == 90;
+  return sm90 && rows % 8 == 0 && cols % 8 == 0 ? kTargetSm90 : kTargetSm80;
+}
+
 std::tuple<at::Tensor, at::Tensor> nm_pack_cuda(const at::Tensor& values, const at::Tensor& indices, int64_t n,
                                                 int64_t m) {
   constexpr const char* op = "sparseflow.nm_pack";
   TORCH_CHECK_VALUE(n == 2 && m == 4, op, ": on CUDA only 2:4 is supported (sparse tensor cores), got n:m = ",
                     n, ":", m, "; use the CPU kernels for other patterns");
-  return pack_on_device(op, values, indices, n, m, std::nullopt);
+  check_cutlass_pack_args(op, values, indices, n, m, std::nullopt);
+  const int64_t target = cuda_pack_target(values.device().index(), values.size(0), values.size(1) * 2);
+  return pack_on_device(op, values, indices, target);
 }
 
 cutlass2x::DType to_kernel_dtype(at::ScalarType t) {
@@ -89,22 +104,32 @@ at::Tensor nm_linear_cuda(const at::Tensor& x_in, const at::Tensor& packed_value
   TORCH_CHECK_TYPE(packed_values.scalar_type() == x_in.scalar_type(), op,
                    ": packed_values must have the dtype of x (", x_in.scalar_type(), "), got ",
                    packed_values.scalar_type());
-  check_dtype(op, "packed_meta", packed_meta, {at::kShort});
+  check_dtype(op, "packed_meta", packed_meta, {at::kShort, at::kByte});
   TORCH_CHECK_VALUE(x_in.dim() >= 1 && x_in.size(-1) == in_features, op,
                     ": x must be [..., in_features] with in_features=", in_features, ", got shape ", x_in.sizes());
-  const auto cutlass = cutlass2x::make_pack_params(out_features, in_features);
-  TORCH_CHECK_VALUE(packed_values.dim() == 2 && packed_values.size(0) == cutlass.rows_p &&
-                        packed_values.size(1) == cutlass.cols_p / 2,
-                    op, ": packed_values must be [", cutlass.rows_p, ", ", cutlass.cols_p / 2,
-                    "] (nm_pack's CUDA layout for out_features=", out_features, ", in_features=", in_features,
-                    "), got ", packed_values.sizes());
-  TORCH_CHECK_VALUE(packed_meta.dim() == 2 && packed_meta.size(0) == cutlass.rows_p &&
-                        packed_meta.size(1) == cutlass.cols_p / cutlass2x::kColsPerWord,
-                    op, ": packed_meta must be [", cutlass.rows_p, ", ", cutlass.cols_p / cutlass2x::kColsPerWord,
-                    "] (nm_pack's CUDA layout for out_features=", out_features, ", in_features=", in_features,
-                    "), got ", packed_meta.sizes());
-  TORCH_CHECK_VALUE(in_features % cutlass2x::kColAlign == 0, op, ": on CUDA in_features must be a multiple of ",
-                    cutlass2x::kColAlign, " (the K tile of the 2:4 tensor-core kernels), got ", in_features);
+  // The metadata dtype names the layout (nm_cutlass.h): int16 = target 80, uint8 = target 90.
+  const int64_t target = packed_meta.scalar_type() == at::kByte ? kTargetSm90 : kTargetSm80;
+  const auto packed = cutlass_pack_params(target, out_features, in_features);
+  const int64_t meta_cols =
+      packed.cols_p / (target == kTargetSm90 ? cutlass2x::sm90::kColsPerByte : cutlass2x::kColsPerWord);
+  TORCH_CHECK_VALUE(packed_values.dim() == 2 && packed_values.size(0) == packed.rows_p &&
+                        packed_values.size(1) == packed.cols_p / 2,
+                    op, ": packed_values must be [", packed.rows_p, ", ", packed.cols_p / 2, "] (nm_pack's target-",
+                    target, " layout for out_features=", out_features, ", in_features=", in_features, "), got ",
+                    packed_values.sizes());
+  TORCH_CHECK_VALUE(packed_meta.dim() == 2 && packed_meta.size(0) == packed.rows_p && packed_meta.size(1) == meta_cols,
+                    op, ": packed_meta must be [", packed.rows_p, ", ", meta_cols, "] (nm_pack's target-", target,
+                    " layout for out_features=", out_features, ", in_features=", in_features, "), got ",
+                    packed_meta.sizes());
+  if (target == kTargetSm80) {
+    TORCH_CHECK_VALUE(in_features % cutlass2x::kColAlign == 0, op,
+                      ": on CUDA in_features must be a multiple of ", cutlass2x::kColAlign,
+                      " (the K tile of the sm80 2:4 kernels), got ", in_features);
+  } else {
+    TORCH_CHECK_VALUE(in_features % 8 == 0 && out_features % 8 == 0, op,
+                      ": weights packed for sm90 (uint8 packed_meta) need in_features and out_features that are "
+                      "multiples of 8 (TMA), got ", in_features, " and ", out_features);
+  }
   TORCH_CHECK_VALUE(packed_values.is_contiguous() && packed_meta.is_contiguous() &&
                         aligned16(packed_values.data_ptr()) && aligned16(packed_meta.data_ptr()),
                     op, ": packed_values and packed_meta must be contiguous and 16-byte aligned, as nm_pack returns them");
@@ -132,7 +157,12 @@ at::Tensor nm_linear_cuda(const at::Tensor& x_in, const at::Tensor& packed_value
   const cutlass2x::Activation act = parse_activation(op, activation);
 
   const c10::cuda::CUDAGuard guard(x_in.device());
-  check_device_arch(op, x_in.device().index());
+  const int sm = check_device_arch(op, x_in.device().index());
+  TORCH_CHECK_VALUE(target == kTargetSm80 || (sm90_kernels_built() && sm == 90), op,
+                    ": packed_meta is uint8, the layout of the sm90a kernels (nm_pack_cutlass target 90), but ",
+                    sm90_kernels_built() ? "" : "this build has no sm90a kernels and ", "cuda:",
+                    x_in.device().index(), " is sm_", sm,
+                    "; re-pack with nm_pack on this GPU, or with nm_pack_cutlass(..., target=80)");
   int64_t tokens = 1;
   for (int64_t d = 0; d + 1 < x_in.dim(); ++d) tokens *= x_in.size(d);
   TORCH_CHECK_VALUE(tokens <= INT32_MAX && out_features <= INT32_MAX, op,
@@ -141,6 +171,17 @@ at::Tensor nm_linear_cuda(const at::Tensor& x_in, const at::Tensor& packed_value
   out_shape.push_back(out_features);
   at::Tensor y = at::empty(out_shape, x_in.options().dtype(out_dtype));
   if (tokens == 0 || out_features == 0) return y;
+  if (in_features == 0) {  // no GEMM: y = act(bias) for every token
+    at::Tensor b = bias_in.has_value() ? bias.to(at::kFloat) : at::zeros({out_features}, y.options().dtype(at::kFloat));
+    switch (act) {
+      case cutlass2x::Activation::kRelu: b = at::relu(b); break;
+      case cutlass2x::Activation::kGelu: b = at::gelu(b); break;
+      case cutlass2x::Activation::kSilu: b = at::silu(b); break;
+      case cutlass2x::Activation::kNone: break;
+    }
+    y.copy_(b.expand_as(y));
+    return y;
+  }
 
   // x as [tokens, in] with unit inner stride, a row stride of whole 16-byte vectors and an aligned start:
   // views of that kind are used as they are; anything else is copied once.
@@ -156,18 +197,23 @@ at::Tensor nm_linear_cuda(const at::Tensor& x_in, const at::Tensor& packed_value
   p.tokens = tokens;
   p.out_features = out_features;
   p.in_features = in_features;
-  p.rows_p = cutlass.rows_p;
+  p.rows_p = packed.rows_p;
   p.x = x.data_ptr();
   p.x_stride = tokens == 1 ? in_features : x.stride(0);  // a single token's stride is never used
   p.values = packed_values.data_ptr();
-  p.meta = packed_meta.data_ptr<int16_t>();
+  p.meta = packed_meta.data_ptr();
   p.bias = bias_ptr;
   p.bias_fp32 = bias_ptr != nullptr && bias.scalar_type() == at::kFloat;
   p.y = y.data_ptr();
   p.in_dtype = to_kernel_dtype(x.scalar_type());
   p.out_dtype = to_kernel_dtype(out_dtype);
   p.activation = act;
-  const char* error = cutlass2x::linear_sm80(p, c10::cuda::getCurrentCUDAStream().stream());
+  void* stream = c10::cuda::getCurrentCUDAStream().stream();
+#if SPARSEFLOW_HAS_SM90
+  const char* error = target == kTargetSm90 ? cutlass2x::linear_sm90(p, stream) : cutlass2x::linear_sm80(p, stream);
+#else
+  const char* error = cutlass2x::linear_sm80(p, stream);  // target 90 was refused above
+#endif
   TORCH_CHECK(error == nullptr, op, ": CUDA kernel launch failed: ", error);
   return y;
 }

@@ -1,4 +1,5 @@
-// Tile configurations of the sm80 2:4 linear kernel, and which problem gets which. Data, not code: the
+// Tile configurations of the 2:4 linear kernels (sm80: CUTLASS 2.x; sm90a: CUTLASS 3.x), and which problem
+// gets which. Data, not code: the
 // kernels are instantiated from kSm80Tiles, and choose_linear_config() walks kSm80Choices.
 //
 // TO BE MEASURED: nothing here has been timed yet (no GPU where this was written). The tiles are shapes
@@ -43,6 +44,36 @@ constexpr int choose_linear_config(int64_t tokens, int64_t out_features) {
     if (tokens <= c.max_tokens && out_features <= c.max_out_features) return c.config;
   }
   return kNumSm80Tiles - 1;
+}
+
+// ------------------------------------------------------------------------------------------------- sm90a
+// CUTLASS 3.x tiles (TMA + wgmma.sp). The K tile is 128 in every one: the target-90 metadata layout
+// (nm_cutlass.h) is built for it. TO BE MEASURED, as above.
+struct Sm90Tile {
+  int m, n, k;
+  bool cooperative;  // two consumer warpgroups (tile M 128) instead of one (tile M 64)
+};
+
+inline constexpr Sm90Tile kSm90Tiles[] = {
+    // 0: decode and small batches. wgmma.sp takes N down to 8, so decode pays for 32 token columns
+    //    instead of the 64 of the sm80 kernel.
+    {64, 32, 128, false},
+    // 1: large problems.
+    {128, 128, 128, true},
+};
+inline constexpr int kNumSm90Tiles = sizeof(kSm90Tiles) / sizeof(kSm90Tiles[0]);
+
+inline constexpr ConfigChoice kSm90Choices[] = {
+    {64, INT64_MAX, 0},
+    {INT64_MAX, 1024, 0},
+    {INT64_MAX, INT64_MAX, 1},
+};
+
+constexpr int choose_sm90_config(int64_t tokens, int64_t out_features) {
+  for (const ConfigChoice& c : kSm90Choices) {
+    if (tokens <= c.max_tokens && out_features <= c.max_out_features) return c.config;
+  }
+  return kNumSm90Tiles - 1;
 }
 
 }  // namespace sparseflow::nm::cutlass2x

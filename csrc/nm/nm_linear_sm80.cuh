@@ -150,7 +150,7 @@ struct Sm80Linear {
     typename Kernel::Mma::IteratorB::TensorRef ref_b(static_cast<Element*>(const_cast<void*>(p.x)),
                                                      cutlass::layout::ColumnMajor(p.x_stride));
     typename Kernel::Mma::IteratorE::TensorRef ref_e(
-        reinterpret_cast<ElementE*>(const_cast<int16_t*>(p.meta)),
+        static_cast<ElementE*>(const_cast<void*>(p.meta)),
         LayoutE::packed({int(p.rows_p), int(p.in_features / kColsPerWord)}));
     typename Epilogue::Arguments epilogue{static_cast<ElementOut*>(p.y),
                                           p.out_features,

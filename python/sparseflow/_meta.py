@@ -67,26 +67,39 @@ def _nm_decompress_fake(values, indices, n, m):
 # CUDA 2:4 path (branch cuda): nm_pack_cutlass, and the CUDA side of nm_pack / nm_linear.
 # The CUDA layout is the CUTLASS 2.x one (csrc/nm/nm_cutlass.h): rows padded to 32, columns to 64.
 
-_CUTLASS_ROW_ALIGN = 32
-_CUTLASS_COL_ALIGN = 64
 _NM_LINEAR_ACTIVATIONS = ("none", "relu", "gelu", "silu")
+# Per target: (row, column) padding, metadata dtype, dense columns per metadata element (csrc/nm/nm_cutlass.h).
+_CUTLASS_LAYOUTS = {80: (32, 64, torch.int16, 16), 90: (64, 128, torch.uint8, 8)}
+_TARGET_OF_META_DTYPE = {torch.int16: 80, torch.uint8: 90}
 
 
 def _round_up(v: int, to: int) -> int:
     return (v + to - 1) // to * to
 
 
-def nm_cutlass_packed_shapes(rows: int, cols: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Shapes of (packed_values, packed_meta) in the CUTLASS 2.x layout of a [rows, cols] 2:4 weight."""
-    rows_p, cols_p = _round_up(rows, _CUTLASS_ROW_ALIGN), _round_up(cols, _CUTLASS_COL_ALIGN)
-    return (rows_p, cols_p // 2), (rows_p, cols_p // 16)
+def nm_cutlass_packed_shapes(rows: int, cols: int, target: int = 80) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Shapes of (packed_values, packed_meta) of a [rows, cols] 2:4 weight in the CUTLASS layout of `target`."""
+    row_align, col_align, _, cols_per_meta = _CUTLASS_LAYOUTS[target]
+    rows_p, cols_p = _round_up(rows, row_align), _round_up(cols, col_align)
+    return (rows_p, cols_p // 2), (rows_p, cols_p // cols_per_meta)
+
+
+def nm_cuda_pack_target(device: torch.device, rows: int, cols: int) -> int:
+    """The layout nm_pack produces on `device` (csrc/nm/nm_cutlass_cuda.cpp, cuda_pack_target): 90 on sm90 with
+    the sm90a kernels built and rows, cols multiples of 8; else 80. Without a GPU (fake tensors only): 80."""
+    if not torch.cuda.is_available() or "90a" not in _loader.BUILD_INFO["cuda_archs"].split(";"):
+        return 80
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    sm90 = torch.cuda.get_device_capability(index) == (9, 0)
+    return 90 if sm90 and rows % 8 == 0 and cols % 8 == 0 else 80
 
 
 def _nm_cutlass_pack_checks(op: str, values, indices, n: int, m: int, target: int | None = None) -> None:
     if (n, m) != (2, 4):
         raise ValueError(f"{op}: the CUTLASS sparse tensor-core layout is 2:4 only, got n:m = {n}:{m}")
-    if target is not None and target != 80:
-        raise ValueError(f"{op}: target must be 80 (the CUTLASS 2.x SparseGemm layout, used on sm80..sm90), got {target}")
+    if target is not None and target not in _CUTLASS_LAYOUTS:
+        raise ValueError(f"{op}: target must be 80 (CUTLASS 2.x SparseGemm, sm80 and later) or 90 (CUTLASS 3.x, "
+                         f"sm90a), got {target}")
     _check_dtype(op, "values", values, (torch.float16, torch.bfloat16))
     _check_dtype(op, "indices", indices, (torch.uint8,))
     _check_dim(op, "values", values, 2, "[rows, cols/2]")
@@ -100,24 +113,24 @@ def _nm_cutlass_pack_checks(op: str, values, indices, n: int, m: int, target: in
         raise ValueError(f"{op}: the column count of values ({values.shape[1]}) must be a multiple of n=2")
 
 
-def _nm_cutlass_packed_like(values):
-    vshape, mshape = nm_cutlass_packed_shapes(values.shape[0], values.shape[1] * 2)
-    return values.new_empty(vshape), values.new_empty(mshape, dtype=torch.int16)
+def _nm_cutlass_packed_like(values, target: int):
+    vshape, mshape = nm_cutlass_packed_shapes(values.shape[0], values.shape[1] * 2, target)
+    return values.new_empty(vshape), values.new_empty(mshape, dtype=_CUTLASS_LAYOUTS[target][2])
 
 
 @torch.library.register_fake("sparseflow::nm_pack_cutlass")
 def _nm_pack_cutlass_fake(values, indices, n, m, target=80):
     _nm_cutlass_pack_checks("sparseflow.nm_pack_cutlass", values, indices, n, m, target)
-    return _nm_cutlass_packed_like(values)
+    return _nm_cutlass_packed_like(values, target)
 
 
 def nm_pack_fake_cuda(values, indices, n, m):
-    """nm_pack's fake for CUDA tensors: the layout of nm_pack_cutlass(target=80)."""
+    """nm_pack's fake for CUDA tensors: nm_pack_cutlass's layout for the target the GPU gets."""
     op = "sparseflow.nm_pack"
     if (n, m) != (2, 4):
         raise ValueError(f"{op}: on CUDA only 2:4 is supported (sparse tensor cores), got n:m = {n}:{m}")
     _nm_cutlass_pack_checks(op, values, indices, n, m)
-    return _nm_cutlass_packed_like(values)
+    return _nm_cutlass_packed_like(values, nm_cuda_pack_target(values.device, values.shape[0], values.shape[1] * 2))
 
 
 def nm_linear_fake_cuda(x, packed_values, packed_meta, n, m, out_features, in_features, bias=None,
@@ -131,23 +144,30 @@ def nm_linear_fake_cuda(x, packed_values, packed_meta, n, m, out_features, in_fe
     _check_dtype(op, "x", x, (torch.float16, torch.bfloat16))
     if packed_values.dtype != x.dtype:
         raise TypeError(f"{op}: packed_values must have the dtype of x ({x.dtype}), got {packed_values.dtype}")
-    _check_dtype(op, "packed_meta", packed_meta, (torch.int16,))
+    _check_dtype(op, "packed_meta", packed_meta, (torch.int16, torch.uint8))
     if x.dim() < 1 or x.shape[-1] != in_features:
         raise ValueError(f"{op}: x must be [..., in_features] with in_features={in_features}, got shape {list(x.shape)}")
+    target = _TARGET_OF_META_DTYPE[packed_meta.dtype]
+    vshape, mshape = nm_cutlass_packed_shapes(out_features, in_features, target)
+    if tuple(packed_values.shape) != vshape:
+        raise ValueError(f"{op}: packed_values must be {list(vshape)} (nm_pack's target-{target} layout), got "
+                         f"{list(packed_values.shape)}")
+    if tuple(packed_meta.shape) != mshape:
+        raise ValueError(f"{op}: packed_meta must be {list(mshape)} (nm_pack's target-{target} layout), got "
+                         f"{list(packed_meta.shape)}")
+    if target == 80 and in_features % 64:
+        raise ValueError(f"{op}: on CUDA in_features must be a multiple of 64 (the K tile of the sm80 2:4 kernels), "
+                         f"got {in_features}")
+    if target == 90 and (in_features % 8 or out_features % 8):
+        raise ValueError(f"{op}: weights packed for sm90 (uint8 packed_meta) need in_features and out_features that "
+                         f"are multiples of 8 (TMA), got {in_features} and {out_features}")
+    if not (packed_values.is_contiguous() and packed_meta.is_contiguous()):
+        raise ValueError(f"{op}: packed_values and packed_meta must be contiguous and 16-byte aligned, as nm_pack "
+                         "returns them")
     for arg, t in (("packed_values", packed_values), ("packed_meta", packed_meta), ("bias", bias),
                    ("weight_scale", weight_scale)):
         if t is not None and t.device != x.device:
             raise ValueError(f"{op}: x and {arg} must be on the same device, got {x.device} and {t.device}")
-    vshape, mshape = nm_cutlass_packed_shapes(out_features, in_features)
-    if tuple(packed_values.shape) != vshape:
-        raise ValueError(f"{op}: packed_values must be {list(vshape)} (nm_pack's CUDA layout), got {list(packed_values.shape)}")
-    if tuple(packed_meta.shape) != mshape:
-        raise ValueError(f"{op}: packed_meta must be {list(mshape)} (nm_pack's CUDA layout), got {list(packed_meta.shape)}")
-    if in_features % _CUTLASS_COL_ALIGN:
-        raise ValueError(f"{op}: on CUDA in_features must be a multiple of {_CUTLASS_COL_ALIGN}, got {in_features}")
-    if not (packed_values.is_contiguous() and packed_meta.is_contiguous()):
-        raise ValueError(f"{op}: packed_values and packed_meta must be contiguous and 16-byte aligned, as nm_pack "
-                         "returns them")
     out_dtype = x.dtype if out_dtype is None else out_dtype
     if out_dtype not in (x.dtype, torch.float32):
         raise TypeError(f"{op}: out_dtype must be the dtype of x ({x.dtype}) or float32 on CUDA, got {out_dtype}")
@@ -180,6 +200,108 @@ def _nm_linear_fake(x, packed_values, packed_meta, n, m, out_features, in_featur
         return nm_linear_fake_cuda(x, packed_values, packed_meta, n, m, out_features, in_features, bias,
                                    weight_scale, activation, out_dtype)
     raise NotImplementedError("sparseflow.nm_linear: the CPU layout's fake is on branch cpu-nm")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CUDA block-sparse path (branch cuda): the CUDA side of bsr_pack / bsr_linear (csrc/bsr/bsr_cuda.h): square
+# T x T fp16/bf16 blocks kept as they are; meta stays a CPU tensor (layout id 4, T in slot 6).
+
+_BSR_CUDA_BLOCKS = (16, 32, 64, 128)
+
+
+def bsr_pack_fake_cuda(crow, col, values, out_features, in_features, kernel="auto"):
+    """bsr_pack's fake for CUDA tensors (checks of csrc/bsr/bsr_cuda.cpp that need no data)."""
+    op = "sparseflow.bsr_pack"
+    _check_dtype(op, "crow", crow, (torch.int32,))
+    _check_dtype(op, "col", col, (torch.int32,))
+    _check_dtype(op, "values", values, (torch.float16, torch.bfloat16))
+    _check_dim(op, "crow", crow, 1, "[out_features/R + 1]")
+    _check_dim(op, "col", col, 1, "[nnz_blocks]")
+    _check_dim(op, "values", values, 3, "[nnz_blocks, R, C]")
+    for arg, t in (("col", col), ("values", values)):
+        if t.device != crow.device:
+            raise ValueError(f"{op}: crow and {arg} must be on the same device, got {crow.device} and {t.device}")
+    if out_features < 0:
+        raise ValueError(f"{op}: out_features must be >= 0, got {out_features}")
+    if not 0 <= in_features <= 65536:
+        raise ValueError(f"{op}: in_features must be in [0, 65536] (indices are 16-bit), got {in_features}")
+    _, R, C = values.shape
+    if R != C or R not in _BSR_CUDA_BLOCKS:
+        raise ValueError(f"{op}: on CUDA the blocks must be square 16x16, 32x32, 64x64 or 128x128 (one tensor-core "
+                         f"tile each), got {R}x{C}")
+    if crow.shape[0] != -(-out_features // R) + 1:
+        raise ValueError(f"{op}: crow must have ceil(out_features/R) + 1 = {-(-out_features // R) + 1} entries")
+    if col.shape[0] != values.shape[0]:
+        raise ValueError(f"{op}: col and values must describe the same blocks")
+    if kernel not in ("auto", f"{R}x{R}"):
+        raise ValueError(f"{op}: kernel {kernel!r} is not a CUDA layout; on CUDA use 'auto' or '{R}x{R}'")
+    nnz = values.shape[0]
+    meta = torch.empty(8, dtype=torch.int64, device="cpu")
+    return (meta, crow.new_empty(crow.shape), crow.new_empty((nnz,), dtype=torch.int16),
+            values.new_empty(values.shape), crow.new_empty((0,)))
+
+
+def bsr_linear_fake_cuda(x, meta, rowptr, indices, packed_values, compensation, out_features, in_features, bias=None,
+                         weight_scale=None, activation="none", out_dtype=None):
+    """bsr_linear's fake for CUDA tensors (the block size comes from packed_values' shape: meta holds no data)."""
+    op = "sparseflow.bsr_linear"
+    _check_dtype(op, "meta", meta, (torch.int64,))
+    if meta.dim() != 1 or meta.numel() != 8 or meta.device.type != "cpu":
+        raise ValueError(f"{op}: meta must be the 1-D int64 CPU tensor of 8 entries returned by bsr_pack, got "
+                         f"shape {list(meta.shape)} on {meta.device}")
+    _check_dtype(op, "x", x, (torch.float16, torch.bfloat16))
+    if x.dim() == 0 or x.shape[-1] != in_features:
+        raise ValueError(f"{op}: x must have shape [..., in_features={in_features}], got {list(x.shape)}")
+    _check_dtype(op, "packed_values", packed_values, (torch.float16, torch.bfloat16))
+    if x.dtype != packed_values.dtype:
+        raise TypeError(f"{op}: x must have the weight's dtype {packed_values.dtype}, got {x.dtype}")
+    _check_dtype(op, "rowptr", rowptr, (torch.int32,))
+    _check_dtype(op, "indices", indices, (torch.int16,))
+    _check_dtype(op, "compensation", compensation, (torch.int32,))
+    if packed_values.dim() != 3 or packed_values.shape[1] != packed_values.shape[2] or \
+            packed_values.shape[1] not in _BSR_CUDA_BLOCKS:
+        raise ValueError(f"{op}: packed_values must be [nnz, T, T] with T in 16, 32, 64, 128, got "
+                         f"{list(packed_values.shape)}")
+    T = packed_values.shape[1]
+    if rowptr.shape != (-(-out_features // T) + 1,) or indices.shape != (packed_values.shape[0],):
+        raise ValueError(f"{op}: rowptr and indices do not match out_features={out_features} and packed_values")
+    for arg, t in (("rowptr", rowptr), ("indices", indices), ("packed_values", packed_values),
+                   ("compensation", compensation), ("bias", bias)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{op}: x and {arg} must be on the same device, got {x.device} and {t.device}")
+    if in_features % 8:
+        raise ValueError(f"{op}: on CUDA in_features must be a multiple of 8 (16-byte loads of x), got {in_features}")
+    out = out_dtype or x.dtype
+    if out not in (x.dtype, torch.float32):
+        raise TypeError(f"{op}: out_dtype must be the dtype of x ({x.dtype}) or float32 on CUDA, got {out}")
+    if activation not in _NM_LINEAR_ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be 'none', 'relu', 'gelu' or 'silu', got {activation!r}")
+    if bias is not None:
+        _check_dtype(op, "bias", bias, (torch.float32, x.dtype))
+        if bias.shape != (out_features,):
+            raise ValueError(f"{op}: bias must have shape [{out_features}], got {list(bias.shape)}")
+    if weight_scale is not None:
+        raise ValueError(f"{op}: weight_scale applies to int8 weights only")
+    return x.new_empty((*x.shape[:-1], out_features), dtype=out)
+
+
+# Provisional (branch cuda): the fakes of bsr_pack / bsr_linear belong to branch cpu-bsr. When merging, keep
+# cpu-bsr's registrations, make them call bsr_pack_fake_cuda / bsr_linear_fake_cuda for CUDA tensors (for
+# bsr_linear: when x is on CUDA; meta is a CPU tensor on both), and delete these two.
+@torch.library.register_fake("sparseflow::bsr_pack")
+def _bsr_pack_fake(crow, col, values, out_features, in_features, kernel="auto"):
+    if values.device.type == "cuda":
+        return bsr_pack_fake_cuda(crow, col, values, out_features, in_features, kernel)
+    raise NotImplementedError("sparseflow.bsr_pack: the CPU layouts' fake is on branch cpu-bsr")
+
+
+@torch.library.register_fake("sparseflow::bsr_linear")
+def _bsr_linear_fake(x, meta, rowptr, indices, packed_values, compensation, out_features, in_features, bias=None,
+                     weight_scale=None, activation="none", out_dtype=None):
+    if x.device.type == "cuda":
+        return bsr_linear_fake_cuda(x, meta, rowptr, indices, packed_values, compensation, out_features,
+                                    in_features, bias, weight_scale, activation, out_dtype)
+    raise NotImplementedError("sparseflow.bsr_linear: the CPU layouts' fake is on branch cpu-bsr")
 
 
 def sparseflow_op_names() -> list[str]:

@@ -31,13 +31,15 @@ def nm_decompress(values: torch.Tensor, indices: torch.Tensor, n: int = 2, m: in
 def nm_pack_cutlass(values: torch.Tensor, indices: torch.Tensor, n: int = 2, m: int = 4,
                     target: int = 80) -> tuple[torch.Tensor, torch.Tensor]:
     """Pack a canonical 2:4 weight (:func:`nm_compress`'s output) into the operands of CUTLASS's sparse
-    tensor-core GEMM for ``target`` (80: CUTLASS 2.x ``SparseGemm``, what ``nm_linear`` runs on sm80..sm90).
+    tensor-core GEMM for ``target``: 80, CUTLASS 2.x ``SparseGemm`` (``nm_linear``'s kernel on sm80 and later),
+    or 90, CUTLASS 3.x on sm90a (``nm_linear``'s kernel on H100/H200 when both dimensions are multiples of 8).
 
     Works on any device, so a weight can be packed on a CPU and moved to the GPU (``nm_pack`` on a CUDA
-    tensor gives the same result). Returns ``(packed_values, packed_meta)``: the values zero-padded to
-    ``[rows_p, cols_p // 2]`` and the int16 metadata ``[rows_p, cols_p // 16]`` in CUTLASS's reordered
-    layout, with ``rows_p``/``cols_p`` the row/column counts rounded up to 32/64. Only float16 and
-    bfloat16 have a 2:4 tensor-core layout. Raises ``IndexError`` naming the first group whose positions
-    are not strictly ascending in ``[0, 4)``.
+    tensor picks the target for its GPU). Returns ``(packed_values, packed_meta)``: the values zero-padded to
+    ``[rows_p, cols_p // 2]`` and the metadata, int16 ``[rows_p, cols_p // 16]`` (target 80) or uint8
+    ``[rows_p, cols_p // 8]`` (target 90) in CUTLASS's order; ``rows_p``/``cols_p`` round the row/column
+    counts up to 32/64 (80) or 64/128 (90). The metadata dtype tells ``nm_linear`` which layout it has.
+    Only float16 and bfloat16 have a 2:4 tensor-core layout. Raises ``IndexError`` naming the first group
+    whose positions are not strictly ascending in ``[0, 4)``.
     """
     return torch.ops.sparseflow.nm_pack_cutlass(values, indices, n, m, target)

@@ -199,19 +199,21 @@ def _canonical_2_4(rows: int, cols: int, dtype, device, seed: int = 0, fill: flo
 
 def _nm_pack_cutlass_samples(device):
     # Rows around the 32-row reordering block, columns around the 64-column K tile and the 16-column word.
-    shapes = ((1, 4), (31, 64), (32, 64), (33, 68), (64, 128), (7, 200), (96, 16), (0, 64), (5, 0))
+    shapes = ((1, 4), (31, 64), (32, 64), (33, 68), (64, 128), (7, 200), (96, 16), (0, 64), (5, 0), (65, 136))
     for dtype in (torch.float16, torch.bfloat16):
         for i, (rows, cols) in enumerate(shapes):
             values, indices = _canonical_2_4(rows, cols, dtype, device, seed=i, fill=0.7 if i % 2 else 1.0)
-            yield Sample((values, indices, 2, 4), note=f"{dtype} {rows}x{cols}")
+            for target in (80, 90):
+                yield Sample((values, indices, 2, 4, target), note=f"{dtype} {rows}x{cols} target {target}")
     values, indices = _canonical_2_4(40, 96, torch.float16, device, seed=3)
     yield Sample((values.t().contiguous().t(), indices.t().contiguous().t(), 2, 4, 80), note="column-major inputs")
+    yield Sample((values.t().contiguous().t(), indices, 2, 4, 90), note="column-major values, target 90")
 
 
 def _nm_pack_cutlass_bad(device):
     values, indices = _canonical_2_4(8, 32, torch.float16, device)
     yield BadSample((values, indices, 4, 8), ValueError, r"2:4 only, got n:m = 4:8")
-    yield BadSample((values, indices, 2, 4, 90), ValueError, r"target must be 80")
+    yield BadSample((values, indices, 2, 4, 70), ValueError, r"target must be 80 .* or 90 .*, got 70")
     yield BadSample((values.float(), indices, 2, 4), TypeError, r"values must have dtype Half, BFloat16, got Float")
     yield BadSample((values, indices.int(), 2, 4), TypeError, r"indices must have dtype")
     yield BadSample((values, indices[:, :8], 2, 4), ValueError, r"same shape")
@@ -242,7 +244,7 @@ def _nm_pack_cutlass_fuzz(draw, device):
         indices = indices.clone()
         flat = indices.view(-1)
         flat[draw(st.integers(0, flat.numel() - 1))] = draw(st.integers(0, 255))
-    target = draw(st.sampled_from([80, 80, 80, 90]))
+    target = draw(st.sampled_from([80, 90, 80, 90, 70]))
     return (values, indices, n, m, target)
 
 
