@@ -139,8 +139,10 @@ def decode_target90(packed_values, packed_meta, rows, cols):
     flat = packed_meta.reshape(-1).long()
     codes = (flat[offsets // 8] >> (4 * (offsets // 4 % 2))) & 0xF
     positions = torch.stack([codes & 3, codes >> 2], -1)  # [rows_p, cols_p/4, 2]
+    values = torch.zeros(rows_p, cols_p // 2, dtype=packed_values.dtype)  # values rows stop at cols rounded to 16
+    values[:, : packed_values.shape[1]] = packed_values
     dense = torch.zeros(rows_p, cols_p // 4, 4, dtype=packed_values.dtype)
-    dense.scatter_(-1, positions, packed_values.reshape(rows_p, cols_p // 4, 2))
+    dense.scatter_(-1, positions, values.reshape(rows_p, cols_p // 4, 2))
     return dense.reshape(rows_p, cols_p)[:rows, :cols], positions
 
 
@@ -150,7 +152,7 @@ def test_target90_decodes_to_the_dense_matrix(dtype, rows, cols, fill):
     dense = random_nm_dense(rows, cols, 2, 4, dtype, seed=rows + cols, fill=fill)
     packed_values, packed_meta = ops.nm_pack_cutlass(*ops.nm_compress(dense, 2, 4), target=90)
     rows_p, cols_p = -(-rows // 64) * 64, -(-cols // 128) * 128
-    assert packed_values.shape == (rows_p, cols_p // 2) and packed_meta.shape == (rows_p, cols_p // 8)
+    assert packed_values.shape == (rows_p, -(-cols // 16) * 8) and packed_meta.shape == (rows_p, cols_p // 8)
     assert packed_meta.dtype == torch.uint8
     decoded, positions = decode_target90(packed_values, packed_meta, rows, cols)
     assert torch.equal(decoded, dense)
@@ -169,7 +171,8 @@ def _fake_cuda_inputs(tokens_shape, out_features, in_features, dtype=torch.float
     return x, values, indices
 
 
-LAYOUTS = {80: (32, 64, torch.int16, 16), 90: (64, 128, torch.uint8, 8)}  # row/col padding, meta dtype, cols/elem
+# row, metadata-column and values-column padding, metadata dtype, dense columns per metadata element
+LAYOUTS = {80: (32, 64, 64, torch.int16, 16), 90: (64, 128, 16, torch.uint8, 8)}
 
 
 @pytest.mark.parametrize("dtype", HALF)
@@ -179,13 +182,14 @@ def test_fake_shapes_on_cuda(dtype, out_features, in_features):
         x, values, indices = _fake_cuda_inputs((2, 3), out_features, in_features, dtype)
         for target in (80, 90):
             pv, pm = torch.ops.sparseflow.nm_pack_cutlass(values, indices, 2, 4, target)
-            row_align, col_align, meta_dtype, per_meta = LAYOUTS[target]
+            row_align, col_align, values_align, meta_dtype, per_meta = LAYOUTS[target]
             rows_p, cols_p = -(-out_features // row_align) * row_align, -(-in_features // col_align) * col_align
-            assert pv.shape == (rows_p, cols_p // 2) and pv.dtype == dtype and pv.device.type == "cuda"
+            values_cols = -(-in_features // values_align) * values_align
+            assert pv.shape == (rows_p, values_cols // 2) and pv.dtype == dtype and pv.device.type == "cuda"
             assert pm.shape == (rows_p, cols_p // per_meta) and pm.dtype == meta_dtype
             bias = torch.empty(out_features, dtype=dtype, device="cuda")
             if target == 90 and out_features % 8:
-                with pytest.raises(ValueError, match=r"multiples of 8 \(TMA\)"):
+                with pytest.raises(ValueError, match=r"out_features of 8 \(TMA\)"):
                     torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, out_features, in_features)
                 continue
             y = torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, out_features, in_features, bias, None, "gelu")
@@ -196,7 +200,7 @@ def test_fake_shapes_on_cuda(dtype, out_features, in_features):
         # nm_pack: the target this machine's GPU gets (80 without a GPU or off sm90).
         pv, pm = torch.ops.sparseflow.nm_pack(values, indices, 2, 4)
         target = _meta.nm_cuda_pack_target(values.device, out_features, in_features)
-        assert pm.dtype == LAYOUTS[target][2] and pv.shape[0] % LAYOUTS[target][0] == 0
+        assert pm.dtype == LAYOUTS[target][3] and pv.shape[0] % LAYOUTS[target][0] == 0
 
 
 def _bad_linear_calls():
@@ -252,10 +256,10 @@ def test_fake_linear_rejects_sizes_the_layouts_cannot_run():
         pv, pm = torch.ops.sparseflow.nm_pack_cutlass(values, indices, 2, 4, 80)
         with pytest.raises(ValueError, match=r"on CUDA in_features must be a multiple of 64 .*, got 96"):
             torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, 64, 96)
-        x, values, indices = _fake_cuda_inputs((5,), 60, 96)
+        x, values, indices = _fake_cuda_inputs((5,), 64, 72)
         pv, pm = torch.ops.sparseflow.nm_pack_cutlass(values, indices, 2, 4, 90)
-        with pytest.raises(ValueError, match=r"packed for sm90 .* multiples of 8 \(TMA\), got 96 and 60"):
-            torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, 60, 96)
+        with pytest.raises(ValueError, match=r"packed for sm90 .* multiple of 16 and out_features of 8 \(TMA\), got 72 and 64"):
+            torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, 64, 72)
 
 
 def test_fake_pack_rejects_other_patterns_on_cuda():
@@ -310,11 +314,11 @@ def _packed_weight(out_features, in_features, dtype, seed=0, fill=1.0, target=No
 
 
 def _skip_unless_runnable(target, out_features, in_features):
-    """Which kernel runs: target 80 (CUTLASS 2.x, in % 64) everywhere, 90 (CUTLASS 3.x, out, in % 8) on sm90."""
+    """Which kernel runs: target 80 (CUTLASS 2.x, in % 64) everywhere, 90 (CUTLASS 3.x, out % 8, in % 16) on sm90."""
     if target == 90 and (_gpu_sm() != 90 or "90a" not in sparseflow.BUILD_INFO["cuda_archs"].split(";")):
         pytest.skip("the target-90 kernels run on sm90 (H100/H200) only")
-    if target == 90 and (out_features % 8 or in_features % 8):
-        pytest.skip("target 90 needs out_features and in_features that are multiples of 8")
+    if target == 90 and (out_features % 8 or in_features % 16):
+        pytest.skip("target 90 needs out_features % 8 == 0 and in_features % 16 == 0")
     if target in (None, 80) and in_features % 64 and not (target is None and _meta.nm_cuda_pack_target(
             torch.device("cuda"), out_features, in_features) == 90):
         pytest.skip("target 80 needs in_features % 64 == 0")
@@ -334,7 +338,7 @@ def test_gpu_pack_equals_host_pack(dtype, rows, cols, fill, target):
     packed = torch.ops.sparseflow.nm_pack(values.cuda(), indices.cuda(), 2, 4)
     expected = ops.nm_pack_cutlass(values, indices, target=chosen)
     assert torch.equal(packed[0].cpu(), expected[0]) and torch.equal(packed[1].cpu(), expected[1])
-    assert chosen == (90 if _gpu_sm() == 90 and rows % 8 == 0 and cols % 8 == 0
+    assert chosen == (90 if _gpu_sm() == 90 and rows % 8 == 0 and cols % 16 == 0
                       and "90a" in sparseflow.BUILD_INFO["cuda_archs"].split(";") else 80)
 
 
@@ -352,7 +356,7 @@ def test_gpu_pack_reports_the_first_bad_group():
 # tokens and out_features pick the tile configuration (csrc/nm/nm_linear_configs.h): cover every one, with
 # ragged edges (tokens not a multiple of the N tile, out_features not a multiple of the M tile).
 LINEAR_SHAPES = [(1, 32, 64), (3, 100, 128), (16, 4096, 576), (17, 64, 64), (65, 200, 192), (130, 1100, 128),
-                 (333, 2048, 256), (7, 64, 72), (300, 1032, 136)]
+                 (333, 2048, 256), (7, 64, 80), (300, 1032, 144)]
 
 
 @gpu

@@ -14,9 +14,10 @@
 //   Padding groups hold zero values at positions (0, 1): code 0x4, a valid code (0 is not).
 //
 // Target 90: the layout of CUTLASS 3.x's sm90a sparse GEMM (wgmma.sp; Sm90GemmSparseConfig with a K tile of
-// 128), used on sm90 when out_features and in_features are multiples of 8 (TMA alignment):
-//   packed_values [rows_p, cols_p/2]  as for target 80, with rows_p/cols_p rounded up to 64/128
-//   packed_meta   [rows_p, cols_p/8]  uint8: byte b holds the codes of dense columns [k, k+8) with k the
+// 128), used on sm90 when out_features is a multiple of 8 and in_features of 16 (TMA alignment):
+//   packed_values [rows_p, cols_a/2]  as for target 80, with rows_p = rows rounded up to 64 and cols_a = cols
+//                                     rounded up to 16 (CUTLASS's fill_layoutA row stride)
+//   packed_meta   [rows_p, cols_p/8]  uint8, cols_p = cols rounded up to 128: byte b holds the codes of dense columns [k, k+8) with k the
 //                 column of logical offset 8b in Sm90GemmSparseConfig::fill_layoutE: (64 x 128) atoms, each
 //                 ordered ((8,2,4),(16,2,4)):((128,16,2048),(1,1024,32)), atoms column-major over M then K.
 //                 The lower nibble is the group at k, the upper the group at k + 4.
@@ -60,7 +61,8 @@ struct PackParams {
   int64_t rows = 0;    // canonical rows (out_features)
   int64_t cols = 0;    // dense columns (in_features), a multiple of 4
   int64_t rows_p = 0;  // padded, see above
-  int64_t cols_p = 0;
+  int64_t cols_p = 0;  // dense columns the metadata covers
+  int64_t values_cols = 0;  // dense columns of a packed_values row (target 80: cols_p; 90: cols rounded to 16)
   const uint16_t* values = nullptr;  // [rows, cols/2], 16-bit elements (bits only)
   const uint8_t* indices = nullptr;  // [rows, cols/2]
   uint16_t* packed_values = nullptr;  // [rows_p, cols_p/2]
@@ -73,6 +75,7 @@ inline PackParams make_pack_params(int64_t rows, int64_t cols) {
   p.cols = cols;
   p.rows_p = round_up(rows, kRowAlign);
   p.cols_p = round_up(cols, kColAlign);
+  p.values_cols = p.cols_p;
   return p;
 }
 
@@ -80,7 +83,7 @@ inline PackParams make_pack_params(int64_t rows, int64_t cols) {
 // group) of this word whose positions are invalid (not ascending or >= 4), or -1.
 SF_HOST_DEVICE int64_t pack_word(const PackParams& p, int64_t row, int64_t word) {
   const int64_t groups = p.cols / 4;
-  uint16_t* out_values = p.packed_values + row * (p.cols_p / 2) + word * 8;
+  uint16_t* out_values = p.packed_values + row * (p.values_cols / 2) + word * 8;
   uint32_t bits = 0;
   int64_t bad = -1;
   for (int g = 0; g < 4; ++g) {
@@ -116,6 +119,7 @@ namespace sm90 {
 
 constexpr int kRowAlign = 64;   // metadata atom rows
 constexpr int kColAlign = 128;  // metadata atom columns (the K tile)
+constexpr int kValuesColAlign = 16;  // Sm90GemmSparseConfig::TensorAAlignmentK for 16-bit types
 constexpr int kColsPerByte = 8;
 
 // Logical offset of dense element (row, col) in CUTLASS's sm90 16-bit metadata layout; the metadata byte is
@@ -133,6 +137,7 @@ inline PackParams make_pack_params(int64_t rows, int64_t cols) {
   p.cols = cols;
   p.rows_p = round_up(rows, kRowAlign);
   p.cols_p = round_up(cols, kColAlign);
+  p.values_cols = round_up(cols, kValuesColAlign);
   return p;
 }
 
@@ -140,7 +145,9 @@ inline PackParams make_pack_params(int64_t rows, int64_t cols) {
 // bad canonical group or -1, as pack_word. packed_meta is read as bytes.
 SF_HOST_DEVICE int64_t pack_byte(const PackParams& p, int64_t row, int64_t byte) {
   const int64_t groups = p.cols / 4;
-  uint16_t* out_values = p.packed_values + row * (p.cols_p / 2) + byte * 4;
+  // values_cols is a multiple of 16: a byte's 8 columns are all in the values row or all past it
+  const bool has_values = byte * kColsPerByte < p.values_cols;
+  uint16_t* out_values = p.packed_values + row * (p.values_cols / 2) + byte * 4;
   uint32_t bits = 0;
   int64_t bad = -1;
   for (int g = 0; g < 2; ++g) {
@@ -156,8 +163,10 @@ SF_HOST_DEVICE int64_t pack_byte(const PackParams& p, int64_t row, int64_t byte)
       v1 = p.values[at + 1];
     }
     bits |= code << (4 * g);
-    out_values[2 * g] = v0;
-    out_values[2 * g + 1] = v1;
+    if (has_values) {
+      out_values[2 * g] = v0;
+      out_values[2 * g + 1] = v1;
+    }
   }
   static_cast<uint8_t*>(p.packed_meta)[meta_offset(row, byte * kColsPerByte, p.rows_p) / 8] =
       static_cast<uint8_t>(bits);
@@ -179,7 +188,7 @@ enum class DType : int { kFloat16 = 0, kBFloat16 = 1, kFloat32 = 2 };
 struct LinearParams {
   int64_t tokens = 0;        // GEMM N
   int64_t out_features = 0;  // rows of W that exist (GEMM M is rows_p)
-  int64_t in_features = 0;   // GEMM K (target 80: a multiple of kColAlign; 90: of 8)
+  int64_t in_features = 0;   // GEMM K (target 80: a multiple of kColAlign; 90: of 16)
   int64_t rows_p = 0;        // padded rows of the packed weight (target 80: the GEMM M)
   const void* x = nullptr;   // [tokens, in], unit inner stride
   int64_t x_stride = 0;      // elements between tokens, a multiple of 8
@@ -202,13 +211,19 @@ inline const char* linear_sm80(const LinearParams& p, void* stream) {
   return p.in_dtype == DType::kBFloat16 ? linear_sm80_bf16(p, stream) : linear_sm80_f16(p, stream);
 }
 
-// The same for packed weights of target 90 (sm_90a only; nm_linear_<dtype>_sm90.cu). Only in builds with
+// The same for packed weights of target 90 (sm_90a only; nm_linear_<in>_<out>out_sm90.cu). Only in builds with
 // sm90a (SPARSEFLOW_HAS_SM90).
-const char* linear_sm90_f16(const LinearParams& p, void* stream);
-const char* linear_sm90_bf16(const LinearParams& p, void* stream);
+const char* linear_sm90_f16_f16out(const LinearParams& p, void* stream);
+const char* linear_sm90_f16_f32out(const LinearParams& p, void* stream);
+const char* linear_sm90_bf16_bf16out(const LinearParams& p, void* stream);
+const char* linear_sm90_bf16_f32out(const LinearParams& p, void* stream);
 
 inline const char* linear_sm90(const LinearParams& p, void* stream) {
-  return p.in_dtype == DType::kBFloat16 ? linear_sm90_bf16(p, stream) : linear_sm90_f16(p, stream);
+  const bool f32 = p.out_dtype == DType::kFloat32;
+  if (p.in_dtype == DType::kBFloat16) {
+    return f32 ? linear_sm90_bf16_f32out(p, stream) : linear_sm90_bf16_bf16out(p, stream);
+  }
+  return f32 ? linear_sm90_f16_f32out(p, stream) : linear_sm90_f16_f16out(p, stream);
 }
 
 }  // namespace sparseflow::nm::cutlass2x

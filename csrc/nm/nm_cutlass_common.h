@@ -43,7 +43,7 @@ inline cutlass2x::PackParams cutlass_pack_params(int64_t target, int64_t rows, i
 // Target 80: int16 metadata words; target 90: metadata bytes (the dtype tells nm_linear the layout).
 inline std::tuple<at::Tensor, at::Tensor> empty_cutlass_packed(int64_t target, const cutlass2x::PackParams& p,
                                                                const at::Tensor& values) {
-  at::Tensor packed_values = at::empty({p.rows_p, p.cols_p / 2}, values.options());
+  at::Tensor packed_values = at::empty({p.rows_p, p.values_cols / 2}, values.options());
   if (target == kTargetSm90) {
     return {packed_values,
             at::empty({p.rows_p, p.cols_p / cutlass2x::sm90::kColsPerByte}, values.options().dtype(at::kByte))};

@@ -55,10 +55,11 @@ std::tuple<at::Tensor, at::Tensor> nm_pack_cutlass_cuda(const at::Tensor& values
 bool sm90_kernels_built() { return SPARSEFLOW_HAS_SM90 != 0; }
 
 // The layout nm_linear's fastest kernel for this GPU consumes: CUTLASS 3.x's on sm90 when the weight fits TMA's
-// 16-byte alignment, else CUTLASS 2.x's (whose mma.sp kernels run on sm80 and later, sm90 included).
+// 16-byte alignment (rows % 8 for the output, cols % 16 for the compressed values), else CUTLASS 2.x's (whose
+// mma.sp kernels run on sm80 and later, sm90 included).
 int64_t cuda_pack_target(int device, int64_t rows, int64_t cols) {
   const bool sm90 = sm90_kernels_built() && device_sm(device) == 90;
-  return sm90 && rows % 8 == 0 && cols % 8 == 0 ? kTargetSm90 : kTargetSm80;
+  return sm90 && rows % 8 == 0 && cols % 16 == 0 ? kTargetSm90 : kTargetSm80;
 }
 
 std::tuple<at::Tensor, at::Tensor> nm_pack_cuda(const at::Tensor& values, const at::Tensor& indices, int64_t n,
@@ -113,8 +114,8 @@ at::Tensor nm_linear_cuda(const at::Tensor& x_in, const at::Tensor& packed_value
   const int64_t meta_cols =
       packed.cols_p / (target == kTargetSm90 ? cutlass2x::sm90::kColsPerByte : cutlass2x::kColsPerWord);
   TORCH_CHECK_VALUE(packed_values.dim() == 2 && packed_values.size(0) == packed.rows_p &&
-                        packed_values.size(1) == packed.cols_p / 2,
-                    op, ": packed_values must be [", packed.rows_p, ", ", packed.cols_p / 2, "] (nm_pack's target-",
+                        packed_values.size(1) == packed.values_cols / 2,
+                    op, ": packed_values must be [", packed.rows_p, ", ", packed.values_cols / 2, "] (nm_pack's target-",
                     target, " layout for out_features=", out_features, ", in_features=", in_features, "), got ",
                     packed_values.sizes());
   TORCH_CHECK_VALUE(packed_meta.dim() == 2 && packed_meta.size(0) == packed.rows_p && packed_meta.size(1) == meta_cols,
@@ -126,9 +127,9 @@ at::Tensor nm_linear_cuda(const at::Tensor& x_in, const at::Tensor& packed_value
                       ": on CUDA in_features must be a multiple of ", cutlass2x::kColAlign,
                       " (the K tile of the sm80 2:4 kernels), got ", in_features);
   } else {
-    TORCH_CHECK_VALUE(in_features % 8 == 0 && out_features % 8 == 0, op,
-                      ": weights packed for sm90 (uint8 packed_meta) need in_features and out_features that are "
-                      "multiples of 8 (TMA), got ", in_features, " and ", out_features);
+    TORCH_CHECK_VALUE(in_features % 16 == 0 && out_features % 8 == 0, op,
+                      ": weights packed for sm90 (uint8 packed_meta) need in_features a multiple of 16 and "
+                      "out_features of 8 (TMA), got ", in_features, " and ", out_features);
   }
   TORCH_CHECK_VALUE(packed_values.is_contiguous() && packed_meta.is_contiguous() &&
                         aligned16(packed_values.data_ptr()) && aligned16(packed_meta.data_ptr()),

@@ -98,11 +98,8 @@ struct Sm90Linear {
   static const char* run(const LinearParams& p, cudaStream_t stream) {
     using namespace cute;
     const auto problem = make_shape(int(p.out_features), int(p.tokens), int(p.in_features), 1);
-    // Compressed values: CUTLASS's K-major layout, with our padded row stride (cols_p dense columns).
-    const auto layout_a_packed = SparseConfig::fill_layoutA(problem);
-    const auto layout_a = make_layout(layout_a_packed.shape(),
-                                      make_stride(int64_t(round_up(p.in_features, kColAlign)),
-                                                  get<1>(layout_a_packed.stride()), get<2>(layout_a_packed.stride())));
+    // The target-90 packing writes exactly these layouts (rows padded beyond M are never read).
+    const auto layout_a = SparseConfig::fill_layoutA(problem);
     const auto layout_e = SparseConfig::fill_layoutE(problem);
     using StrideB = typename Kernel::StrideB;
     using StrideD = typename Kernel::StrideD;

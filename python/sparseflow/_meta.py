@@ -68,8 +68,9 @@ def _nm_decompress_fake(values, indices, n, m):
 # The CUDA layout is the CUTLASS 2.x one (csrc/nm/nm_cutlass.h): rows padded to 32, columns to 64.
 
 _NM_LINEAR_ACTIVATIONS = ("none", "relu", "gelu", "silu")
-# Per target: (row, column) padding, metadata dtype, dense columns per metadata element (csrc/nm/nm_cutlass.h).
-_CUTLASS_LAYOUTS = {80: (32, 64, torch.int16, 16), 90: (64, 128, torch.uint8, 8)}
+# Per target: row, metadata-column and values-column padding, metadata dtype, dense columns per metadata element
+# (csrc/nm/nm_cutlass.h).
+_CUTLASS_LAYOUTS = {80: (32, 64, 64, torch.int16, 16), 90: (64, 128, 16, torch.uint8, 8)}
 _TARGET_OF_META_DTYPE = {torch.int16: 80, torch.uint8: 90}
 
 
@@ -79,19 +80,19 @@ def _round_up(v: int, to: int) -> int:
 
 def nm_cutlass_packed_shapes(rows: int, cols: int, target: int = 80) -> tuple[tuple[int, int], tuple[int, int]]:
     """Shapes of (packed_values, packed_meta) of a [rows, cols] 2:4 weight in the CUTLASS layout of `target`."""
-    row_align, col_align, _, cols_per_meta = _CUTLASS_LAYOUTS[target]
+    row_align, col_align, values_align, _, cols_per_meta = _CUTLASS_LAYOUTS[target]
     rows_p, cols_p = _round_up(rows, row_align), _round_up(cols, col_align)
-    return (rows_p, cols_p // 2), (rows_p, cols_p // cols_per_meta)
+    return (rows_p, _round_up(cols, values_align) // 2), (rows_p, cols_p // cols_per_meta)
 
 
 def nm_cuda_pack_target(device: torch.device, rows: int, cols: int) -> int:
     """The layout nm_pack produces on `device` (csrc/nm/nm_cutlass_cuda.cpp, cuda_pack_target): 90 on sm90 with
-    the sm90a kernels built and rows, cols multiples of 8; else 80. Without a GPU (fake tensors only): 80."""
+    the sm90a kernels built, rows a multiple of 8 and cols of 16; else 80. Without a GPU (fakes only): 80."""
     if not torch.cuda.is_available() or "90a" not in _loader.BUILD_INFO["cuda_archs"].split(";"):
         return 80
     index = device.index if device.index is not None else torch.cuda.current_device()
     sm90 = torch.cuda.get_device_capability(index) == (9, 0)
-    return 90 if sm90 and rows % 8 == 0 and cols % 8 == 0 else 80
+    return 90 if sm90 and rows % 8 == 0 and cols % 16 == 0 else 80
 
 
 def _nm_cutlass_pack_checks(op: str, values, indices, n: int, m: int, target: int | None = None) -> None:
@@ -115,7 +116,7 @@ def _nm_cutlass_pack_checks(op: str, values, indices, n: int, m: int, target: in
 
 def _nm_cutlass_packed_like(values, target: int):
     vshape, mshape = nm_cutlass_packed_shapes(values.shape[0], values.shape[1] * 2, target)
-    return values.new_empty(vshape), values.new_empty(mshape, dtype=_CUTLASS_LAYOUTS[target][2])
+    return values.new_empty(vshape), values.new_empty(mshape, dtype=_CUTLASS_LAYOUTS[target][3])
 
 
 @torch.library.register_fake("sparseflow::nm_pack_cutlass")
@@ -158,9 +159,9 @@ def nm_linear_fake_cuda(x, packed_values, packed_meta, n, m, out_features, in_fe
     if target == 80 and in_features % 64:
         raise ValueError(f"{op}: on CUDA in_features must be a multiple of 64 (the K tile of the sm80 2:4 kernels), "
                          f"got {in_features}")
-    if target == 90 and (in_features % 8 or out_features % 8):
-        raise ValueError(f"{op}: weights packed for sm90 (uint8 packed_meta) need in_features and out_features that "
-                         f"are multiples of 8 (TMA), got {in_features} and {out_features}")
+    if target == 90 and (in_features % 16 or out_features % 8):
+        raise ValueError(f"{op}: weights packed for sm90 (uint8 packed_meta) need in_features a multiple of 16 and "
+                         f"out_features of 8 (TMA), got {in_features} and {out_features}")
     if not (packed_values.is_contiguous() and packed_meta.is_contiguous()):
         raise ValueError(f"{op}: packed_values and packed_meta must be contiguous and 16-byte aligned, as nm_pack "
                          "returns them")

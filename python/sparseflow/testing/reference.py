@@ -82,9 +82,10 @@ def nm_decompress(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -
 # ---------------------------------------------------------------------------------------------------------
 # CUDA 2:4 layout (branch cuda): canonical 2:4 -> CUTLASS 2.x SparseGemm operands (csrc/nm/nm_cutlass.h).
 
-# (rows, columns) the packed tensors are padded to, per target: 80 reorders metadata rows in blocks of 32 and
-# its kernels have a K tile of 64; 90 stores metadata in (64 x 128) atoms.
-CUTLASS_ALIGN = {80: (32, 64), 90: (64, 128)}
+# (rows, metadata columns, values columns) the packed tensors are padded to, per target: 80 reorders metadata
+# rows in blocks of 32 and its kernels have a K tile of 64; 90 stores metadata in (64 x 128) atoms and the
+# values with CUTLASS's fill_layoutA row stride (columns rounded up to 16).
+CUTLASS_ALIGN = {80: (32, 64, 64), 90: (64, 128, 16)}
 
 
 def cutlass_meta_offsets(rows_p: int, words: int, device=None) -> torch.Tensor:
@@ -116,8 +117,8 @@ def nm_pack_cutlass(values: torch.Tensor, indices: torch.Tensor, n: int, m: int,
                     target: int = 80) -> tuple[torch.Tensor, torch.Tensor]:
     """Canonical 2:4 -> (packed_values [rows_p, cols_p/2], packed_meta), the operands of CUTLASS's sparse GEMM.
 
-    Padding (rows_p, cols_p: CUTLASS_ALIGN) holds zero values at positions (0, 1); a group's 4-bit code is
-    first | second << 2. Target 80: int16 words [rows_p, cols_p/16] of 4 groups (lowest group in the lowest
+    Padding (CUTLASS_ALIGN) holds zero values at positions (0, 1); a group's 4-bit code is first | second << 2.
+    packed_values is [rows_p, values_cols / 2]. Target 80: int16 words [rows_p, cols_p/16] of 4 groups (lowest group in the lowest
     bits) in CUTLASS 2.x's reordered order. Target 90: uint8 [rows_p, cols_p/8], byte offset // 8 of the
     group's first column in the sm90 layout, lower nibble first.
     """
@@ -141,10 +142,11 @@ def nm_pack_cutlass(values: torch.Tensor, indices: torch.Tensor, n: int, m: int,
     if not valid.all():
         row, group = (~valid).nonzero()[0].tolist()
         raise IndexError(f"indices of row {row}, group {group} are {pairs[row, group].tolist()}")
-    row_align, col_align = CUTLASS_ALIGN[target]
+    row_align, col_align, values_align = CUTLASS_ALIGN[target]
     rows_p = -(-rows // row_align) * row_align
     cols_p = -(-cols // col_align) * col_align
-    packed_values = torch.zeros(rows_p, cols_p // 2, dtype=values.dtype, device=values.device)
+    values_cols = -(-cols // values_align) * values_align
+    packed_values = torch.zeros(rows_p, values_cols // 2, dtype=values.dtype, device=values.device)
     packed_values[:rows, : cols // 2] = values
     codes = torch.full((rows_p, cols_p // 4), 0x4, dtype=torch.int64, device=values.device)
     codes[:rows, : cols // 4] = pairs[..., 0] | (pairs[..., 1] << 2)
