@@ -11,15 +11,6 @@ TORCH_LIBRARY(sparseflow, m) {
   m.def("nm_compress(Tensor dense, int n, int m) -> (Tensor values, Tensor indices)");
   // Inverse of nm_compress: scatter values to their positions; validates every position.
   m.def("nm_decompress(Tensor values, Tensor indices, int n, int m) -> Tensor");
-  // Canonical (values, indices) -> this device's kernel layout, once per weight (CPU: values + column bitmask).
-  m.def("nm_pack(Tensor values, Tensor indices, int n, int m) -> (Tensor packed_values, Tensor packed_meta)");
-  // y = act(x @ W^T + bias) for a packed N:M weight; int8 weights quantize x per token and dequantize into y.
-  m.def("nm_linear(Tensor x, Tensor packed_values, Tensor packed_meta, int n, int m, int out_features, "
-        "int in_features, Tensor? bias=None, Tensor? weight_scale=None, str activation=\"none\", "
-        "ScalarType? out_dtype=None) -> Tensor");
-  // Canonical 2:4 -> CUTLASS's sparse-GEMM operands for `target` (80: 2.x SparseGemm; 90: 3.x sm90a), any device.
-  m.def("nm_pack_cutlass(Tensor values, Tensor indices, int n, int m, int target=80) -> "
-        "(Tensor packed_values, Tensor packed_meta)");
 
   // ---- block-sparse family (csrc/bsr) ----
   // Canonical BSR (crow, col, values [nnz, R, C]) -> this device's kernel layout (see csrc/bsr/bsr.h).
@@ -30,4 +21,13 @@ TORCH_LIBRARY(sparseflow, m) {
   m.def("bsr_linear(Tensor x, Tensor meta, Tensor rowptr, Tensor indices, Tensor packed_values, "
         "Tensor compensation, int out_features, int in_features, Tensor? bias=None, Tensor? weight_scale=None, "
         "str activation=\"none\", ScalarType? out_dtype=None) -> Tensor");
+  // Canonical (values, indices) -> this device's kernel layout, once per weight (CPU: values + column bitmask).
+  m.def("nm_pack(Tensor values, Tensor indices, int n, int m) -> (Tensor packed_values, Tensor packed_meta)");
+  // y = act(x @ W^T + bias) for a packed N:M weight; int8 weights quantize x per token and dequantize into y.
+  m.def("nm_linear(Tensor x, Tensor packed_values, Tensor packed_meta, int n, int m, int out_features, "
+        "int in_features, Tensor? bias=None, Tensor? weight_scale=None, str activation=\"none\", "
+        "ScalarType? out_dtype=None) -> Tensor");
+  // Canonical 2:4 -> CUTLASS's sparse-GEMM operands for `target` (80: 2.x SparseGemm; 90: 3.x sm90a), any device.
+  m.def("nm_pack_cutlass(Tensor values, Tensor indices, int n, int m, int target=80) -> "
+        "(Tensor packed_values, Tensor packed_meta)");
 }

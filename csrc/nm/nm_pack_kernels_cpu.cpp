@@ -5,7 +5,7 @@
 namespace sparseflow::nm {
 namespace {
 
-template <typename Bits, bool kCompress>
+template <typename Bits, bool kCompress, int kFixedM>
 int64_t run_rows(const PackParams& p, int64_t row_begin, int64_t row_end) {
   const int64_t groups = p.cols / p.m;
   const int64_t packed_cols = groups * p.n;
@@ -16,7 +16,7 @@ int64_t run_rows(const PackParams& p, int64_t row_begin, int64_t row_end) {
       Bits* d = dense + r * p.cols + g * p.m;
       Bits* v = values + r * packed_cols + g * p.n;
       uint8_t* idx = p.indices + r * packed_cols + g * p.n;
-      const bool ok = kCompress ? compress_group(d, p.n, p.m, p.kind.value_mask, v, idx)
+      const bool ok = kCompress ? compress_group<Bits, kFixedM>(d, p.n, p.m, p.kind.value_mask, v, idx)
                                 : decompress_group(v, idx, p.n, p.m, d);
       if (!ok) return r * groups + g;
     }
@@ -24,12 +24,21 @@ int64_t run_rows(const PackParams& p, int64_t row_begin, int64_t row_end) {
   return kAllGroupsValid;
 }
 
+template <typename Bits, bool kCompress>
+int64_t dispatch_m(const PackParams& p, int64_t row_begin, int64_t row_end) {
+  switch (p.m) {
+    case 4: return run_rows<Bits, kCompress, 4>(p, row_begin, row_end);
+    case 8: return run_rows<Bits, kCompress, 8>(p, row_begin, row_end);
+    default: return run_rows<Bits, kCompress, 0>(p, row_begin, row_end);
+  }
+}
+
 template <bool kCompress>
 int64_t dispatch(const PackParams& p, int64_t row_begin, int64_t row_end) {
   switch (p.kind.bytes) {
-    case 1: return run_rows<uint8_t, kCompress>(p, row_begin, row_end);
-    case 2: return run_rows<uint16_t, kCompress>(p, row_begin, row_end);
-    case 4: return run_rows<uint32_t, kCompress>(p, row_begin, row_end);
+    case 1: return dispatch_m<uint8_t, kCompress>(p, row_begin, row_end);
+    case 2: return dispatch_m<uint16_t, kCompress>(p, row_begin, row_end);
+    case 4: return dispatch_m<uint32_t, kCompress>(p, row_begin, row_end);
   }
   return 0;  // unreachable: the wrapper admits only 1/2/4-byte dtypes
 }

@@ -63,9 +63,179 @@ def _nm_decompress_fake(values, indices, n, m):
     return values.new_empty((values.shape[0], values.shape[1] // n * m))
 
 
+_BSR_VALUE_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _check_same_device(op: str, arg: str, t: torch.Tensor, others: dict) -> None:
+    for name, o in others.items():
+        if o is not None and o.device != t.device:
+            raise ValueError(f"{op}: {arg} and {name} must be on the same device, got {t.device} and {o.device}")
+
+
+@torch.library.register_fake("sparseflow::bsr_pack")
+def _bsr_pack_fake(crow, col, values, out_features, in_features, kernel="auto"):
+    if values.device.type == "cuda":
+        return bsr_pack_fake_cuda(crow, col, values, out_features, in_features, kernel)
+    op = "sparseflow.bsr_pack"
+    _check_dtype(op, "crow", crow, (torch.int32,))
+    _check_dtype(op, "col", col, (torch.int32,))
+    _check_dtype(op, "values", values, _BSR_VALUE_DTYPES)
+    _check_dim(op, "crow", crow, 1, "[out_features/R + 1]")
+    _check_dim(op, "col", col, 1, "[nnz_blocks]")
+    _check_dim(op, "values", values, 3, "[nnz_blocks, R, C]")
+    _check_same_device(op, "crow", crow, {"col": col, "values": values})
+    if out_features < 0 or not 0 <= in_features <= 65536:
+        raise ValueError(f"{op}: out_features must be >= 0 and in_features in [0, 65536], got {out_features}, {in_features}")
+    _, R, C = values.shape
+    if R < 1 or C < 1:
+        raise ValueError(f"{op}: values must hold R x C blocks with R, C >= 1, got shape {list(values.shape)}")
+    if crow.shape[0] != _ceil_div(out_features, R) + 1:
+        raise ValueError(f"{op}: crow must have ceil(out_features/R) + 1 = {_ceil_div(out_features, R) + 1} entries")
+    if col.shape[0] != values.shape[0]:
+        raise ValueError(f"{op}: col and values must describe the same blocks")
+    is_int8 = values.dtype == torch.int8
+    if kernel not in ("auto", "4x1", "16x1", "1x16") or (kernel == "4x1") != (is_int8 and kernel != "auto"):
+        raise ValueError(f"{op}: kernel {kernel!r} does not fit {values.dtype} weights")
+    rows = 4 if is_int8 else (1 if kernel == "1x16" or (kernel == "auto" and C > R) else 16)
+    ctx = torch.library.get_ctx()
+    tiles = ctx.new_dynamic_size()
+    nnz = tiles * 4 if is_int8 else tiles
+    meta = crow.new_empty((8,), dtype=torch.int64)
+    rowptr = crow.new_empty((_ceil_div(out_features, rows) + 1,))
+    indices = crow.new_empty((nnz,), dtype=torch.int16)
+    packed = values.new_empty((tiles, 4, 4) if is_int8 else (nnz, 16))
+    compensation = crow.new_empty((out_features if is_int8 else 0,))
+    return meta, rowptr, indices, packed, compensation
+
+
+@torch.library.register_fake("sparseflow::bsr_linear")
+def _bsr_linear_fake(x, meta, rowptr, indices, packed_values, compensation, out_features, in_features,
+                     bias=None, weight_scale=None, activation="none", out_dtype=None):
+    if x.device.type == "cuda":
+        return bsr_linear_fake_cuda(x, meta, rowptr, indices, packed_values, compensation, out_features, in_features,
+                                    bias, weight_scale, activation, out_dtype)
+    op = "sparseflow.bsr_linear"
+    _check_dtype(op, "meta", meta, (torch.int64,))
+    _check_dtype(op, "x", x, (torch.float32, torch.bfloat16))
+    if x.dim() == 0 or x.shape[-1] != in_features:
+        raise ValueError(f"{op}: x must have shape [..., in_features={in_features}], got {list(x.shape)}")
+    _check_dtype(op, "packed_values", packed_values, _BSR_VALUE_DTYPES)
+    is_int8 = packed_values.dtype == torch.int8
+    if not is_int8 and x.dtype != packed_values.dtype:
+        raise TypeError(f"{op}: x must have the weight's dtype {packed_values.dtype}, got {x.dtype}")
+    _check_dtype(op, "rowptr", rowptr, (torch.int32,))
+    _check_dtype(op, "indices", indices, (torch.int16,))
+    _check_dtype(op, "compensation", compensation, (torch.int32,))
+    _check_same_device(op, "x", x, {"rowptr": rowptr, "indices": indices, "packed_values": packed_values,
+                                     "compensation": compensation, "bias": bias, "weight_scale": weight_scale})
+    allowed = (torch.float32, torch.bfloat16) + ((torch.int32,) if is_int8 else ())
+    if out_dtype is not None and out_dtype not in allowed:
+        raise TypeError(f"{op}: out_dtype must be float32 or bfloat16 (int32 for int8 weights), got {out_dtype}")
+    if activation not in ("none", "relu", "gelu", "silu"):
+        raise ValueError(f"{op}: activation must be 'none', 'relu', 'gelu' or 'silu', got {activation!r}")
+    if out_dtype == torch.int32 and (bias is not None or activation != "none"):
+        raise ValueError(f"{op}: out_dtype=int32 returns the raw int32 accumulator; bias and activation must be unset")
+    if bias is not None:
+        _check_dtype(op, "bias", bias, (torch.float32, x.dtype))
+        if bias.shape != (out_features,):
+            raise ValueError(f"{op}: bias must have shape [{out_features}], got {list(bias.shape)}")
+    if is_int8 and weight_scale is None and out_dtype != torch.int32:
+        raise ValueError(f"{op}: int8 weights need weight_scale (per-output-channel fp32 scales) to dequantize")
+    if not is_int8 and weight_scale is not None:
+        raise ValueError(f"{op}: weight_scale applies to int8 weights only")
+    if weight_scale is not None:
+        _check_dtype(op, "weight_scale", weight_scale, (torch.float32,))
+        if weight_scale.shape != (out_features,):
+            raise ValueError(f"{op}: weight_scale must have shape [{out_features}], got {list(weight_scale.shape)}")
+    return x.new_empty((*x.shape[:-1], out_features), dtype=out_dtype or x.dtype)
+_LINEAR_WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
+_LINEAR_FLOAT_DTYPES = (torch.float32, torch.bfloat16)
+_ACTIVATIONS = ("none", "relu", "gelu", "silu")
+_INT8_MAX_IN_FEATURES = 131072
+
+
+def _meta_row_bytes(in_features: int) -> int:
+    return (in_features + 63) // 64 * 8
+
+
+@torch.library.register_fake("sparseflow::nm_pack")
+def _nm_pack_fake(values, indices, n, m):
+    if values.device.type == "cuda":
+        return nm_pack_fake_cuda(values, indices, n, m)
+    op = "sparseflow.nm_pack"
+    _check_n_m(op, n, m)
+    _check_dtype(op, "values", values, _LINEAR_WEIGHT_DTYPES)
+    _check_dtype(op, "indices", indices, (torch.uint8,))
+    _check_dim(op, "values", values, 2, "[out_features, in_features/m*n]")
+    if values.shape != indices.shape:
+        raise ValueError(
+            f"{op}: values and indices must have the same shape, got {list(values.shape)} and {list(indices.shape)}"
+        )
+    if values.shape[1] % n != 0:
+        raise ValueError(f"{op}: the column count of values ({values.shape[1]}) must be a multiple of n={n}")
+    rows, in_features = values.shape[0], values.shape[1] // n * m
+    return values.new_empty(values.shape), indices.new_empty((rows, _meta_row_bytes(in_features)))
+
+
+@torch.library.register_fake("sparseflow::nm_linear")
+def _nm_linear_fake(x, packed_values, packed_meta, n, m, out_features, in_features, bias=None, weight_scale=None,
+                    activation="none", out_dtype=None):
+    if x.device.type == "cuda":
+        return nm_linear_fake_cuda(x, packed_values, packed_meta, n, m, out_features, in_features, bias,
+                                   weight_scale, activation, out_dtype)
+    op = "sparseflow.nm_linear"
+    _check_n_m(op, n, m)
+    _check_dtype(op, "packed_values", packed_values, _LINEAR_WEIGHT_DTYPES)
+    _check_dtype(op, "packed_meta", packed_meta, (torch.uint8,))
+    _check_dtype(op, "x", x, _LINEAR_FLOAT_DTYPES)
+    int8 = packed_values.dtype == torch.int8
+    if not int8 and x.dtype != packed_values.dtype:
+        raise TypeError(f"{op}: x ({str(x.dtype).removeprefix('torch.')}) must have the dtype of packed_values "
+                        f"({str(packed_values.dtype).removeprefix('torch.')})")
+    if out_features < 0 or in_features < 0:
+        raise ValueError(f"{op}: out_features and in_features must be >= 0, got {out_features} and {in_features}")
+    if in_features % m:
+        raise ValueError(f"{op}: in_features ({in_features}) must be a multiple of m={m}")
+    if int8 and in_features > _INT8_MAX_IN_FEATURES:
+        raise ValueError(f"{op}: int8 weights support in_features <= {_INT8_MAX_IN_FEATURES} (int32 accumulation)")
+    if tuple(packed_values.shape) != (out_features, in_features // m * n):
+        raise ValueError(f"{op}: packed_values must have shape {[out_features, in_features // m * n]}, "
+                         f"got {list(packed_values.shape)}")
+    if tuple(packed_meta.shape) != (out_features, _meta_row_bytes(in_features)):
+        raise ValueError(f"{op}: packed_meta must have shape {[out_features, _meta_row_bytes(in_features)]} "
+                         f"(the output of sparseflow.nm_pack), got {list(packed_meta.shape)}")
+    if not (packed_values.is_contiguous() and packed_meta.is_contiguous()):
+        raise ValueError(f"{op}: packed_values and packed_meta must be contiguous (as nm_pack returns them)")
+    if x.dim() < 1 or x.shape[-1] != in_features:
+        raise ValueError(f"{op}: x must be [..., in_features={in_features}], got shape {list(x.shape)}")
+    if bias is not None:
+        _check_dtype(op, "bias", bias, (torch.float32, x.dtype))
+        if bias.dim() != 1 or bias.shape[0] != out_features:
+            raise ValueError(f"{op}: bias must be [out_features={out_features}], got shape {list(bias.shape)}")
+    if int8:
+        if weight_scale is None:
+            raise ValueError(f"{op}: int8 packed_values need weight_scale [out_features]")
+        _check_dtype(op, "weight_scale", weight_scale, (torch.float32,))
+        if weight_scale.dim() != 1 or weight_scale.shape[0] != out_features:
+            raise ValueError(f"{op}: weight_scale must be [out_features={out_features}], got shape "
+                             f"{list(weight_scale.shape)}")
+    elif weight_scale is not None:
+        raise ValueError(f"{op}: weight_scale is only for int8 packed_values")
+    out = out_dtype or x.dtype
+    if out not in _LINEAR_FLOAT_DTYPES:
+        raise TypeError(f"{op}: out_dtype must be float32 or bfloat16, got {str(out).removeprefix('torch.')}")
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be one of none, relu, gelu, silu, got {activation!r}")
+    return x.new_empty((*x.shape[:-1], out_features), dtype=out)
+
+
 # ---------------------------------------------------------------------------------------------------------
-# CUDA 2:4 path (branch cuda): nm_pack_cutlass, and the CUDA side of nm_pack / nm_linear.
-# The CUDA layout is the CUTLASS 2.x one (csrc/nm/nm_cutlass.h): rows padded to 32, columns to 64.
+# CUDA 2:4 path: nm_pack_cutlass, and the CUDA side of nm_pack / nm_linear (the fakes above call these for
+# CUDA tensors). Layouts: csrc/nm/nm_cutlass.h (targets 80 and 90).
 
 _NM_LINEAR_ACTIVATIONS = ("none", "relu", "gelu", "silu")
 # Per target: row, metadata-column and values-column padding, metadata dtype, dense columns per metadata element
@@ -184,27 +354,9 @@ def nm_linear_fake_cuda(x, packed_values, packed_meta, n, m, out_features, in_fe
     return x.new_empty((*x.shape[:-1], out_features), dtype=out_dtype)
 
 
-# Provisional (branch cuda): the fakes of nm_pack / nm_linear belong to branch cpu-nm. When merging, keep
-# cpu-nm's registrations, make them call nm_pack_fake_cuda / nm_linear_fake_cuda for CUDA tensors, and
-# delete these two.
-@torch.library.register_fake("sparseflow::nm_pack")
-def _nm_pack_fake(values, indices, n, m):
-    if values.device.type == "cuda":
-        return nm_pack_fake_cuda(values, indices, n, m)
-    raise NotImplementedError("sparseflow.nm_pack: the CPU layout's fake is on branch cpu-nm")
-
-
-@torch.library.register_fake("sparseflow::nm_linear")
-def _nm_linear_fake(x, packed_values, packed_meta, n, m, out_features, in_features, bias=None, weight_scale=None,
-                    activation="none", out_dtype=None):
-    if x.device.type == "cuda":
-        return nm_linear_fake_cuda(x, packed_values, packed_meta, n, m, out_features, in_features, bias,
-                                   weight_scale, activation, out_dtype)
-    raise NotImplementedError("sparseflow.nm_linear: the CPU layout's fake is on branch cpu-nm")
-
-
 # ---------------------------------------------------------------------------------------------------------
-# CUDA block-sparse path (branch cuda): the CUDA side of bsr_pack / bsr_linear (csrc/bsr/bsr_cuda.h): square
+# CUDA block-sparse path: the CUDA side of bsr_pack / bsr_linear (csrc/bsr/bsr_cuda.h), called by the fakes
+# above for CUDA tensors: square
 # T x T fp16/bf16 blocks kept as they are; meta stays a CPU tensor (layout id 4, T in slot 6).
 
 _BSR_CUDA_BLOCKS = (16, 32, 64, 128)
@@ -284,25 +436,6 @@ def bsr_linear_fake_cuda(x, meta, rowptr, indices, packed_values, compensation, 
     if weight_scale is not None:
         raise ValueError(f"{op}: weight_scale applies to int8 weights only")
     return x.new_empty((*x.shape[:-1], out_features), dtype=out)
-
-
-# Provisional (branch cuda): the fakes of bsr_pack / bsr_linear belong to branch cpu-bsr. When merging, keep
-# cpu-bsr's registrations, make them call bsr_pack_fake_cuda / bsr_linear_fake_cuda for CUDA tensors (for
-# bsr_linear: when x is on CUDA; meta is a CPU tensor on both), and delete these two.
-@torch.library.register_fake("sparseflow::bsr_pack")
-def _bsr_pack_fake(crow, col, values, out_features, in_features, kernel="auto"):
-    if values.device.type == "cuda":
-        return bsr_pack_fake_cuda(crow, col, values, out_features, in_features, kernel)
-    raise NotImplementedError("sparseflow.bsr_pack: the CPU layouts' fake is on branch cpu-bsr")
-
-
-@torch.library.register_fake("sparseflow::bsr_linear")
-def _bsr_linear_fake(x, meta, rowptr, indices, packed_values, compensation, out_features, in_features, bias=None,
-                     weight_scale=None, activation="none", out_dtype=None):
-    if x.device.type == "cuda":
-        return bsr_linear_fake_cuda(x, meta, rowptr, indices, packed_values, compensation, out_features,
-                                    in_features, bias, weight_scale, activation, out_dtype)
-    raise NotImplementedError("sparseflow.bsr_linear: the CPU layouts' fake is on branch cpu-bsr")
 
 
 def sparseflow_op_names() -> list[str]:

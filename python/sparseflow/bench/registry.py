@@ -65,15 +65,28 @@ class Suite:
 SUITES: dict[str, Suite] = {}
 
 
+def _chain(first: Callable[[SuiteContext], Iterable[Case]], second: Callable[[SuiteContext], Iterable[Case]]):
+    def cases(ctx: SuiteContext) -> Iterable[Case]:
+        yield from first(ctx)
+        yield from second(ctx)
+
+    return cases
+
+
 def suite(name: str, *, ops: tuple[str, ...], devices: tuple[str, ...] = ("cpu", "cuda"), description: str = "",
           sparsity_axis: bool = False):
     """Register a suite: decorate its case generator. Then list the module in ``suites.SUITE_MODULES``."""
 
     def register(fn: Callable[[SuiteContext], Iterable[Case]]):
-        if name in SUITES:
-            raise ValueError(f"bench suite {name!r} is registered twice")
         doc_line = (fn.__doc__ or "").strip().split("\n")[0]
-        SUITES[name] = Suite(name, fn, tuple(ops), tuple(devices), description or doc_line, sparsity_axis)
+        new = Suite(name, fn, tuple(ops), tuple(devices), description or doc_line, sparsity_axis)
+        if name in SUITES:  # several modules may add cases to one suite (e.g. cpu-linear: bsr and nm)
+            old = SUITES[name]
+            if set(old.ops) & set(new.ops):
+                raise ValueError(f"bench suite {name!r}: ops {sorted(set(old.ops) & set(new.ops))} registered twice")
+            new = Suite(name, _chain(old.cases, fn), old.ops + new.ops, tuple(dict.fromkeys(old.devices + new.devices)),
+                        f"{old.description}; {new.description}", old.sparsity_axis or new.sparsity_axis)
+        SUITES[name] = new
         return fn
 
     return register

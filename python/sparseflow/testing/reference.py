@@ -79,6 +79,434 @@ def nm_decompress(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -
     return dense.reshape(rows, groups * m)
 
 
+# ---------------------------------------------------------------------------------------- block-sparse (BSR)
+# The packed layouts are described in csrc/bsr/bsr.h; these functions are their readable specification.
+
+BSR_VALUE_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
+BSR_FORMAT_VERSION = 1
+BSR_LAYOUTS = {1: "4x1", 2: "16x1", 3: "1x16"}
+_BSR_NATIVE = {"4x1": (4, 1, 4), "16x1": (16, 1, 1), "1x16": (1, 16, 1)}  # rows, cols, blocks per tile
+_BSR_DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
+BSR_MAX_IN_FEATURES = 65536
+ACTIVATIONS = ("none", "relu", "gelu", "silu")
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def bsr_to_dense(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, out_features: int,
+                 in_features: int) -> torch.Tensor:
+    """The dense [out_features, in_features] matrix of canonical BSR arrays (overhanging entries dropped)."""
+    nnz, R, C = values.shape
+    rows, cols = _ceil_div(out_features, R) * R, _ceil_div(in_features, C) * C
+    dense = torch.zeros(rows // R, R, cols // C, C, dtype=values.dtype, device=values.device)
+    block_row = torch.repeat_interleave(torch.arange(len(crow) - 1, device=crow.device), crow.diff().long())
+    dense[block_row, :, col.long(), :] = values
+    return dense.reshape(rows, cols)[:out_features, :in_features]
+
+
+def _check_canonical(crow, col, values, out_features, in_features, kernel):
+    if crow.dtype != torch.int32 or col.dtype != torch.int32:
+        raise TypeError(f"crow and col must be int32, got {crow.dtype} and {col.dtype}")
+    if values.dtype not in BSR_VALUE_DTYPES:
+        raise TypeError(f"values must have dtype float32, bfloat16 or int8, got {values.dtype}")
+    if crow.dim() != 1 or col.dim() != 1 or values.dim() != 3:
+        raise ValueError("crow and col must be 1-D and values 3-D [nnz, R, C]")
+    if not (crow.device == col.device == values.device):
+        raise ValueError("crow, col and values must be on the same device")
+    if out_features < 0 or not 0 <= in_features <= BSR_MAX_IN_FEATURES:
+        raise ValueError(f"out_features must be >= 0 and in_features in [0, {BSR_MAX_IN_FEATURES}]")
+    nnz, R, C = values.shape
+    if R < 1 or C < 1:
+        raise ValueError(f"blocks must be at least 1x1, got {R}x{C}")
+    if len(crow) != _ceil_div(out_features, R) + 1:
+        raise ValueError(f"crow must have ceil(out_features/R) + 1 entries, got {len(crow)}")
+    if len(col) != nnz:
+        raise ValueError(f"col has {len(col)} entries for {nnz} blocks")
+    is_int8 = values.dtype == torch.int8
+    if kernel not in ("auto", "4x1", "16x1", "1x16") or (kernel == "4x1") != (is_int8 and kernel != "auto"):
+        raise ValueError(f"kernel {kernel!r} does not fit {values.dtype} weights")
+    crow_l, col_l = crow.long().cpu(), col.long().cpu()
+    if crow_l[0] != 0 or (crow_l.diff() < 0).any() or crow_l[-1] != nnz:
+        raise IndexError("crow must start at 0, never decrease and end at the number of blocks")
+    if ((col_l < 0) | (col_l >= _ceil_div(in_features, C))).any():
+        raise IndexError("col is out of range")
+    for b in range(len(crow_l) - 1):
+        if (col_l[crow_l[b]:crow_l[b + 1]].diff() <= 0).any():
+            raise IndexError(f"col must be strictly ascending in block-row {b}")
+    if is_int8:
+        return "4x1"
+    if kernel != "auto":
+        return kernel
+    return "1x16" if C > R else "16x1"
+
+
+def bsr_pack(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, out_features: int, in_features: int,
+             kernel: str = "auto"):
+    """Re-cut canonical BSR into native blocks (dropping all-zero ones); see csrc/bsr/bsr.h for the layouts."""
+    layout = _check_canonical(crow, col, values, out_features, in_features, kernel)
+    rows, cols, group = _BSR_NATIVE[layout]
+    dense = bsr_to_dense(crow, col, values, out_features, in_features).cpu()
+    N, K = out_features, in_features
+    block_rows = _ceil_div(N, rows)
+    padded = torch.zeros(block_rows * rows, _ceil_div(K, cols) * cols, dtype=dense.dtype)
+    padded[:N, :K] = dense
+    blocks = padded.reshape(block_rows, rows, _ceil_div(K, cols), cols).permute(0, 2, 1, 3)  # [br, K/cols, rows, cols]
+    nonzero = (blocks != 0).flatten(2).any(-1)
+    rowptr, indices, vals = [0], [], []
+    for r in range(block_rows):
+        kc = nonzero[r].nonzero().flatten()
+        real = len(kc)
+        count = _ceil_div(real, group) * group
+        kc = torch.cat([kc, kc[-1:].expand(count - real)])  # padding blocks repeat the last index...
+        b = blocks[r, kc].clone()  # [count, rows, cols]
+        b[real:] = 0  # ...and hold zeros
+        b[b == 0] = 0  # -0.0 is stored as +0.0
+        rowptr.append(rowptr[-1] + count)
+        indices.append(kc * cols)
+        if layout == "4x1":  # tile t: byte 4c + j = W[4r + c, k of block 4t + j]
+            vals.append(b.reshape(count // 4, 4, 4).transpose(1, 2).reshape(count // 4, 4, 4))
+        else:
+            vals.append(b.reshape(count, 16))
+    nnz = rowptr[-1]
+    indices = torch.cat(indices).to(torch.int16) if indices else torch.zeros(0, dtype=torch.int16)
+    empty_shape = (0, 4, 4) if layout == "4x1" else (0, 16)
+    values_out = torch.cat(vals) if vals else torch.zeros(empty_shape, dtype=dense.dtype)
+    compensation = (dense.to(torch.int32).sum(1, dtype=torch.int32) if layout == "4x1"
+                    else torch.zeros(0, dtype=torch.int32))
+    layout_id = {v: k for k, v in BSR_LAYOUTS.items()}[layout]
+    meta = torch.tensor([BSR_FORMAT_VERSION, layout_id, _BSR_DTYPE_CODE[dense.dtype], N, K, nnz, 0, 0])
+    dev = values.device
+    return (meta, torch.tensor(rowptr, dtype=torch.int32, device=dev), indices.to(dev), values_out.to(dev),
+            compensation.to(dev))
+
+
+def bsr_unpack(meta, rowptr, indices, packed_values, compensation, out_features: int,
+               in_features: int) -> torch.Tensor:
+    """The dense [out, in] weight held by bsr_pack's tensors, validating them like bsr_linear does."""
+    if meta.dtype != torch.int64 or meta.shape != (8,):
+        raise (TypeError if meta.dtype != torch.int64 else ValueError)("meta must be int64 [8]")
+    version, layout_id, dcode, N, K, nnz = meta[:6].tolist()
+    if version != BSR_FORMAT_VERSION or layout_id not in BSR_LAYOUTS or dcode not in (0, 1, 2):
+        raise ValueError("meta is not a packed BSR weight of this format version")
+    if (N, K) != (out_features, in_features):
+        raise ValueError(f"the weight was packed for [{N}, {K}], not [{out_features}, {in_features}]")
+    layout = BSR_LAYOUTS[layout_id]
+    dtype = {v: k for k, v in _BSR_DTYPE_CODE.items()}[dcode]
+    if (dtype == torch.int8) != (layout == "4x1"):
+        raise ValueError("meta pairs an int8 layout with a float dtype or vice versa")
+    if packed_values.dtype != dtype:
+        raise TypeError(f"packed_values must be {dtype}, got {packed_values.dtype}")
+    if rowptr.dtype != torch.int32 or indices.dtype != torch.int16 or compensation.dtype != torch.int32:
+        raise TypeError("rowptr must be int32, indices int16 and compensation int32")
+    rows, cols, group = _BSR_NATIVE[layout]
+    block_rows = _ceil_div(N, rows)
+    vshape = (nnz // 4, 4, 4) if layout == "4x1" else (nnz, 16)
+    if (rowptr.shape != (block_rows + 1,) or indices.shape != (nnz,) or packed_values.shape != vshape
+            or nnz % group or compensation.shape != ((N,) if layout == "4x1" else (0,))):
+        raise ValueError("the packed tensors' shapes do not match meta")
+    rp = rowptr.long().cpu()
+    counts = rp.diff()
+    if rp[0] != 0 or (counts < 0).any() or (counts % group).any() or rp[-1] != nnz:
+        raise IndexError("rowptr is corrupted")
+    idx = indices.long().cpu() & 0xFFFF
+    if nnz and idx.max() >= K:
+        raise IndexError(f"a packed index is {int(idx.max())}, out of range for in_features={K}")
+    if layout == "4x1":
+        blocks = packed_values.cpu().reshape(-1, 4, 4).transpose(1, 2).reshape(nnz, 4, 1)
+    else:
+        blocks = packed_values.cpu().reshape(nnz, rows, cols)
+    dense = torch.zeros(block_rows * rows, K + cols, dtype=torch.float64)
+    block_row = torch.repeat_interleave(torch.arange(block_rows), counts)
+    for c in range(cols):  # rows of a block are consecutive output channels, cols consecutive inputs
+        r_idx = block_row[:, None] * rows + torch.arange(rows)
+        dense.index_put_((r_idx, (idx + c)[:, None].expand(-1, rows)), blocks[:, :, c].double(), accumulate=True)
+    return dense[:N, :K].to(dtype).to(packed_values.device)
+
+
+def quantize_per_token_u8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The int8 path's dynamic activation quantization: (xq uint8, scale fp32, zero point int32) per row.
+
+    x ~= scale * (xq - zp); scale = (max(0, max x) - min(0, min x)) / 255 (1 for an all-zero row),
+    zp = round(-min / scale), xq = clamp(round(x * (1 / scale)) + zp, 0, 255); fp32, round half to even.
+    """
+    x = x.float()
+    if x.shape[-1] == 0:
+        lo = hi = torch.zeros(x.shape[:-1], device=x.device)
+    else:
+        lo, hi = x.amin(-1).clamp(max=0), x.amax(-1).clamp(min=0)
+    scale = (hi - lo) / 255
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    zp = torch.round(-lo / scale).clamp(0, 255)
+    inv = 1 / scale
+    xq = torch.clamp(torch.round(x * inv[..., None]) + zp[..., None], 0, 255)
+    return xq.to(torch.uint8), scale, zp.to(torch.int32)
+
+
+def bsr_int8_accumulator(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The int32 accumulator of the int8 path, sum_k (xq - zp) * W, for x [M, K] and an int8 weight [N, K]."""
+    xq, _, zp = quantize_per_token_u8(x)
+    acc = (xq.long() - zp.long()[:, None]) @ weight.long().t()
+    return acc.to(torch.int32)
+
+
+def _activate(y: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "relu":
+        return torch.relu(y)
+    if activation == "gelu":
+        return torch.nn.functional.gelu(y)
+    if activation == "silu":
+        return torch.nn.functional.silu(y)
+    return y
+
+
+def _check_bsr_linear(x, weight_dtype, bias, weight_scale, activation, out_dtype):
+    if x.dtype not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"x must be float32 or bfloat16, got {x.dtype}")
+    if weight_dtype != torch.int8 and x.dtype != weight_dtype:
+        raise TypeError(f"x must have the weight's dtype {weight_dtype}, got {x.dtype}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}")
+    allowed = (torch.float32, torch.bfloat16) + ((torch.int32,) if weight_dtype == torch.int8 else ())
+    if out_dtype is not None and out_dtype not in allowed:
+        raise TypeError(f"out_dtype must be one of {allowed}, got {out_dtype}")
+    if out_dtype == torch.int32 and (bias is not None or activation != "none"):
+        raise ValueError("out_dtype=int32 returns the raw accumulator: no bias or activation")
+    if bias is not None and bias.dtype not in (torch.float32, x.dtype):
+        raise TypeError(f"bias must be float32 or {x.dtype}, got {bias.dtype}")
+    if weight_dtype == torch.int8:
+        if weight_scale is None and out_dtype != torch.int32:
+            raise ValueError("int8 weights need weight_scale")
+        if weight_scale is not None and weight_scale.dtype != torch.float32:
+            raise TypeError(f"weight_scale must be float32, got {weight_scale.dtype}")
+    elif weight_scale is not None:
+        raise ValueError("weight_scale applies to int8 weights only")
+
+
+def _linear_compute(x2, weight, bias, weight_scale, activation, dt):
+    if weight.dtype == torch.int8:
+        acc = bsr_int8_accumulator(x2, weight)
+        _, sx, _ = quantize_per_token_u8(x2)
+        y = acc.to(dt) * (sx[:, None] * weight_scale[None, :]).to(dt)
+    else:
+        y = torch.nn.functional.linear(x2.to(dt), weight.to(dt))
+    if bias is not None:
+        y = y + bias.to(dt)
+    return _activate(y, activation)
+
+
+def bsr_linear_dense(x: torch.Tensor, weight: torch.Tensor, bias=None, weight_scale=None, activation="none",
+                     out_dtype=None, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """y = act(x @ W^T + bias) for a dense weight [N, K], computed like bsr_linear.
+
+    Float weights: computed in ``compute_dtype`` (default: x's dtype, i.e. torch's own low-precision
+    result). int8 weights: the exact int32 accumulator of the per-token-quantized x, dequantized in
+    ``compute_dtype`` (default float32); out_dtype=int32 returns the accumulator itself. ``compute_dtype``
+    float64 gives the accurate result the tolerances are measured against (then not cast to out_dtype).
+    """
+    _check_bsr_linear(x, weight.dtype, bias, weight_scale, activation, out_dtype)
+    N, K = weight.shape
+    if x.shape[-1] != K:
+        raise ValueError(f"x has {x.shape[-1]} input features, the weight {K}")
+    if bias is not None and bias.shape != (N,):
+        raise ValueError(f"bias must have shape [{N}]")
+    if weight.dtype == torch.int8 and weight_scale is not None and weight_scale.shape != (N,):
+        raise ValueError(f"weight_scale must have shape [{N}]")
+    x2 = x.reshape(x.shape[:-1].numel(), K)
+    out_dtype = out_dtype or x.dtype
+    if out_dtype == torch.int32:
+        y = bsr_int8_accumulator(x2, weight)
+    else:
+        dt = compute_dtype or (torch.float32 if weight.dtype == torch.int8 else x.dtype)
+        y = _linear_compute(x2, weight, bias, weight_scale, activation, dt)
+        if compute_dtype != torch.float64:
+            y = y.to(out_dtype)
+    return y.reshape(*x.shape[:-1], N)
+
+
+def bsr_linear(x, meta, rowptr, indices, packed_values, compensation, out_features: int, in_features: int,
+               bias=None, weight_scale=None, activation: str = "none", out_dtype=None,
+               compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """bsr_linear on the dense weight that bsr_pack's tensors hold (see bsr_linear_dense)."""
+    if x.dtype not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"x must be float32 or bfloat16, got {x.dtype}")
+    if x.dim() == 0 or x.shape[-1] != in_features:
+        raise ValueError(f"x must have shape [..., {in_features}]")
+    if meta.dtype == torch.int64 and meta.shape == (8,) and int(meta[2]) in (0, 1, 2):
+        wdtype = {v: k for k, v in _BSR_DTYPE_CODE.items()}[int(meta[2])]
+        _check_bsr_linear(x, wdtype, bias, weight_scale, activation, out_dtype)  # dtype errors before data errors
+    weight = bsr_unpack(meta, rowptr, indices, packed_values, compensation, out_features, in_features)
+    return bsr_linear_dense(x, weight, bias, weight_scale, activation, out_dtype, compute_dtype)
+# ---------------------------------------------------------------------------------------------- N:M linear
+
+LINEAR_WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
+LINEAR_FLOAT_DTYPES = (torch.float32, torch.bfloat16)
+INT8_MAX_IN_FEATURES = 131072
+META_CHUNK = 64
+
+
+def meta_row_bytes(in_features: int) -> int:
+    return (in_features + META_CHUNK - 1) // META_CHUNK * 8
+
+
+def _meta_bit_of_column(int8_layout: bool, device) -> torch.Tensor:
+    """For each column c of a 64-column chunk, its bit inside the chunk's 64-bit meta word.
+
+    float weights: bit c. int8 weights: the 4 columns of group-of-4 g sit in nibble g/2 (g even) or 8 + g//2
+    (g odd), the order the VNNI kernel's broadcast + vpsrlvd leaves the nibbles in.
+    """
+    c = torch.arange(META_CHUNK, device=device)
+    if not int8_layout:
+        return c
+    group = c // 4
+    nibble = torch.where(group % 2 == 0, group // 2, 8 + group // 2)
+    return nibble * 4 + c % 4
+
+
+def _check_pack(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -> None:
+    _check_n_m(n, m)
+    if values.dtype not in LINEAR_WEIGHT_DTYPES:
+        raise TypeError(f"values must have a dtype in {LINEAR_WEIGHT_DTYPES}, got {values.dtype}")
+    if indices.dtype != torch.uint8:
+        raise TypeError(f"indices must be uint8, got {indices.dtype}")
+    if values.dim() != 2 or values.shape != indices.shape or values.shape[1] % n:
+        raise ValueError(f"values and indices must be equal 2-D shapes with a multiple of n={n} columns")
+    if values.device != indices.device:
+        raise ValueError("values and indices must be on the same device")
+
+
+def nm_pack(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """CPU layout: (a copy of values, a bitmask of the kept columns; see csrc/nm/nm.h)."""
+    _check_pack(values, indices, n, m)
+    rows, in_features = values.shape[0], values.shape[1] // n * m
+    # nm_decompress validates the positions (IndexError) and gives the kept columns.
+    kept = nm_decompress(torch.ones_like(values, dtype=torch.int8), indices, n, m).bool()
+    row_bytes = meta_row_bytes(in_features)
+    padded = torch.zeros(rows, row_bytes * 8, dtype=torch.bool, device=values.device)
+    padded[:, :in_features] = kept
+    chunks = padded.reshape(rows, row_bytes // 8, META_CHUNK)
+    bits = torch.zeros_like(chunks)
+    bits[..., _meta_bit_of_column(values.dtype == torch.int8, values.device)] = chunks
+    weights = 2 ** torch.arange(8, device=values.device)
+    meta = (bits.reshape(rows, row_bytes, 8).long() * weights).sum(-1).to(torch.uint8)
+    return values.contiguous().clone(), meta
+
+
+def nm_unpack(packed_values: torch.Tensor, packed_meta: torch.Tensor, in_features: int) -> torch.Tensor:
+    """The dense weight [out_features, in_features] (in packed_values' dtype) of a CPU-packed N:M weight."""
+    rows = packed_values.shape[0]
+    device = packed_values.device
+    row_bytes = packed_meta.shape[1]
+    bits = (packed_meta.reshape(rows, row_bytes, 1).long() >> torch.arange(8, device=device)) & 1
+    chunks = bits.reshape(rows, row_bytes // 8, META_CHUNK).bool()
+    kept = chunks[..., _meta_bit_of_column(packed_values.dtype == torch.int8, device)]
+    kept = kept.reshape(rows, row_bytes * 8)[:, :in_features]
+    dense = torch.zeros(rows, in_features, dtype=packed_values.dtype, device=device)
+    dense[kept] = packed_values.reshape(-1)  # row-major boolean indexing keeps each row's column order
+    return dense
+
+
+def _check_nm_linear(x, packed_values, packed_meta, n, m, out_features, in_features, bias, weight_scale, activation,
+                  out_dtype):
+    _check_n_m(n, m)
+    if packed_values.dtype not in LINEAR_WEIGHT_DTYPES:
+        raise TypeError(f"packed_values must have a dtype in {LINEAR_WEIGHT_DTYPES}, got {packed_values.dtype}")
+    if packed_meta.dtype != torch.uint8:
+        raise TypeError(f"packed_meta must be uint8, got {packed_meta.dtype}")
+    if x.dtype not in LINEAR_FLOAT_DTYPES:
+        raise TypeError(f"x must be float32 or bfloat16, got {x.dtype}")
+    int8 = packed_values.dtype == torch.int8
+    if not int8 and x.dtype != packed_values.dtype:
+        raise TypeError(f"x ({x.dtype}) must have the dtype of packed_values ({packed_values.dtype})")
+    if out_features < 0 or in_features < 0 or in_features % m:
+        raise ValueError(f"bad out_features={out_features} / in_features={in_features} for m={m}")
+    if int8 and in_features > INT8_MAX_IN_FEATURES:
+        raise ValueError(f"int8 weights support in_features <= {INT8_MAX_IN_FEATURES}")
+    if tuple(packed_values.shape) != (out_features, in_features // m * n):
+        raise ValueError(f"packed_values must have shape {(out_features, in_features // m * n)}")
+    if tuple(packed_meta.shape) != (out_features, meta_row_bytes(in_features)):
+        raise ValueError(f"packed_meta must have shape {(out_features, meta_row_bytes(in_features))}")
+    if not (packed_values.is_contiguous() and packed_meta.is_contiguous()):
+        raise ValueError("packed_values and packed_meta must be contiguous")
+    if x.dim() < 1 or x.shape[-1] != in_features:
+        raise ValueError(f"x must be [..., {in_features}], got {list(x.shape)}")
+    if x.device != packed_values.device or x.device != packed_meta.device:
+        raise ValueError("x, packed_values and packed_meta must be on the same device")
+    if bias is not None:
+        if bias.dtype not in (torch.float32, x.dtype):
+            raise TypeError(f"bias must be float32 or {x.dtype}, got {bias.dtype}")
+        if bias.dim() != 1 or bias.shape[0] != out_features:
+            raise ValueError(f"bias must be [{out_features}], got {list(bias.shape)}")
+        if bias.device != x.device:
+            raise ValueError("bias must be on the device of x")
+    if int8:
+        if weight_scale is None:
+            raise ValueError("int8 packed_values need weight_scale")
+        if weight_scale.dtype != torch.float32:
+            raise TypeError(f"weight_scale must be float32, got {weight_scale.dtype}")
+        if weight_scale.dim() != 1 or weight_scale.shape[0] != out_features:
+            raise ValueError(f"weight_scale must be [{out_features}], got {list(weight_scale.shape)}")
+        if weight_scale.device != x.device:
+            raise ValueError("weight_scale must be on the device of x")
+    elif weight_scale is not None:
+        raise ValueError("weight_scale is only for int8 packed_values")
+    if out_dtype is not None and out_dtype not in LINEAR_FLOAT_DTYPES:
+        raise TypeError(f"out_dtype must be float32 or bfloat16, got {out_dtype}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def quantize_per_token_s8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """nm_linear's dynamic activation quantization: symmetric s8 per token (row of the last dim), in fp32:
+    scale = amax / 127, q = round_half_even(clamp(x * (127 / amax), -127, 127)); a zero row has scale 0, q 0."""
+    x = x.float()
+    magnitude = torch.where(x.isnan(), 0.0, x.abs())  # NaN is ignored; inf is not
+    amax = magnitude.amax(-1, keepdim=True) if x.shape[-1] else x.new_zeros(*x.shape[:-1], 1)
+    inv = torch.where(amax > 0, torch.tensor(127.0, device=x.device) / amax, torch.zeros_like(amax))
+    q = (x * inv).nan_to_num(nan=-127.0).clamp(-127, 127).round().to(torch.int8)
+    return q, (amax / 127.0).squeeze(-1)
+
+
+def nm_linear_int8_accumulator(x, packed_values, packed_meta, n, m, out_features, in_features):
+    """The exact int32 accumulator of the int8 path, acc[..., j] = sum_k q[..., k] * W[j, k], and the per-token
+    activation scales; nm_linear returns act(fma(acc, x_scale * weight_scale[j], bias[j]))."""
+    q, x_scale = quantize_per_token_s8(x)
+    w = nm_unpack(packed_values, packed_meta, in_features)
+    acc = (q.reshape(q.shape[:-1].numel(), in_features).long() @ w.long().T).to(torch.int32)  # exact in int64
+    return acc.reshape(*x.shape[:-1], out_features), x_scale
+
+
+
+
+def nm_linear(x, packed_values, packed_meta, n, m, out_features, in_features, bias=None, weight_scale=None,
+              activation="none", out_dtype=None):
+    """act(x @ W^T + bias) of a CPU-packed N:M weight, computed in float64 and rounded once to out_dtype.
+
+    int8 weights: from the exact int32 accumulator, dequantized as acc * (x_scale * weight_scale) + bias.
+    """
+    y = nm_linear_float64(x, packed_values, packed_meta, n, m, out_features, in_features, bias, weight_scale,
+                          activation, out_dtype)
+    return y.to(out_dtype or x.dtype)
+
+
+def nm_linear_float64(x, packed_values, packed_meta, n, m, out_features, in_features, bias=None, weight_scale=None,
+                      activation="none", out_dtype=None):
+    """nm_linear before the final rounding to out_dtype: the float64 oracle."""
+    _check_nm_linear(x, packed_values, packed_meta, n, m, out_features, in_features, bias, weight_scale, activation,
+                  out_dtype)
+    if packed_values.dtype == torch.int8:
+        acc, x_scale = nm_linear_int8_accumulator(x, packed_values, packed_meta, n, m, out_features, in_features)
+        scale = x_scale.unsqueeze(-1) * weight_scale  # fp32 product, as in the kernel
+        y = acc.double() * scale.double()
+    else:
+        w = nm_unpack(packed_values, packed_meta, in_features)
+        y = x.double() @ w.double().T
+    if bias is not None:
+        y = y + bias.double()
+    return _activate(y, activation)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # CUDA 2:4 layout (branch cuda): canonical 2:4 -> CUTLASS 2.x SparseGemm operands (csrc/nm/nm_cutlass.h).
 

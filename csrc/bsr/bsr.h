@@ -1,0 +1,199 @@
+// Block-sparse (BSR) family: torch-free declarations shared by the pack step and the linear kernels.
+//
+// Canonical format (python/sparseflow/formats.py, BlockSparseWeight) of a weight W [out, in]:
+//   crow   int32 [ceil(out/R) + 1]  block-row pointers into col/values
+//   col    int32 [nnz]              block-column of each stored block, strictly ascending per block-row
+//   values [nnz, R, C]              fp32, bf16 or int8 (then with per-output-channel fp32 scales)
+// Blocks may overhang the matrix when out % R or in % C != 0; entries outside [out, in] are ignored.
+//
+// Packed (kernel) layouts, chosen once by bsr_pack. Every layout stores "native" blocks that are
+// re-cut from the canonical ones (all-zero native blocks are dropped), with uint16 input-channel indices:
+//   kInt8_4x1   4 output channels x 1 input channel (the paper's VNNI pattern). The blocks of a block-row
+//               are concatenated in groups of 4 into 4x4 tiles (rows with a block count that is not a
+//               multiple of 4 are padded with zero blocks that repeat the last index):
+//               indices[b] = input channel k of block b; values (int8) tile t = blocks 4t..4t+3 of a row,
+//               16 bytes: byte 4c + j = W[4*row + c, k of block 4t + j], so each output channel's four
+//               weights form one dword for vpdpbusd. compensation[n] = sum_k W[n, k] (int32).
+//   kF16x1      16 output channels x 1 input channel: indices[b] = k, values[b][c] = W[16*row + c, k].
+//   kF1x16      1 output channel x 16 input channels (aligned to 16): indices[b] = first k (a multiple of
+//               16), values[b][c] = W[row, k + c] (zero beyond in_features).
+// The layout is the same for every CPU ISA level (portable, AVX-512, VNNI), so a weight packed once runs on
+// any of them; `meta` records the layout and sizes and bsr_linear checks it.
+#pragma once
+
+#include <cstdint>
+
+namespace sparseflow::bsr {
+
+constexpr int64_t kFormatVersion = 1;
+constexpr int64_t kMaxInFeatures = 65536;  // input-channel indices are uint16
+
+enum class Layout : int64_t { kInt8_4x1 = 1, kF16x1 = 2, kF1x16 = 3 };
+enum class DType : int64_t { kF32 = 0, kBF16 = 1, kS8 = 2, kS32 = 3 };
+enum class Activation : int { kNone = 0, kRelu = 1, kGelu = 2, kSilu = 3 };
+
+// Slots of the int64 `meta` tensor returned by bsr_pack.
+enum MetaSlot : int { kMetaVersion = 0, kMetaLayout, kMetaDtype, kMetaOut, kMetaIn, kMetaNnz, kMetaSize = 8 };
+
+struct NativeBlock {
+  int rows;   // output channels per block
+  int cols;   // input channels per block
+  int group;  // blocks per tile; block-rows hold a multiple of this many blocks
+};
+
+constexpr NativeBlock native_block(Layout l) {
+  switch (l) {
+    case Layout::kInt8_4x1: return {4, 1, 4};
+    case Layout::kF16x1: return {16, 1, 1};
+    case Layout::kF1x16: return {1, 16, 1};
+  }
+  return {1, 1, 1};
+}
+
+// ------------------------------------------------------------------------------------------------ pack
+
+struct CanonicalBsr {
+  const int32_t* crow = nullptr;
+  const int32_t* col = nullptr;
+  const void* values = nullptr;  // [nnz, R, C], contiguous
+  DType dtype = DType::kF32;
+  int64_t R = 1, C = 1;
+  int64_t out_features = 0, in_features = 0;
+  int64_t nnz = 0;
+};
+
+// Problems bsr_pack reports, with the first offending block-row / entry.
+enum class CanonicalError : int { kNone = 0, kCrowStart, kCrowEnd, kCrowDecreasing, kColRange, kColOrder };
+struct CanonicalCheck {
+  CanonicalError error = CanonicalError::kNone;
+  int64_t block_row = -1;
+  int64_t entry = -1;  // index into crow (crow errors) or col (col errors)
+};
+CanonicalCheck validate_canonical(const CanonicalBsr& w);
+
+// Pass 1: the number of native blocks (padded to the layout's group) of native block-rows [begin, end).
+void pack_count(const CanonicalBsr& w, Layout layout, int64_t begin, int64_t end, int32_t* counts);
+// Pass 2: fills indices/values of native block-rows [begin, end) at the offsets in rowptr, and, for int8,
+// compensation[n] of their output channels.
+void pack_fill(const CanonicalBsr& w, Layout layout, int64_t begin, int64_t end, const int32_t* rowptr,
+               uint16_t* indices, void* values, int32_t* compensation);
+
+// ------------------------------------------------------------------------------------------------ linear
+
+// Output stage shared by every kernel: y = act(acc (* scales) + bias) stored as fp32/bf16, or the int32
+// accumulator itself (int8 weights with out_dtype=int32; no bias, scales or activation then).
+struct Epilogue {
+  const float* bias = nullptr;  // [N] or null
+  Activation act = Activation::kNone;
+  DType out = DType::kF32;      // kF32, kBF16 or kS32
+  void* y = nullptr;            // [M, ldy]
+  int64_t ldy = 0;
+};
+
+struct Weight {
+  Layout layout = Layout::kF16x1;
+  DType dtype = DType::kF32;
+  int64_t N = 0, K = 0;
+  int64_t block_rows = 0;
+  const int32_t* rowptr = nullptr;     // [block_rows + 1]
+  const uint16_t* indices = nullptr;   // [nnz]
+  const void* values = nullptr;
+  const int32_t* compensation = nullptr;  // int8: [N]
+  const float* scale = nullptr;           // int8: [N] per-output-channel weight scales (null for int32 out)
+};
+
+// Float weights (fp32/bf16), fp32 activations.
+struct FloatArgs {
+  Weight w;
+  Epilogue ep;
+  int64_t M = 0;
+  const float* x = nullptr;  // portable kernel: row-major [M, ldx]
+  int64_t ldx = 0;
+  const float* xt = nullptr;  // AVX-512 kernels: token panels, see below
+};
+
+// Float kernels that sum a block-row's blocks sequentially into one accumulator per output add them in
+// chunks of this many blocks and then sum the chunks: a single chain over K/2 = 2048 terms was several
+// times less accurate than MKL's blocked GEMM.
+constexpr int64_t kSumChunkBlocks = 64;
+
+// Token panels of the AVX-512 float kernels; panel p holds tokens [16p, 16p + w), w = min(16, M - 16p).
+// 16x1: [K][w] at offset 16p * K, so one cache line serves all the panel's tokens for one input channel.
+// 1x16: [K16 / 16][w][16] at offset 16p * K16 (K16 = K rounded up to 16, zero-padded), so a block's 16
+// input channels are one aligned line per token and the tokens' lines are adjacent (rows of x itself are
+// a multiple of 4 KiB apart for typical K and would fight over the same L1 sets).
+constexpr int kF32PanelTokens = 16;
+
+// int8 weights: activations quantized per token to u8 with a zero point (asymmetric), computed as
+//   lo = min(0, min_k x), hi = max(0, max_k x), scale = (hi - lo) / 255 (1 if that is 0),
+//   zp = clamp(round(-lo / scale), 0, 255), xq = clamp(round(x * (1 / scale)) + zp, 0, 255)
+// (round = half to even, fp32 throughout), so that x ~= scale * (xq - zp). The kernels accumulate
+// acc = sum_k (xq - zp) * W = sum_k xq * W - zp * compensation exactly in int32 (K <= 65536 keeps it in
+// range) and dequantize y = acc * (scale_x * scale_w) (+ bias).
+struct Int8Args {
+  Weight w;
+  Epilogue ep;
+  int64_t M = 0;
+  const uint8_t* xq = nullptr;  // [M, K] (portable kernel)
+  const uint8_t* xp = nullptr;  // VNNI kernels: panels (kVnniPanel...) or 4-token groups (decode)
+  const float* x_scale = nullptr;  // [M]
+  const int32_t* x_zp = nullptr;   // [M]
+};
+
+// The VNNI 4x1 kernel's token panels: 64 tokens per panel, [K][64] bytes, token 16q + 4L + d stored at
+// byte 16L + 4q + d so that the unpack sequence in the kernel yields accumulators in token order.
+constexpr int kVnniPanelTokens = 64;
+// The decode kernel's groups: 4 tokens per group, [K] dwords whose byte t is token 4g + t.
+constexpr int kVnniGroupTokens = 4;
+
+// Quantization (per token rows [begin, end) of x [M, ldx], fp32 or bf16 by x_bf16).
+struct QuantArgs {
+  const void* x = nullptr;
+  bool x_bf16 = false;
+  int64_t ldx = 0;
+  int64_t K = 0;
+  uint8_t* xq = nullptr;  // [M, K]
+  float* scale = nullptr;
+  int32_t* zp = nullptr;
+};
+
+// ---- portable kernels (bsr_linear_kernels_cpu.cpp); every function works on native block-rows
+// [br_begin, br_end) and tokens [m_begin, m_end) and returns the largest stored index it read (the wrapper
+// reports indices >= K as a corrupted weight; the kernels clamp them so they never read out of bounds).
+uint32_t linear_float_portable(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t m_begin,
+                               int64_t m_end);
+uint32_t linear_int8_portable(const Int8Args& a, int64_t br_begin, int64_t br_end, int64_t m_begin,
+                              int64_t m_end);
+void quantize_rows_portable(const QuantArgs& q, int64_t m_begin, int64_t m_end);
+
+// ---- AVX-512F (bsr_linear_avx512.cpp)
+void quantize_rows_avx512(const QuantArgs& q, int64_t m_begin, int64_t m_end);
+// Writes panels [p_begin, p_end) of xt from x rows (fp32 or bf16).
+void transpose_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_t M, int64_t K,
+                                 float* xt, int64_t p_begin, int64_t p_end);
+// bf16 x rows -> [K][w] bf16 panels (the AVX512_BF16 kernel's layout, same offsets as the fp32 16x1 one).
+void transpose_panels_bf16_avx512(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, uint16_t* xt,
+                                  int64_t p_begin, int64_t p_end);
+void kblock_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_t M, int64_t K, float* xt,
+                              int64_t p_begin, int64_t p_end);
+uint32_t linear_f16x1_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin,
+                             int64_t p_end);
+uint32_t linear_f1x16_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin,
+                             int64_t p_end);
+
+// ---- AVX512_BF16 (bsr_linear_avx512_bf16.cpp): bf16 weights, 16x1, vdpbf16ps on bf16 panels
+uint32_t linear_bf16_16x1_avx512bf16(const FloatArgs& a, const uint16_t* panels, int64_t br_begin, int64_t br_end,
+                                     int64_t p_begin, int64_t p_end);
+
+// ---- AVX512_VNNI (bsr_linear_avx512_vnni.cpp)
+// Builds panels [p_begin, p_end) (main kernel) or groups [g_begin, g_end) (decode) from xq [M, K].
+void build_panels_u8_avx512(const uint8_t* xq, int64_t M, int64_t K, uint8_t* xp, int64_t p_begin,
+                            int64_t p_end);
+void build_groups_u8_avx512(const uint8_t* xq, int64_t M, int64_t K, uint8_t* xp, int64_t g_begin,
+                            int64_t g_end);
+uint32_t linear_int8_vnni(const Int8Args& a, int64_t br_begin, int64_t br_end, int64_t p_begin,
+                          int64_t p_end);
+uint32_t linear_int8_vnni_decode(const Int8Args& a, int64_t br_begin, int64_t br_end, int64_t m_begin,
+                                 int64_t m_end);
+
+}  // namespace sparseflow::bsr

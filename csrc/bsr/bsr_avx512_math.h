@@ -1,0 +1,168 @@
+// AVX-512F helpers of the BSR kernels: vector exp/erfc for the activations, bf16 rounding, register
+// transposes. Included only by files built with AVX-512 flags (bsr_*_avx512*.cpp); internal linkage so no
+// AVX-512 copy of an inline function can be picked up by portable code.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "bsr.h"
+
+namespace sparseflow::bsr {
+namespace {
+
+// exp(x), Cephes' single-precision polynomial on x - n*ln2 with 2^n applied by vscalefps (~1 ulp).
+inline __m512 exp_ps(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.3762626647949f)), _mm512_set1_ps(88.3762626647949f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// erfc(z) for z >= 0 (Numerical Recipes' Chebyshev fit, relative error < 1.2e-7).
+inline __m512 erfc_nonneg_ps(__m512 z) {
+  const __m512 t = _mm512_div_ps(_mm512_set1_ps(1.f), _mm512_fmadd_ps(z, _mm512_set1_ps(0.5f), _mm512_set1_ps(1.f)));
+  __m512 p = _mm512_set1_ps(0.17087277f);
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.82215223f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.48851587f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.13520398f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.27886807f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.18628806f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.09678418f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.37409196f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.00002368f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.26551223f));
+  p = _mm512_fnmadd_ps(z, z, p);
+  return _mm512_mul_ps(t, exp_ps(p));
+}
+
+inline __m512 activate_ps(__m512 v, Activation act) {
+  switch (act) {
+    case Activation::kNone: return v;
+    case Activation::kRelu: return _mm512_max_ps(_mm512_setzero_ps(), v);  // NaN stays NaN
+    case Activation::kGelu: {
+      // 0.5 v (1 + erf(v / sqrt 2)) = v (1 - erfc(z) / 2) for v >= 0 and v erfc(z) / 2 for v < 0, z = |v| / sqrt 2
+      const __m512 z = _mm512_mul_ps(_mm512_abs_ps(v), _mm512_set1_ps(0.70710678118654752f));
+      const __m512 half_ec = _mm512_mul_ps(erfc_nonneg_ps(z), _mm512_set1_ps(0.5f));
+      const __mmask16 neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
+      const __m512 f = _mm512_mask_blend_ps(neg, _mm512_sub_ps(_mm512_set1_ps(1.f), half_ec), half_ec);
+      return _mm512_mul_ps(v, f);
+    }
+    case Activation::kSilu:
+      return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.f), exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), v))));
+  }
+  return v;
+}
+
+// fp32 -> bf16, round to nearest even, NaN -> 0x7fc0 (c10::BFloat16's rule).
+inline __m256i cvt_bf16(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), lsb), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
+  return _mm512_cvtepi32_epi16(r);
+}
+
+inline __m512 load_bf16(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+
+inline __m512 maskz_load_bf16(__mmask16 m, const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
+// vpdpbusd acc += x (u8) . w (s8) per dword. Inline asm because GCC 12's intrinsic restricts the
+// accumulator to zmm0-15 and then copies 16 accumulators in and out of zmm16-31 every iteration (2x slower).
+inline __m512i dpbusd(__m512i acc, __m512i x, __m512i w) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
+  return acc;
+}
+
+// Largest of n uint16 indices (vectorized; the kernels check a block-row's indices before using them).
+inline uint32_t max_u16(const uint16_t* p, int64_t n) {
+  __m512i m = _mm512_setzero_si512();
+  for (int64_t i = 0; i < n; i += 32) {
+    const __mmask32 k = n - i >= 32 ? ~__mmask32(0) : (__mmask32(1) << (n - i)) - 1;
+    m = _mm512_max_epu16(m, _mm512_maskz_loadu_epi16(k, p + i));
+  }
+  const __m512i lo = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(m));
+  const __m512i hi = _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(m, 1));
+  return _mm512_reduce_max_epu32(_mm512_max_epu32(lo, hi));
+}
+
+inline __mmask16 lanes16(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1); }
+
+// Stores n <= 16 lanes of v (fp32 or bf16 by `out`) at y.
+inline void store_lanes(__m512 v, DType out, void* y, int64_t n) {
+  const __mmask16 m = lanes16(n);
+  if (out == DType::kBF16) {
+    _mm256_mask_storeu_epi16(y, m, cvt_bf16(v));
+  } else {
+    _mm512_mask_storeu_ps(y, m, v);
+  }
+}
+
+// In-place transpose of 16 rows of 16 floats.
+inline void transpose16x16_ps(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // u[4g + c], 128-bit lane L: column 4L + c of rows 4g..4g+3
+  __m512 u[16];
+  for (int g = 0; g < 4; ++g) {
+    u[4 * g + 0] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+    u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+    u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+    u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44);
+    const __m512 v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
+    const __m512 v2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44);
+    const __m512 v3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
+    r[c] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+    r[4 + c] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+    r[8 + c] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+    r[12 + c] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+  }
+}
+
+// Per 128-bit lane, a 16x16 byte transpose: on entry r[R] holds (in each lane) row bitrev4(R) of the
+// block; on exit r[c] holds column c (byte i = row i). Four rounds of unpacks of 8/16/32/64-bit elements,
+// each pairing register i with i + 8.
+inline void transpose16x16_epi8_lanes(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi8(r[i], r[i + 8]);
+    t[2 * i + 1] = _mm512_unpackhi_epi8(r[i], r[i + 8]);
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[2 * i] = _mm512_unpacklo_epi16(t[i], t[i + 8]);
+    r[2 * i + 1] = _mm512_unpackhi_epi16(t[i], t[i + 8]);
+  }
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[i], r[i + 8]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 8]);
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[2 * i] = _mm512_unpacklo_epi64(t[i], t[i + 8]);
+    r[2 * i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 8]);
+  }
+}
+
+constexpr int bitrev4(int i) { return ((i & 1) << 3) | ((i & 2) << 1) | ((i & 4) >> 1) | ((i & 8) >> 3); }
+
+}  // namespace
+}  // namespace sparseflow::bsr

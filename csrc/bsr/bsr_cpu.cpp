@@ -1,0 +1,352 @@
+// CPU wrappers of bsr_pack / bsr_linear: checks, allocation, ISA and kernel choice, threads.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <new>
+#include <vector>
+
+#include "bsr_common.h"
+#include "sparseflow/cpu_features.h"
+
+namespace sparseflow::bsr {
+namespace {
+
+// int8 batches up to this many tokens run the decode kernel (lanes = output channels, one gather per 4
+// tokens); larger ones the panel kernel (lanes = tokens). Measured crossover on AVX512_VNNI: see
+// python/sparseflow/bench/cpu_linear.py.
+constexpr int64_t kInt8DecodeMaxTokens = 8;
+// Tokens per task along M: the activation panels a thread re-reads for each of its block-rows stay in L2
+// (16 tokens x K=4096 fp32 = 256 KiB per panel).
+constexpr int64_t kFloatTokensPerTask = 32;
+constexpr int64_t kInt8PanelsPerTask = 2;
+// Work of a block-row's epilogue in units of one block, for balancing threads.
+constexpr int64_t kRowCost = 8;
+
+// Activation scratch (quantized tokens, panels) kept per calling thread between calls: fresh multi-MB
+// buffers would cost page faults on every call. Requests above kScratchKeepBytes get a temporary buffer.
+constexpr size_t kScratchKeepBytes = size_t(64) << 20;
+enum ScratchSlot { kSlotXq = 0, kSlotPanels, kSlotScale, kSlotZp, kSlots };
+
+class Scratch {
+ public:
+  template <typename T>
+  T* get(ScratchSlot slot, int64_t count) {
+    const size_t bytes = std::max<size_t>(64, size_t(count) * sizeof(T));
+    Buffer& b = buffers_[slot];
+    if (bytes > kScratchKeepBytes) {
+      temporaries_.push_back(at::empty({int64_t(bytes)}, at::TensorOptions().dtype(at::kByte)));
+      return reinterpret_cast<T*>(temporaries_.back().data_ptr<uint8_t>());
+    }
+    if (bytes > b.size) {
+      b.ptr.reset(static_cast<uint8_t*>(::operator new(bytes, std::align_val_t(64))));
+      b.size = bytes;
+    }
+    return reinterpret_cast<T*>(b.ptr.get());
+  }
+  void release_temporaries() { temporaries_.clear(); }
+
+ private:
+  struct Free {
+    void operator()(uint8_t* p) const { ::operator delete(p, std::align_val_t(64)); }
+  };
+  struct Buffer {
+    std::unique_ptr<uint8_t, Free> ptr;
+    size_t size = 0;
+  };
+  Buffer buffers_[kSlots];
+  std::vector<at::Tensor> temporaries_;
+};
+
+Scratch& thread_scratch() {
+  thread_local Scratch scratch;
+  return scratch;
+}
+
+// Splits block-rows into `parts` contiguous ranges of about equal work (blocks + kRowCost per row).
+std::vector<int64_t> split_rows(const int32_t* rowptr, int64_t block_rows, int64_t parts) {
+  std::vector<int64_t> bounds(parts + 1, block_rows);
+  bounds[0] = 0;
+  const int64_t total = rowptr[block_rows] + kRowCost * block_rows;
+  int64_t r = 0;
+  for (int64_t p = 1; p < parts; ++p) {
+    const int64_t target = total * p / parts;
+    while (r < block_rows && rowptr[r] + kRowCost * r < target) ++r;
+    bounds[p] = r;
+  }
+  return bounds;
+}
+
+void atomic_max(std::atomic<uint32_t>& a, uint32_t v) {
+  uint32_t seen = a.load();
+  while (v > seen && !a.compare_exchange_weak(seen, v)) {
+  }
+}
+
+// Runs fn(row_begin, row_end, part_of_M) over rows x M-parts in parallel; returns the largest index read.
+// Below this many block x token products a call runs on the calling thread: waking the pool costs more.
+constexpr int64_t kMinParallelWork = 1 << 15;
+
+template <typename Fn>
+uint32_t run_tasks(const Weight& w, int64_t M, int64_t m_parts, Fn&& fn) {
+  const bool small = int64_t(w.rowptr[w.block_rows]) * M < kMinParallelWork;
+  const int64_t parts = small ? 1 : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), w.block_rows));
+  const std::vector<int64_t> bounds = split_rows(w.rowptr, w.block_rows, parts);
+  std::atomic<uint32_t> max_index{0};
+  at::parallel_for(0, parts * m_parts, small ? parts * m_parts : 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t part = t / m_parts, mp = t % m_parts;
+      if (bounds[part] < bounds[part + 1]) atomic_max(max_index, fn(bounds[part], bounds[part + 1], mp));
+    }
+  });
+  return max_index.load();
+}
+
+// ------------------------------------------------------------------------------------------------ pack
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bsr_pack_cpu(
+    const at::Tensor& crow_in, const at::Tensor& col_in, const at::Tensor& values_in, int64_t out_features,
+    int64_t in_features, c10::string_view kernel) {
+  PackRequest req = check_pack_args(crow_in, col_in, values_in, out_features, in_features, std::string(kernel));
+  const at::Tensor crow = crow_in.contiguous(), col = col_in.contiguous(), values = values_in.contiguous();
+  CanonicalBsr& w = req.w;
+  w.crow = crow.data_ptr<int32_t>();
+  w.col = col.data_ptr<int32_t>();
+  w.values = values.data_ptr();
+  fail_canonical(validate_canonical(w), crow, col, w);
+
+  const Layout layout = req.layout;
+  const int64_t block_rows = ceil_div(out_features, native_block(layout).rows);
+  at::Tensor counts = at::empty({block_rows}, crow.options());
+  int32_t* cp = counts.data_ptr<int32_t>();
+  at::parallel_for(0, block_rows, 16, [&](int64_t b, int64_t e) { pack_count(w, layout, b, e, cp + b); });
+  const NativeBlock nb = native_block(layout);
+  at::Tensor rowptr = at::empty({block_rows + 1}, crow.options());
+  int32_t* rp = rowptr.data_ptr<int32_t>();
+  int64_t total = 0;
+  rp[0] = 0;
+  for (int64_t r = 0; r < block_rows; ++r) {
+    total += cp[r];
+    TORCH_CHECK_VALUE(total <= INT32_MAX, kPackOp, ": more than 2^31 packed blocks");
+    rp[r + 1] = static_cast<int32_t>(total);
+  }
+  const bool is_int8 = layout == Layout::kInt8_4x1;
+  at::Tensor indices = at::empty({total}, crow.options().dtype(at::kShort));
+  at::Tensor packed = is_int8 ? at::empty({total / 4, 4, 4}, values.options())
+                              : at::empty({total, int64_t(nb.rows) * nb.cols}, values.options());
+  at::Tensor compensation = at::zeros({is_int8 ? out_features : 0}, crow.options());
+  auto* idx = reinterpret_cast<uint16_t*>(indices.data_ptr<int16_t>());
+  int32_t* comp = is_int8 ? compensation.data_ptr<int32_t>() : nullptr;
+  at::parallel_for(0, block_rows, 16, [&](int64_t b, int64_t e) {
+    pack_fill(w, layout, b, e, rp, idx, packed.data_ptr(), comp);
+  });
+  at::Tensor meta = at::zeros({kMetaSize}, crow.options().dtype(at::kLong));
+  int64_t* mp = meta.data_ptr<int64_t>();
+  mp[kMetaVersion] = kFormatVersion;
+  mp[kMetaLayout] = static_cast<int64_t>(layout);
+  mp[kMetaDtype] = static_cast<int64_t>(w.dtype);
+  mp[kMetaOut] = out_features;
+  mp[kMetaIn] = in_features;
+  mp[kMetaNnz] = total;
+  return {meta, rowptr, indices, packed, compensation};
+}
+
+// ------------------------------------------------------------------------------------------------ linear
+
+// The block-row pointers are read on every call (O(out_features / block rows)); the indices are checked
+// inside the kernels, which clamp them and report the largest one.
+void check_rowptr(const Weight& w, int64_t nnz) {
+  const int group = native_block(w.layout).group;
+  TORCH_CHECK_INDEX(w.rowptr[0] == 0, kLinearOp, ": rowptr[0] must be 0, got ", w.rowptr[0],
+                    " (corrupted packed weight?)");
+  for (int64_t r = 0; r < w.block_rows; ++r) {
+    const int64_t count = int64_t(w.rowptr[r + 1]) - w.rowptr[r];
+    TORCH_CHECK_INDEX(count >= 0 && count % group == 0, kLinearOp, ": rowptr is corrupted at block-row ", r,
+                      ": ", w.rowptr[r], " -> ", w.rowptr[r + 1], " (must grow by a multiple of ", group, ")");
+  }
+  TORCH_CHECK_INDEX(w.rowptr[w.block_rows] == nnz, kLinearOp, ": rowptr[-1] = ", w.rowptr[w.block_rows],
+                    " but the weight has ", nnz, " blocks (corrupted packed weight?)");
+  TORCH_CHECK_INDEX(nnz == 0 || w.K > 0, kLinearOp, ": in_features=0 but the weight stores ", nnz,
+                    " blocks (corrupted packed weight?)");
+}
+
+void check_max_index(const Weight& w, uint32_t max_index) {
+  TORCH_CHECK_INDEX(w.rowptr[w.block_rows] == 0 || max_index < w.K, kLinearOp, ": a packed index is ", max_index,
+                    ", out of range for in_features=", w.K, " (corrupted packed weight?)");
+}
+
+uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, CpuIsa isa) {
+  const int64_t M = x2.size(0), K = w.K;
+  FloatArgs a;
+  a.w = w;
+  a.ep = ep;
+  a.M = M;
+  const bool x_bf16 = x2.scalar_type() == at::kBFloat16;
+  if (isa >= CpuIsa::kAvx512Bf16 && w.layout == Layout::kF16x1 && w.dtype == DType::kBF16) {
+    const int64_t panels = ceil_div(M, kF32PanelTokens);
+    const auto* x = reinterpret_cast<const uint16_t*>(x2.data_ptr<at::BFloat16>());
+    const uint16_t* xt = x;  // one token: its panel [K][1] is the row itself
+    if (M > 1) {
+      uint16_t* buf = thread_scratch().get<uint16_t>(kSlotPanels, M * K);
+      at::parallel_for(0, panels, 1, [&](int64_t b, int64_t e) {
+        transpose_panels_bf16_avx512(x, x2.stride(0), M, K, buf, b, e);
+      });
+      xt = buf;
+    }
+    const int64_t per_task = kFloatTokensPerTask / kF32PanelTokens;
+    return run_tasks(w, M, ceil_div(panels, per_task), [&](int64_t b, int64_t e, int64_t mp) {
+      return linear_bf16_16x1_avx512bf16(a, xt, b, e, mp * per_task, std::min(panels, (mp + 1) * per_task));
+    });
+  }
+  if (isa >= CpuIsa::kAvx512 && w.layout == Layout::kF16x1) {
+    const int64_t panels = ceil_div(M, kF32PanelTokens);
+    if (M == 1 && !x_bf16) {
+      a.xt = x2.data_ptr<float>();  // one token: its panel [K][1] is the row itself
+    } else {
+      float* xt = thread_scratch().get<float>(kSlotPanels, M * K);
+      at::parallel_for(0, panels, 1, [&](int64_t b, int64_t e) {
+        transpose_panels_f32_avx512(x2.data_ptr(), x_bf16, x2.stride(0), M, K, xt, b, e);
+      });
+      a.xt = xt;
+    }
+    const int64_t per_task = kFloatTokensPerTask / kF32PanelTokens;
+    const int64_t m_parts = ceil_div(panels, per_task);
+    return run_tasks(w, M, m_parts, [&](int64_t b, int64_t e, int64_t mp) {
+      return linear_f16x1_avx512(a, b, e, mp * per_task, std::min(panels, (mp + 1) * per_task));
+    });
+  }
+  if (isa >= CpuIsa::kAvx512) {  // 1x16
+    const int64_t panels = ceil_div(M, kF32PanelTokens);
+    float* xt = thread_scratch().get<float>(kSlotPanels, M * ceil_div(K, 16) * 16);
+    at::parallel_for(0, panels, 1, [&](int64_t b, int64_t e) {
+      kblock_panels_f32_avx512(x2.data_ptr(), x_bf16, x2.stride(0), M, K, xt, b, e);
+    });
+    a.xt = xt;
+    const int64_t per_task = kFloatTokensPerTask / kF32PanelTokens;
+    return run_tasks(w, M, ceil_div(panels, per_task), [&](int64_t b, int64_t e, int64_t mp) {
+      return linear_f1x16_avx512(a, b, e, mp * per_task, std::min(panels, (mp + 1) * per_task));
+    });
+  }
+  const at::Tensor xf = x_bf16 ? x2.to(at::kFloat) : x2;
+  a.x = xf.data_ptr<float>();
+  a.ldx = xf.stride(0);
+  return run_tasks(w, M, ceil_div(M, kFloatTokensPerTask), [&](int64_t b, int64_t e, int64_t mp) {
+    return linear_float_portable(a, b, e, mp * kFloatTokensPerTask, std::min(M, (mp + 1) * kFloatTokensPerTask));
+  });
+}
+
+uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, CpuIsa isa) {
+  const int64_t M = x2.size(0), K = w.K;
+  Scratch& scratch = thread_scratch();
+  QuantArgs q;
+  q.x = x2.data_ptr();
+  q.x_bf16 = x2.scalar_type() == at::kBFloat16;
+  q.ldx = x2.stride(0);
+  q.K = K;
+  q.xq = scratch.get<uint8_t>(kSlotXq, M * K);
+  q.scale = scratch.get<float>(kSlotScale, M);
+  q.zp = scratch.get<int32_t>(kSlotZp, M);
+  auto quantize = [&](int64_t b, int64_t e) {
+    if (isa >= CpuIsa::kAvx512) {
+      quantize_rows_avx512(q, b, e);
+    } else {
+      quantize_rows_portable(q, b, e);
+    }
+  };
+  Int8Args a;
+  a.w = w;
+  a.ep = ep;
+  a.M = M;
+  a.xq = q.xq;
+  a.x_scale = q.scale;
+  a.x_zp = q.zp;
+  if (isa >= CpuIsa::kAvx512Vnni && M <= kInt8DecodeMaxTokens) {
+    const int64_t groups = ceil_div(M, kVnniGroupTokens);
+    uint8_t* xp = scratch.get<uint8_t>(kSlotPanels, groups * K * kVnniGroupTokens);
+    quantize(0, M);  // a few tokens: not worth waking the pool
+    build_groups_u8_avx512(q.xq, M, K, xp, 0, groups);
+    a.xp = xp;
+    return run_tasks(w, M, 1, [&](int64_t b, int64_t e, int64_t) { return linear_int8_vnni_decode(a, b, e, 0, M); });
+  }
+  if (isa >= CpuIsa::kAvx512Vnni) {
+    const int64_t panels = ceil_div(M, kVnniPanelTokens);
+    uint8_t* xp = scratch.get<uint8_t>(kSlotPanels, panels * K * kVnniPanelTokens);
+    at::parallel_for(0, panels, 1, [&](int64_t b, int64_t e) {  // quantize each panel's tokens, then lay it out
+      quantize(b * kVnniPanelTokens, std::min(M, e * kVnniPanelTokens));
+      build_panels_u8_avx512(q.xq, M, K, xp, b, e);
+    });
+    a.xp = xp;
+    const int64_t m_parts = ceil_div(panels, kInt8PanelsPerTask);
+    return run_tasks(w, M, m_parts, [&](int64_t b, int64_t e, int64_t mp) {
+      return linear_int8_vnni(a, b, e, mp * kInt8PanelsPerTask, std::min(panels, (mp + 1) * kInt8PanelsPerTask));
+    });
+  }
+  at::parallel_for(0, M, 16, quantize);
+  const int64_t m_parts = ceil_div(M, kFloatTokensPerTask);
+  return run_tasks(w, M, m_parts, [&](int64_t b, int64_t e, int64_t mp) {
+    return linear_int8_portable(a, b, e, mp * kFloatTokensPerTask, std::min(M, (mp + 1) * kFloatTokensPerTask));
+  });
+}
+
+at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& meta, const at::Tensor& rowptr_in,
+                          const at::Tensor& indices_in, const at::Tensor& values_in,
+                          const at::Tensor& compensation_in, int64_t out_features, int64_t in_features,
+                          const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& weight_scale,
+                          c10::string_view activation, std::optional<at::ScalarType> out_dtype) {
+  const LinearRequest req = check_linear_args(x, meta, rowptr_in, indices_in, values_in, compensation_in,
+                                              out_features, in_features, bias, weight_scale,
+                                              std::string(activation), out_dtype);
+  const at::Tensor rowptr = rowptr_in.contiguous(), indices = indices_in.contiguous();
+  const at::Tensor values = values_in.contiguous(), compensation = compensation_in.contiguous();
+  Weight w = req.w;
+  w.rowptr = rowptr.data_ptr<int32_t>();
+  w.indices = reinterpret_cast<const uint16_t*>(indices.data_ptr<int16_t>());
+  w.values = values.data_ptr();
+  w.compensation = compensation.data_ptr<int32_t>();
+  check_rowptr(w, indices.numel());
+  at::Tensor scale;
+  if (weight_scale.has_value()) {
+    scale = weight_scale->contiguous();
+    w.scale = scale.data_ptr<float>();
+  }
+
+  at::Tensor x2 = x.reshape({c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1), in_features});
+  if (x2.stride(-1) != 1 || (x2.size(0) > 1 && x2.stride(0) < in_features)) x2 = x2.contiguous();
+  const int64_t M = x2.size(0);
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = out_features;
+  at::Tensor y = at::empty({M, out_features}, x.options().dtype(scalar_type(req.out)));
+  if (M == 0 || out_features == 0) {  // no kernel runs to check the indices on the way
+    const uint16_t* idx = w.indices;
+    check_max_index(w, indices.numel() == 0 ? 0 : *std::max_element(idx, idx + indices.numel()));
+    return y.view(out_shape);
+  }
+
+  at::Tensor bias_f;
+  Epilogue ep;
+  if (bias.has_value()) {
+    bias_f = bias->to(at::kFloat).contiguous();
+    ep.bias = bias_f.data_ptr<float>();
+  }
+  ep.act = req.act;
+  ep.out = req.out;
+  ep.y = y.data_ptr();
+  ep.ldy = out_features;
+  const CpuIsa isa = selected_cpu_isa();
+  const uint32_t max_index = w.dtype == DType::kS8 ? run_int8(w, ep, x2, isa) : run_float(w, ep, x2, isa);
+  thread_scratch().release_temporaries();
+  check_max_index(w, max_index);
+  return y.view(out_shape);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparseflow, CPU, m) {
+  m.impl("bsr_pack", &bsr_pack_cpu);
+  m.impl("bsr_linear", &bsr_linear_cpu);
+}
+
+}  // namespace sparseflow::bsr

@@ -1,0 +1,262 @@
+// AVX-512F bsr_linear kernels for fp32/bf16 weights (torch-free; built with AVX-512 flags, called only
+// when selected_cpu_isa() >= kAvx512), plus the vectorized per-token quantization of the int8 path.
+//
+// 16x1 (lanes = 16 output channels): per block, one weight vector (fp32, or bf16 widened by a shift) and,
+// per token, vfmadd231ps with the token's activation broadcast from the transposed panel, where the 16
+// tokens of a panel share one cache line per input channel. 1x16 (lanes = 16 input channels): per block and
+// token one contiguous activation load and FMA into a per-token accumulator, reduced across lanes once per
+// output row.
+#include <algorithm>
+
+#include "bsr.h"
+#include "bsr_avx512_math.h"
+#include "bsr_scalar.h"
+
+namespace sparseflow::bsr {
+namespace {
+
+template <bool kBf16>
+inline __m512 load_weights(const void* values, int64_t b) {
+  if constexpr (kBf16) {
+    return load_bf16(static_cast<const uint16_t*>(values) + b * 16);
+  } else {
+    return _mm512_loadu_ps(static_cast<const float*>(values) + b * 16);
+  }
+}
+
+// One block-row of the 16x1 layout against one panel of MT tokens.
+template <int MT, bool kBf16>
+void row_16x1(const FloatArgs& a, int64_t r, const float* panel, int64_t m0) {
+  const Weight& w = a.w;
+  __m512 acc[MT], sum[MT];
+  for (int t = 0; t < MT; ++t) sum[t] = _mm512_setzero_ps();
+  for (int64_t b0 = w.rowptr[r]; b0 < w.rowptr[r + 1]; b0 += kSumChunkBlocks) {
+    const int64_t b1 = std::min<int64_t>(w.rowptr[r + 1], b0 + kSumChunkBlocks);
+    for (int t = 0; t < MT; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = b0; b < b1; ++b) {
+      const float* xk = panel + int64_t(w.indices[b]) * MT;
+      const __m512 wv = load_weights<kBf16>(w.values, b);
+#pragma GCC unroll 16
+      for (int t = 0; t < MT; ++t) acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(xk[t]), wv, acc[t]);
+    }
+    for (int t = 0; t < MT; ++t) sum[t] = _mm512_add_ps(sum[t], acc[t]);
+  }
+  const int64_t n0 = r * 16, rows = std::min<int64_t>(16, w.N - n0);
+  const __mmask16 valid = lanes16(rows);
+  const __m512 bias = a.ep.bias != nullptr ? _mm512_maskz_loadu_ps(valid, a.ep.bias + n0) : _mm512_setzero_ps();
+  const int64_t esize = a.ep.out == DType::kBF16 ? 2 : 4;
+  for (int t = 0; t < MT; ++t) {
+    const __m512 v = activate_ps(_mm512_add_ps(sum[t], bias), a.ep.act);
+    store_lanes(v, a.ep.out, static_cast<char*>(a.ep.y) + ((m0 + t) * a.ep.ldy + n0) * esize, rows);
+  }
+}
+
+template <bool kBf16>
+uint32_t rows_16x1(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin, int64_t p_end) {
+  uint32_t max_index = 0;
+  for (int64_t r = br_begin; r < br_end; ++r) {
+    const uint32_t mi = max_u16(a.w.indices + a.w.rowptr[r], a.w.rowptr[r + 1] - a.w.rowptr[r]);
+    max_index = std::max(max_index, mi);
+    if (mi >= a.w.K && a.w.rowptr[r + 1] > a.w.rowptr[r]) continue;  // corrupted: reported by the caller, never read
+    for (int64_t p = p_begin; p < p_end; ++p) {
+      const int64_t m0 = p * kF32PanelTokens;
+      const float* panel = a.xt + m0 * a.w.K;
+      switch (std::min<int64_t>(kF32PanelTokens, a.M - m0)) {
+#define SPARSEFLOW_CASE(n) \
+  case n: row_16x1<n, kBf16>(a, r, panel, m0); break;
+        SPARSEFLOW_CASE(1) SPARSEFLOW_CASE(2) SPARSEFLOW_CASE(3) SPARSEFLOW_CASE(4) SPARSEFLOW_CASE(5)
+        SPARSEFLOW_CASE(6) SPARSEFLOW_CASE(7) SPARSEFLOW_CASE(8) SPARSEFLOW_CASE(9) SPARSEFLOW_CASE(10)
+        SPARSEFLOW_CASE(11) SPARSEFLOW_CASE(12) SPARSEFLOW_CASE(13) SPARSEFLOW_CASE(14) SPARSEFLOW_CASE(15)
+        SPARSEFLOW_CASE(16)
+#undef SPARSEFLOW_CASE
+      }
+    }
+  }
+  return max_index;
+}
+
+// Sums each of 16 vectors: lane t of the result is the sum of a[t]'s lanes (30 shuffles, 15 adds).
+inline __m512 reduce16(const __m512 a[16]) {
+  __m512 b[8], c[4], d[2];
+  for (int i = 0; i < 8; ++i) {
+    b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xEE));
+  }
+  for (int i = 0; i < 4; ++i) {  // lane L of c[i]: partial sums of a[4i + L]
+    c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xDD));
+  }
+  for (int i = 0; i < 2; ++i) {
+    d[i] = _mm512_add_ps(_mm512_shuffle_ps(c[2 * i], c[2 * i + 1], 0x44),
+                         _mm512_shuffle_ps(c[2 * i], c[2 * i + 1], 0xEE));
+  }
+  // element 4L + e of e_: the sum of a[4e + L]
+  const __m512 e = _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], 0x88), _mm512_shuffle_ps(d[0], d[1], 0xDD));
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_ps(order, e);
+}
+
+// One output row of the 1x16 layout against the MT tokens of a k-block panel starting at token m0.
+template <int MT, bool kBf16>
+void row_1x16(const FloatArgs& a, int64_t n, const float* panel, int64_t m0) {
+  const Weight& w = a.w;
+  __m512 acc[16];
+  for (int t = 0; t < 16; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t b = w.rowptr[n]; b < w.rowptr[n + 1]; ++b) {
+    const float* xk = panel + int64_t(w.indices[b]) * MT;  // block k0 = 16 kb starts at kb * MT * 16
+    const __m512 wv = load_weights<kBf16>(w.values, b);
+#pragma GCC unroll 16
+    for (int t = 0; t < MT; ++t) acc[t] = _mm512_fmadd_ps(_mm512_load_ps(xk + 16 * t), wv, acc[t]);
+  }
+  __m512 v;
+  if constexpr (MT == 1) {
+    v = _mm512_set1_ps(_mm512_reduce_add_ps(acc[0]));
+  } else {
+    v = reduce16(acc);
+  }
+  if (a.ep.bias != nullptr) v = _mm512_add_ps(v, _mm512_set1_ps(a.ep.bias[n]));
+  v = activate_ps(v, a.ep.act);
+  alignas(64) float out[16];
+  alignas(64) uint16_t out16[16];
+  if (a.ep.out == DType::kBF16) {
+    _mm256_store_si256((__m256i*)out16, cvt_bf16(v));
+    for (int t = 0; t < MT; ++t) static_cast<uint16_t*>(a.ep.y)[(m0 + t) * a.ep.ldy + n] = out16[t];
+  } else {
+    _mm512_store_ps(out, v);
+    for (int t = 0; t < MT; ++t) static_cast<float*>(a.ep.y)[(m0 + t) * a.ep.ldy + n] = out[t];
+  }
+}
+
+template <bool kBf16>
+uint32_t rows_1x16(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin, int64_t p_end) {
+  const int64_t k16 = (a.w.K + 15) / 16 * 16;
+  uint32_t max_index = 0;
+  for (int64_t n = br_begin; n < br_end; ++n) {
+    const uint32_t mi = max_u16(a.w.indices + a.w.rowptr[n], a.w.rowptr[n + 1] - a.w.rowptr[n]);
+    max_index = std::max(max_index, mi);
+    if (mi >= a.w.K && a.w.rowptr[n + 1] > a.w.rowptr[n]) continue;  // corrupted: reported by the caller, never read
+    for (int64_t p = p_begin; p < p_end; ++p) {
+      const int64_t m0 = p * kF32PanelTokens;
+      const float* panel = a.xt + m0 * k16;
+      switch (std::min<int64_t>(kF32PanelTokens, a.M - m0)) {
+#define SPARSEFLOW_CASE(c) \
+  case c: row_1x16<c, kBf16>(a, n, panel, m0); break;
+        SPARSEFLOW_CASE(1) SPARSEFLOW_CASE(2) SPARSEFLOW_CASE(3) SPARSEFLOW_CASE(4) SPARSEFLOW_CASE(5)
+        SPARSEFLOW_CASE(6) SPARSEFLOW_CASE(7) SPARSEFLOW_CASE(8) SPARSEFLOW_CASE(9) SPARSEFLOW_CASE(10)
+        SPARSEFLOW_CASE(11) SPARSEFLOW_CASE(12) SPARSEFLOW_CASE(13) SPARSEFLOW_CASE(14) SPARSEFLOW_CASE(15)
+        SPARSEFLOW_CASE(16)
+#undef SPARSEFLOW_CASE
+      }
+    }
+  }
+  return max_index;
+}
+
+inline __m512 load_x(const void* row, bool bf16, int64_t k, __mmask16 m) {
+  return bf16 ? maskz_load_bf16(m, static_cast<const uint16_t*>(row) + k)
+              : _mm512_maskz_loadu_ps(m, static_cast<const float*>(row) + k);
+}
+
+}  // namespace
+
+uint32_t linear_f16x1_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin,
+                             int64_t p_end) {
+  return a.w.dtype == DType::kBF16 ? rows_16x1<true>(a, br_begin, br_end, p_begin, p_end)
+                                   : rows_16x1<false>(a, br_begin, br_end, p_begin, p_end);
+}
+
+uint32_t linear_f1x16_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin,
+                             int64_t p_end) {
+  return a.w.dtype == DType::kBF16 ? rows_1x16<true>(a, br_begin, br_end, p_begin, p_end)
+                                   : rows_1x16<false>(a, br_begin, br_end, p_begin, p_end);
+}
+
+void transpose_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_t M, int64_t K, float* xt,
+                                 int64_t p_begin, int64_t p_end) {
+  const int64_t esize = x_bf16 ? 2 : 4;
+  for (int64_t p = p_begin; p < p_end; ++p) {
+    const int64_t m0 = p * kF32PanelTokens;
+    const int64_t width = std::min<int64_t>(kF32PanelTokens, M - m0);
+    float* panel = xt + m0 * K;
+    const __mmask16 store_mask = lanes16(width);
+    for (int64_t k = 0; k < K; k += 16) {
+      const __mmask16 load_mask = lanes16(K - k);
+      __m512 r[16];
+      for (int t = 0; t < 16; ++t) {
+        r[t] = t < width ? load_x(static_cast<const char*>(x) + (m0 + t) * ldx * esize, x_bf16, k, load_mask)
+                         : _mm512_setzero_ps();
+      }
+      transpose16x16_ps(r);
+      const int64_t kn = std::min<int64_t>(16, K - k);
+      for (int64_t j = 0; j < kn; ++j) _mm512_mask_storeu_ps(panel + (k + j) * width, store_mask, r[j]);
+    }
+  }
+}
+
+void transpose_panels_bf16_avx512(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, uint16_t* xt,
+                                  int64_t p_begin, int64_t p_end) {
+  for (int64_t p = p_begin; p < p_end; ++p) {
+    const int64_t m0 = p * kF32PanelTokens;
+    const int64_t width = std::min<int64_t>(kF32PanelTokens, M - m0);
+    uint16_t* panel = xt + m0 * K;
+    const __mmask16 store_mask = lanes16(width);
+    for (int64_t k = 0; k < K; k += 16) {
+      const __mmask16 load_mask = lanes16(K - k);
+      __m512 r[16];  // bf16 bit patterns widened to 32-bit lanes, transposed as such
+      for (int t = 0; t < 16; ++t) {
+        r[t] = t < width ? _mm512_castsi512_ps(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(load_mask, x + (m0 + t) * ldx + k)))
+                         : _mm512_setzero_ps();
+      }
+      transpose16x16_ps(r);
+      const int64_t kn = std::min<int64_t>(16, K - k);
+      for (int64_t j = 0; j < kn; ++j) {
+        _mm512_mask_cvtepi32_storeu_epi16(panel + (k + j) * width, store_mask, _mm512_castps_si512(r[j]));
+      }
+    }
+  }
+}
+
+void kblock_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_t M, int64_t K, float* xt,
+                              int64_t p_begin, int64_t p_end) {
+  const int64_t esize = x_bf16 ? 2 : 4, k16 = (K + 15) / 16 * 16;
+  for (int64_t p = p_begin; p < p_end; ++p) {
+    const int64_t m0 = p * kF32PanelTokens;
+    const int64_t width = std::min<int64_t>(kF32PanelTokens, M - m0);
+    float* panel = xt + m0 * k16;
+    for (int64_t t = 0; t < width; ++t) {
+      const void* row = static_cast<const char*>(x) + (m0 + t) * ldx * esize;
+      for (int64_t k = 0; k < K; k += 16) {
+        _mm512_store_ps(panel + (k / 16 * width + t) * 16, load_x(row, x_bf16, k, lanes16(K - k)));
+      }
+    }
+  }
+}
+
+void quantize_rows_avx512(const QuantArgs& q, int64_t m_begin, int64_t m_end) {
+  const int64_t esize = q.x_bf16 ? 2 : 4;
+  for (int64_t m = m_begin; m < m_end; ++m) {
+    const void* row = static_cast<const char*>(q.x) + m * q.ldx * esize;
+    __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+    for (int64_t k = 0; k < q.K; k += 16) {
+      const __mmask16 mk = lanes16(q.K - k);
+      const __m512 v = load_x(row, q.x_bf16, k, mk);  // masked-off lanes read 0, which min/max with 0 ignore
+      lo = _mm512_min_ps(lo, v);
+      hi = _mm512_max_ps(hi, v);
+    }
+    const TokenQuant tq = token_quant(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi));
+    q.scale[m] = tq.scale;
+    q.zp[m] = static_cast<int32_t>(tq.zp);
+    const __m512 inv = _mm512_set1_ps(tq.inv_scale), zp = _mm512_set1_ps(tq.zp);
+    const __m512 zero = _mm512_setzero_ps(), top = _mm512_set1_ps(255.f);
+    uint8_t* out = q.xq + m * q.K;
+    for (int64_t k = 0; k < q.K; k += 16) {
+      const __mmask16 mk = lanes16(q.K - k);
+      const __m512 v = load_x(row, q.x_bf16, k, mk);
+      __m512 s = _mm512_roundscale_ps(_mm512_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      s = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(s, zp), zero), top);
+      _mm_mask_storeu_epi8(out + k, mk, _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(s)));
+    }
+  }
+}
+
+}  // namespace sparseflow::bsr

@@ -1,0 +1,83 @@
+// AVX512_BF16 bsr_linear kernel for bf16 weights in the 16x1 layout (torch-free; called only when
+// selected_cpu_isa() >= kAvx512Bf16). NOT RUN on the development machine (no AVX512_BF16 there); its logic
+// was checked against the portable kernel with vdpbf16ps emulated in AVX-512F.
+//
+// vdpbf16ps adds two bf16 products per fp32 lane. Lanes are the 16 output channels; two consecutive blocks
+// (input channels ka, kb) of a block-row are interleaved into one weight vector of (W[c, ka], W[c, kb])
+// pairs, and each token's (x[t, ka], x[t, kb]) pair, built once per block pair for the whole panel, is
+// broadcast from memory: 16 vdpbf16ps per two blocks instead of 32 vfmadd231ps.
+#include <algorithm>
+
+#include "bsr.h"
+#include "bsr_avx512_math.h"
+
+namespace sparseflow::bsr {
+namespace {
+
+// (lo[i], hi[i]) 16-bit pairs in each 32-bit lane.
+inline __m512i pair16(__m256i lo, __m256i hi) {
+  return _mm512_or_si512(_mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
+}
+
+template <int MT>
+void row_pairs(const FloatArgs& a, int64_t r, const uint16_t* panel, int64_t m0) {
+  const Weight& w = a.w;
+  const auto* values = static_cast<const uint16_t*>(w.values);
+  const __mmask16 tokens = lanes16(MT);
+  __m512 acc[MT], sum[MT];
+  for (int t = 0; t < MT; ++t) sum[t] = acc[t] = _mm512_setzero_ps();
+  alignas(64) int32_t x_pairs[16];
+  for (int64_t b = w.rowptr[r]; b < w.rowptr[r + 1]; b += 2) {
+    if ((b - w.rowptr[r]) % kSumChunkBlocks == 0) {  // see kSumChunkBlocks (an even number)
+      for (int t = 0; t < MT; ++t) {
+        sum[t] = _mm512_add_ps(sum[t], acc[t]);
+        acc[t] = _mm512_setzero_ps();
+      }
+    }
+    const bool single = b + 1 == w.rowptr[r + 1];  // an odd last block pairs with zeros
+    const __m256i w_hi = single ? _mm256_setzero_si256() : _mm256_loadu_si256((const __m256i*)(values + (b + 1) * 16));
+    const __m512i wv = pair16(_mm256_loadu_si256((const __m256i*)(values + b * 16)), w_hi);
+    const __m256i x_lo = _mm256_maskz_loadu_epi16(tokens, panel + int64_t(w.indices[b]) * MT);
+    const __m256i x_hi = single ? _mm256_setzero_si256() : _mm256_maskz_loadu_epi16(tokens, panel + int64_t(w.indices[b + 1]) * MT);
+    _mm512_store_si512(x_pairs, pair16(x_lo, x_hi));
+#pragma GCC unroll 16
+    for (int t = 0; t < MT; ++t) {
+      acc[t] = _mm512_dpbf16_ps(acc[t], (__m512bh)_mm512_set1_epi32(x_pairs[t]), (__m512bh)wv);
+    }
+  }
+  const int64_t n0 = r * 16, rows = std::min<int64_t>(16, w.N - n0);
+  const __m512 bias = a.ep.bias != nullptr ? _mm512_maskz_loadu_ps(lanes16(rows), a.ep.bias + n0) : _mm512_setzero_ps();
+  const int64_t esize = a.ep.out == DType::kBF16 ? 2 : 4;
+  for (int t = 0; t < MT; ++t) {
+    const __m512 v = activate_ps(_mm512_add_ps(_mm512_add_ps(sum[t], acc[t]), bias), a.ep.act);
+    store_lanes(v, a.ep.out, static_cast<char*>(a.ep.y) + ((m0 + t) * a.ep.ldy + n0) * esize, rows);
+  }
+}
+
+}  // namespace
+
+uint32_t linear_bf16_16x1_avx512bf16(const FloatArgs& a, const uint16_t* panels, int64_t br_begin, int64_t br_end,
+                                     int64_t p_begin, int64_t p_end) {
+  uint32_t max_index = 0;
+  for (int64_t r = br_begin; r < br_end; ++r) {
+    const uint32_t mi = max_u16(a.w.indices + a.w.rowptr[r], a.w.rowptr[r + 1] - a.w.rowptr[r]);
+    max_index = std::max(max_index, mi);
+    if (mi >= a.w.K && a.w.rowptr[r + 1] > a.w.rowptr[r]) continue;  // corrupted: reported by the caller, never read
+    for (int64_t p = p_begin; p < p_end; ++p) {
+      const int64_t m0 = p * kF32PanelTokens;
+      const uint16_t* panel = panels + m0 * a.w.K;
+      switch (std::min<int64_t>(kF32PanelTokens, a.M - m0)) {
+#define SPARSEFLOW_CASE(n) \
+  case n: row_pairs<n>(a, r, panel, m0); break;
+        SPARSEFLOW_CASE(1) SPARSEFLOW_CASE(2) SPARSEFLOW_CASE(3) SPARSEFLOW_CASE(4) SPARSEFLOW_CASE(5)
+        SPARSEFLOW_CASE(6) SPARSEFLOW_CASE(7) SPARSEFLOW_CASE(8) SPARSEFLOW_CASE(9) SPARSEFLOW_CASE(10)
+        SPARSEFLOW_CASE(11) SPARSEFLOW_CASE(12) SPARSEFLOW_CASE(13) SPARSEFLOW_CASE(14) SPARSEFLOW_CASE(15)
+        SPARSEFLOW_CASE(16)
+#undef SPARSEFLOW_CASE
+      }
+    }
+  }
+  return max_index;
+}
+
+}  // namespace sparseflow::bsr

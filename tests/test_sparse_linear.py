@@ -1,0 +1,146 @@
+"""SparseLinear and sparsify_/densify_/save_pretrained/load_pretrained on small models."""
+
+import pytest
+import torch
+from torch import nn
+
+import sparseflow
+from sparseflow.formats import BlockSparseWeight, NMWeight
+from sparseflow.nn import SparseLinear
+from sparseflow.sparsify import SparsifyConfig, densify_, load_pretrained, save_pretrained, sparsify_
+from sparseflow.testing.op_db import random_nm_dense
+
+
+def _nm_linear(out_f, in_f, n=2, m=4, bias=True, seed=0):
+    lin = nn.Linear(in_f, out_f, bias=bias)
+    with torch.no_grad():
+        lin.weight.copy_(random_nm_dense(out_f, in_f, n, m, seed=seed))
+    return lin
+
+
+def _block_linear(out_f, in_f, block, density=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(in_f, out_f)
+    r, c = block
+    keep = torch.rand(-(-out_f // r), -(-in_f // c), generator=g) < density
+    mask = keep.repeat_interleave(r, 0).repeat_interleave(c, 1)[:out_f, :in_f]
+    with torch.no_grad():
+        lin.weight.mul_(mask)
+    return lin
+
+
+def _tol(dtype):
+    return {torch.float32: (1e-4, 1e-4), torch.bfloat16: (3e-2, 3e-2), torch.int8: (5e-2, 5e-2)}[dtype]
+
+
+@pytest.mark.parametrize("fmt", ["2:4", "4:8", "16x16", (4, 1), "1x16"])
+@pytest.mark.parametrize("fallback", ["never", "always", "measure"])
+def test_matches_dense_linear(fmt, fallback):
+    lin = _nm_linear(48, 64, *(map(int, fmt.split(":")))) if isinstance(fmt, str) and ":" in fmt else \
+        _block_linear(48, 64, fmt if isinstance(fmt, tuple) else tuple(map(int, fmt.split("x"))))
+    sparse = SparseLinear.from_dense(lin, fmt, fallback=fallback)
+    for shape in [(1, 64), (3, 64), (2, 5, 64), (0, 64), (129, 64)]:
+        x = torch.randn(shape)
+        torch.testing.assert_close(sparse(x), lin(x), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(sparse.to_dense().weight, lin.weight)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.int8])
+def test_low_precision_weights(dtype):
+    lin = _nm_linear(32, 128)
+    sparse = SparseLinear.from_dense(lin, "2:4", dtype=dtype, fallback="never")
+    x = torch.randn(7, 128)
+    ref = torch.nn.functional.linear(x, sparse.to_dense().weight.float(), lin.bias.float())
+    rtol, atol = _tol(dtype)
+    out = sparse(x.to(dtype) if dtype != torch.int8 else x).float()
+    torch.testing.assert_close(out, ref, rtol=rtol, atol=atol * ref.abs().max().item())
+
+
+def test_state_dict_round_trip_is_exact():
+    lin = _block_linear(40, 70, (4, 1))
+    a = SparseLinear.from_dense(lin, (4, 1), fallback="never")
+    b = SparseLinear.from_dense(_block_linear(40, 70, (4, 1), seed=1), (4, 1), fallback="never")
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(9, 70)
+    assert torch.equal(a(x), b(x))
+    for pa, pb in zip(a._packed, b._packed):
+        assert torch.equal(pa, pb)
+
+
+def test_bad_construction_errors():
+    with pytest.raises(ValueError, match="format must be"):
+        SparseLinear.from_dense(nn.Linear(8, 8), "2-4")
+    with pytest.raises(ValueError, match="not 2:4 sparse"):
+        SparseLinear.from_dense(nn.Linear(8, 8), "2:4")
+    with pytest.raises(TypeError, match="expected nn.Linear"):
+        SparseLinear.from_dense(nn.Conv1d(2, 2, 1), "2:4")
+    with pytest.raises(ValueError, match="activation must be"):
+        SparseLinear(NMWeight.from_dense(_nm_linear(8, 8).weight), activation="tanh")
+
+
+class TinyMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 32)
+        self.up = _nm_linear(64, 32, seed=1)
+        self.down = _block_linear(32, 64, (16, 16), seed=2)
+        self.dense_one = nn.Linear(32, 32)
+        self.lm_head = _nm_linear(10, 32, seed=3)
+
+    def forward(self, tokens):
+        h = self.embed(tokens)
+        h = self.down(torch.relu(self.up(h)))
+        return self.lm_head(self.dense_one(h))
+
+
+def test_sparsify_densify_and_checkpoints(tmp_path):
+    torch.manual_seed(0)
+    model = TinyMLP()
+    tokens = torch.randint(0, 10, (2, 5))
+    expected = model(tokens)
+    report = sparsify_(model, SparsifyConfig(fallback="never"))
+    assert report["up"] == "2:4" and report["down"] in ("32x32", "16x16")
+    assert "dense" in report["dense_one"]
+    assert isinstance(model.up, SparseLinear) and isinstance(model.lm_head, nn.Linear)
+    torch.testing.assert_close(model(tokens), expected, rtol=1e-4, atol=1e-4)
+
+    save_pretrained(model, tmp_path)
+    sparse_copy = load_pretrained(TinyMLP(), tmp_path)
+    assert isinstance(sparse_copy.up, SparseLinear)
+    assert torch.equal(sparse_copy(tokens), model(tokens))
+    dense_copy = load_pretrained(TinyMLP(), tmp_path, sparse=False)
+    assert type(dense_copy.up) is nn.Linear
+    torch.testing.assert_close(dense_copy(tokens), expected, rtol=1e-4, atol=1e-4)
+
+    assert densify_(model) == 2
+    torch.testing.assert_close(model(tokens), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_corrupt_and_mismatched_checkpoints(tmp_path):
+    model = TinyMLP()
+    sparsify_(model, SparsifyConfig(fallback="never"))
+    file = save_pretrained(model, tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load_pretrained(TinyMLP(), tmp_path / "nowhere")
+    with open(file, "r+b") as f:
+        f.seek(20)
+        f.write(b"garbage!")
+    with pytest.raises(ValueError, match="not a readable safetensors file|corrupt"):
+        load_pretrained(TinyMLP(), tmp_path)
+
+    class Wider(TinyMLP):
+        def __init__(self):
+            super().__init__()
+            self.up = nn.Linear(32, 96)
+
+    save_pretrained(model, tmp_path)
+    with pytest.raises(ValueError, match="'up' has shape"):
+        load_pretrained(Wider(), tmp_path)
+
+
+def test_torch_compile_runs_sparse_model():
+    model = TinyMLP()
+    sparsify_(model, SparsifyConfig(fallback="never"))
+    tokens = torch.randint(0, 10, (2, 5))
+    compiled = torch.compile(model, backend="eager", fullgraph=False)
+    torch.testing.assert_close(compiled(tokens), model(tokens))
