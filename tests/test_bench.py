@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+import sparseflow
 from sparseflow.bench import harness, report, results, runner, suites
 from sparseflow.bench.__main__ import main
 from sparseflow.bench.registry import SUITES, Case, Prepared, Suite, SuiteContext, suite
 
-PYTHON_DIR = os.path.join(os.path.dirname(__file__), "..", "python")
+# The subprocess must import the sparseflow this test process imported (installed, or a dev build).
+PYTHON_DIR = os.path.dirname(os.path.dirname(sparseflow.__file__))
 
 
 def busy(ms: float):
