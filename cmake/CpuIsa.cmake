@@ -1,4 +1,4 @@
-# Per-file ISA flags. Never -march=native: the wheel must run on any x86-64; kernels are chosen at run
+# Per-file ISA flags, never a host-tuned -march: the wheel must run on any x86-64; kernels are chosen at run
 # time by CPUID (csrc/include/sparseflow/cpu_features.h). Files carrying these flags stay torch-free so
 # AVX-512 code cannot leak into inline functions shared with the rest of the program (ODR).
 set(SPARSEFLOW_ISA_AVX512 "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mfma;-mf16c")

@@ -13,7 +13,7 @@ import sparseflow
 from sparseflow import _C, _loader, _meta
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -47,7 +47,7 @@ def collect() -> dict:
         "cuda_kernels_loaded": _loader.cuda_loaded,
         "cuda_load_error": _loader.cuda_load_error,
         "gpus": gpus,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_features": _C.cpu_features(),
         "cpu_isa_detected": _C.detected_cpu_isa(),
         "cpu_isa_selected": _C.selected_cpu_isa(),

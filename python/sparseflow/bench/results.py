@@ -17,6 +17,7 @@ import shlex
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+from ..info import cpu_model
 
 import torch
 
@@ -79,17 +80,6 @@ class Row:
         d = dict(d)
         d["baselines"] = [BaselineResult(**b) for b in d["baselines"]]
         return cls(**d)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def collect_metadata(argv: list[str], device: torch.device, **extra) -> dict[str, Any]:
