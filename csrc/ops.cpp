@@ -27,4 +27,7 @@ TORCH_LIBRARY(sparseflow, m) {
   m.def("nm_linear(Tensor x, Tensor packed_values, Tensor packed_meta, int n, int m, int out_features, "
         "int in_features, Tensor? bias=None, Tensor? weight_scale=None, str activation=\"none\", "
         "ScalarType? out_dtype=None) -> Tensor");
+  // Canonical 2:4 -> CUTLASS's sparse-GEMM operands for `target` (80: 2.x SparseGemm; 90: 3.x sm90a), any device.
+  m.def("nm_pack_cutlass(Tensor values, Tensor indices, int n, int m, int target=80) -> "
+        "(Tensor packed_values, Tensor packed_meta)");
 }

@@ -28,8 +28,6 @@ CONFIGS = {
     "wanda-50-dsnot": dict(method="wanda", dsnot=True),
     "wanda-50-owl": dict(method="wanda", sparsity=OWL(0.5)),
     "sparsegpt-50": dict(method="sparsegpt"),
-    "wanda-70": dict(method="wanda", sparsity=0.7),
-    "wanda-70-owl": dict(method="wanda", sparsity=OWL(0.7)),
     "magnitude-2:4": dict(method="magnitude", pattern="2:4"),
     "wanda-2:4": dict(method="wanda", pattern="2:4"),
     "wanda-2:4-dsnot": dict(method="wanda", pattern="2:4", dsnot=True),

@@ -91,6 +91,8 @@ def test_wanda_per_row_not_worse_than_per_layer(lm):
 
 def test_dsnot_does_not_make_wanda_worse(lm):
     assert lm.ppl("wanda-50-dsnot", method="wanda", dsnot=True) <= lm.ppl("wanda-50", method="wanda"), lm.results
+    assert lm.ppl("wanda-2:4-dsnot", method="wanda", pattern="2:4", dsnot=True) <= lm.ppl(
+        "wanda-2:4", method="wanda", pattern="2:4"), lm.results
 
 
 def test_embeddings_and_head_untouched(lm):

@@ -15,9 +15,9 @@
 namespace sparseflow::bsr {
 namespace {
 
-// int8 batches up to this many tokens run the decode kernel (lanes = output channels, one activation
-// gather per 4 tokens); larger ones the panel kernel (lanes = tokens). Measured on a Cascade Lake core:
-// at M=8 decode ~14 cycles per 4x4 tile against ~17 for the panel kernel; at M=12 the panel kernel wins.
+// int8 batches up to this many tokens run the decode kernel (lanes = output channels, one gather per 4
+// tokens); larger ones the panel kernel (lanes = tokens). Measured crossover on AVX512_VNNI: see
+// python/sparseflow/bench/cpu_linear.py.
 constexpr int64_t kInt8DecodeMaxTokens = 8;
 // Tokens per task along M: the activation panels a thread re-reads for each of its block-rows stay in L2
 // (16 tokens x K=4096 fp32 = 256 KiB per panel).

@@ -78,6 +78,8 @@ def _check_same_device(op: str, arg: str, t: torch.Tensor, others: dict) -> None
 
 @torch.library.register_fake("sparseflow::bsr_pack")
 def _bsr_pack_fake(crow, col, values, out_features, in_features, kernel="auto"):
+    if values.device.type == "cuda":
+        return bsr_pack_fake_cuda(crow, col, values, out_features, in_features, kernel)
     op = "sparseflow.bsr_pack"
     _check_dtype(op, "crow", crow, (torch.int32,))
     _check_dtype(op, "col", col, (torch.int32,))
@@ -113,6 +115,9 @@ def _bsr_pack_fake(crow, col, values, out_features, in_features, kernel="auto"):
 @torch.library.register_fake("sparseflow::bsr_linear")
 def _bsr_linear_fake(x, meta, rowptr, indices, packed_values, compensation, out_features, in_features,
                      bias=None, weight_scale=None, activation="none", out_dtype=None):
+    if x.device.type == "cuda":
+        return bsr_linear_fake_cuda(x, meta, rowptr, indices, packed_values, compensation, out_features, in_features,
+                                    bias, weight_scale, activation, out_dtype)
     op = "sparseflow.bsr_linear"
     _check_dtype(op, "meta", meta, (torch.int64,))
     _check_dtype(op, "x", x, (torch.float32, torch.bfloat16))
@@ -159,6 +164,8 @@ def _meta_row_bytes(in_features: int) -> int:
 
 @torch.library.register_fake("sparseflow::nm_pack")
 def _nm_pack_fake(values, indices, n, m):
+    if values.device.type == "cuda":
+        return nm_pack_fake_cuda(values, indices, n, m)
     op = "sparseflow.nm_pack"
     _check_n_m(op, n, m)
     _check_dtype(op, "values", values, _LINEAR_WEIGHT_DTYPES)
@@ -177,6 +184,9 @@ def _nm_pack_fake(values, indices, n, m):
 @torch.library.register_fake("sparseflow::nm_linear")
 def _nm_linear_fake(x, packed_values, packed_meta, n, m, out_features, in_features, bias=None, weight_scale=None,
                     activation="none", out_dtype=None):
+    if x.device.type == "cuda":
+        return nm_linear_fake_cuda(x, packed_values, packed_meta, n, m, out_features, in_features, bias,
+                                   weight_scale, activation, out_dtype)
     op = "sparseflow.nm_linear"
     _check_n_m(op, n, m)
     _check_dtype(op, "packed_values", packed_values, _LINEAR_WEIGHT_DTYPES)
@@ -220,6 +230,211 @@ def _nm_linear_fake(x, packed_values, packed_meta, n, m, out_features, in_featur
         raise TypeError(f"{op}: out_dtype must be float32 or bfloat16, got {str(out).removeprefix('torch.')}")
     if activation not in _ACTIVATIONS:
         raise ValueError(f"{op}: activation must be one of none, relu, gelu, silu, got {activation!r}")
+    return x.new_empty((*x.shape[:-1], out_features), dtype=out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CUDA 2:4 path: nm_pack_cutlass, and the CUDA side of nm_pack / nm_linear (the fakes above call these for
+# CUDA tensors). Layouts: csrc/nm/nm_cutlass.h (targets 80 and 90).
+
+_NM_LINEAR_ACTIVATIONS = ("none", "relu", "gelu", "silu")
+# Per target: row, metadata-column and values-column padding, metadata dtype, dense columns per metadata element
+# (csrc/nm/nm_cutlass.h).
+_CUTLASS_LAYOUTS = {80: (32, 64, 64, torch.int16, 16), 90: (64, 128, 16, torch.uint8, 8)}
+_TARGET_OF_META_DTYPE = {torch.int16: 80, torch.uint8: 90}
+
+
+def _round_up(v: int, to: int) -> int:
+    return (v + to - 1) // to * to
+
+
+def nm_cutlass_packed_shapes(rows: int, cols: int, target: int = 80) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Shapes of (packed_values, packed_meta) of a [rows, cols] 2:4 weight in the CUTLASS layout of `target`."""
+    row_align, col_align, values_align, _, cols_per_meta = _CUTLASS_LAYOUTS[target]
+    rows_p, cols_p = _round_up(rows, row_align), _round_up(cols, col_align)
+    return (rows_p, _round_up(cols, values_align) // 2), (rows_p, cols_p // cols_per_meta)
+
+
+def nm_cuda_pack_target(device: torch.device, rows: int, cols: int) -> int:
+    """The layout nm_pack produces on `device` (csrc/nm/nm_cutlass_cuda.cpp, cuda_pack_target): 90 on sm90 with
+    the sm90a kernels built, rows a multiple of 8 and cols of 16; else 80. Without a GPU (fakes only): 80."""
+    if not torch.cuda.is_available() or "90a" not in _loader.BUILD_INFO["cuda_archs"].split(";"):
+        return 80
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    sm90 = torch.cuda.get_device_capability(index) == (9, 0)
+    return 90 if sm90 and rows % 8 == 0 and cols % 16 == 0 else 80
+
+
+def _nm_cutlass_pack_checks(op: str, values, indices, n: int, m: int, target: int | None = None) -> None:
+    if (n, m) != (2, 4):
+        raise ValueError(f"{op}: the CUTLASS sparse tensor-core layout is 2:4 only, got n:m = {n}:{m}")
+    if target is not None and target not in _CUTLASS_LAYOUTS:
+        raise ValueError(f"{op}: target must be 80 (CUTLASS 2.x SparseGemm, sm80 and later) or 90 (CUTLASS 3.x, "
+                         f"sm90a), got {target}")
+    _check_dtype(op, "values", values, (torch.float16, torch.bfloat16))
+    _check_dtype(op, "indices", indices, (torch.uint8,))
+    _check_dim(op, "values", values, 2, "[rows, cols/2]")
+    if values.shape != indices.shape:
+        raise ValueError(
+            f"{op}: values and indices must have the same shape, got {list(values.shape)} and {list(indices.shape)}"
+        )
+    if values.device != indices.device:
+        raise ValueError(f"{op}: values and indices must be on the same device, got {values.device} and {indices.device}")
+    if values.shape[1] % 2:
+        raise ValueError(f"{op}: the column count of values ({values.shape[1]}) must be a multiple of n=2")
+
+
+def _nm_cutlass_packed_like(values, target: int):
+    vshape, mshape = nm_cutlass_packed_shapes(values.shape[0], values.shape[1] * 2, target)
+    return values.new_empty(vshape), values.new_empty(mshape, dtype=_CUTLASS_LAYOUTS[target][3])
+
+
+@torch.library.register_fake("sparseflow::nm_pack_cutlass")
+def _nm_pack_cutlass_fake(values, indices, n, m, target=80):
+    _nm_cutlass_pack_checks("sparseflow.nm_pack_cutlass", values, indices, n, m, target)
+    return _nm_cutlass_packed_like(values, target)
+
+
+def nm_pack_fake_cuda(values, indices, n, m):
+    """nm_pack's fake for CUDA tensors: nm_pack_cutlass's layout for the target the GPU gets."""
+    op = "sparseflow.nm_pack"
+    if (n, m) != (2, 4):
+        raise ValueError(f"{op}: on CUDA only 2:4 is supported (sparse tensor cores), got n:m = {n}:{m}")
+    _nm_cutlass_pack_checks(op, values, indices, n, m)
+    return _nm_cutlass_packed_like(values, nm_cuda_pack_target(values.device, values.shape[0], values.shape[1] * 2))
+
+
+def nm_linear_fake_cuda(x, packed_values, packed_meta, n, m, out_features, in_features, bias=None,
+                        weight_scale=None, activation="none", out_dtype=None):
+    """nm_linear's fake for CUDA tensors: the checks of csrc/nm/nm_cutlass_cuda.cpp that need no data."""
+    op = "sparseflow.nm_linear"
+    if (n, m) != (2, 4):
+        raise ValueError(f"{op}: on CUDA only 2:4 is supported (sparse tensor cores), got n:m = {n}:{m}")
+    if out_features < 0 or in_features < 0:
+        raise ValueError(f"{op}: out_features and in_features must be >= 0, got {out_features} and {in_features}")
+    _check_dtype(op, "x", x, (torch.float16, torch.bfloat16))
+    if packed_values.dtype != x.dtype:
+        raise TypeError(f"{op}: packed_values must have the dtype of x ({x.dtype}), got {packed_values.dtype}")
+    _check_dtype(op, "packed_meta", packed_meta, (torch.int16, torch.uint8))
+    if x.dim() < 1 or x.shape[-1] != in_features:
+        raise ValueError(f"{op}: x must be [..., in_features] with in_features={in_features}, got shape {list(x.shape)}")
+    target = _TARGET_OF_META_DTYPE[packed_meta.dtype]
+    vshape, mshape = nm_cutlass_packed_shapes(out_features, in_features, target)
+    if tuple(packed_values.shape) != vshape:
+        raise ValueError(f"{op}: packed_values must be {list(vshape)} (nm_pack's target-{target} layout), got "
+                         f"{list(packed_values.shape)}")
+    if tuple(packed_meta.shape) != mshape:
+        raise ValueError(f"{op}: packed_meta must be {list(mshape)} (nm_pack's target-{target} layout), got "
+                         f"{list(packed_meta.shape)}")
+    if target == 80 and in_features % 64:
+        raise ValueError(f"{op}: on CUDA in_features must be a multiple of 64 (the K tile of the sm80 2:4 kernels), "
+                         f"got {in_features}")
+    if target == 90 and (in_features % 16 or out_features % 8):
+        raise ValueError(f"{op}: weights packed for sm90 (uint8 packed_meta) need in_features a multiple of 16 and "
+                         f"out_features of 8 (TMA), got {in_features} and {out_features}")
+    if not (packed_values.is_contiguous() and packed_meta.is_contiguous()):
+        raise ValueError(f"{op}: packed_values and packed_meta must be contiguous and 16-byte aligned, as nm_pack "
+                         "returns them")
+    for arg, t in (("packed_values", packed_values), ("packed_meta", packed_meta), ("bias", bias),
+                   ("weight_scale", weight_scale)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{op}: x and {arg} must be on the same device, got {x.device} and {t.device}")
+    out_dtype = x.dtype if out_dtype is None else out_dtype
+    if out_dtype not in (x.dtype, torch.float32):
+        raise TypeError(f"{op}: out_dtype must be the dtype of x ({x.dtype}) or float32 on CUDA, got {out_dtype}")
+    if bias is not None:
+        if bias.dtype not in (x.dtype, torch.float32):
+            raise TypeError(f"{op}: bias must have the dtype of x ({x.dtype}) or float32, got {bias.dtype}")
+        if tuple(bias.shape) != (out_features,):
+            raise ValueError(f"{op}: bias must be [{out_features}], got shape {list(bias.shape)}")
+    if weight_scale is not None:
+        raise ValueError(f"{op}: weight_scale is only for int8 packed_values")
+    if activation not in _NM_LINEAR_ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be one of none, relu, gelu, silu, got {activation!r}")
+    return x.new_empty((*x.shape[:-1], out_features), dtype=out_dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CUDA block-sparse path: the CUDA side of bsr_pack / bsr_linear (csrc/bsr/bsr_cuda.h), called by the fakes
+# above for CUDA tensors: square
+# T x T fp16/bf16 blocks kept as they are; meta stays a CPU tensor (layout id 4, T in slot 6).
+
+_BSR_CUDA_BLOCKS = (16, 32, 64, 128)
+
+
+def bsr_pack_fake_cuda(crow, col, values, out_features, in_features, kernel="auto"):
+    """bsr_pack's fake for CUDA tensors (checks of csrc/bsr/bsr_cuda.cpp that need no data)."""
+    op = "sparseflow.bsr_pack"
+    _check_dtype(op, "crow", crow, (torch.int32,))
+    _check_dtype(op, "col", col, (torch.int32,))
+    _check_dtype(op, "values", values, (torch.float16, torch.bfloat16))
+    _check_dim(op, "crow", crow, 1, "[out_features/R + 1]")
+    _check_dim(op, "col", col, 1, "[nnz_blocks]")
+    _check_dim(op, "values", values, 3, "[nnz_blocks, R, C]")
+    for arg, t in (("col", col), ("values", values)):
+        if t.device != crow.device:
+            raise ValueError(f"{op}: crow and {arg} must be on the same device, got {crow.device} and {t.device}")
+    if out_features < 0:
+        raise ValueError(f"{op}: out_features must be >= 0, got {out_features}")
+    if not 0 <= in_features <= 65536:
+        raise ValueError(f"{op}: in_features must be in [0, 65536] (indices are 16-bit), got {in_features}")
+    _, R, C = values.shape
+    if R != C or R not in _BSR_CUDA_BLOCKS:
+        raise ValueError(f"{op}: on CUDA the blocks must be square 16x16, 32x32, 64x64 or 128x128 (one tensor-core "
+                         f"tile each), got {R}x{C}")
+    if crow.shape[0] != -(-out_features // R) + 1:
+        raise ValueError(f"{op}: crow must have ceil(out_features/R) + 1 = {-(-out_features // R) + 1} entries")
+    if col.shape[0] != values.shape[0]:
+        raise ValueError(f"{op}: col and values must describe the same blocks")
+    if kernel not in ("auto", f"{R}x{R}"):
+        raise ValueError(f"{op}: kernel {kernel!r} is not a CUDA layout; on CUDA use 'auto' or '{R}x{R}'")
+    nnz = values.shape[0]
+    meta = torch.empty(8, dtype=torch.int64, device="cpu")
+    return (meta, crow.new_empty(crow.shape), crow.new_empty((nnz,), dtype=torch.int16),
+            values.new_empty(values.shape), crow.new_empty((0,)))
+
+
+def bsr_linear_fake_cuda(x, meta, rowptr, indices, packed_values, compensation, out_features, in_features, bias=None,
+                         weight_scale=None, activation="none", out_dtype=None):
+    """bsr_linear's fake for CUDA tensors (the block size comes from packed_values' shape: meta holds no data)."""
+    op = "sparseflow.bsr_linear"
+    _check_dtype(op, "meta", meta, (torch.int64,))
+    if meta.dim() != 1 or meta.numel() != 8 or meta.device.type != "cpu":
+        raise ValueError(f"{op}: meta must be the 1-D int64 CPU tensor of 8 entries returned by bsr_pack, got "
+                         f"shape {list(meta.shape)} on {meta.device}")
+    _check_dtype(op, "x", x, (torch.float16, torch.bfloat16))
+    if x.dim() == 0 or x.shape[-1] != in_features:
+        raise ValueError(f"{op}: x must have shape [..., in_features={in_features}], got {list(x.shape)}")
+    _check_dtype(op, "packed_values", packed_values, (torch.float16, torch.bfloat16))
+    if x.dtype != packed_values.dtype:
+        raise TypeError(f"{op}: x must have the weight's dtype {packed_values.dtype}, got {x.dtype}")
+    _check_dtype(op, "rowptr", rowptr, (torch.int32,))
+    _check_dtype(op, "indices", indices, (torch.int16,))
+    _check_dtype(op, "compensation", compensation, (torch.int32,))
+    if packed_values.dim() != 3 or packed_values.shape[1] != packed_values.shape[2] or \
+            packed_values.shape[1] not in _BSR_CUDA_BLOCKS:
+        raise ValueError(f"{op}: packed_values must be [nnz, T, T] with T in 16, 32, 64, 128, got "
+                         f"{list(packed_values.shape)}")
+    T = packed_values.shape[1]
+    if rowptr.shape != (-(-out_features // T) + 1,) or indices.shape != (packed_values.shape[0],):
+        raise ValueError(f"{op}: rowptr and indices do not match out_features={out_features} and packed_values")
+    for arg, t in (("rowptr", rowptr), ("indices", indices), ("packed_values", packed_values),
+                   ("compensation", compensation), ("bias", bias)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{op}: x and {arg} must be on the same device, got {x.device} and {t.device}")
+    if in_features % 8:
+        raise ValueError(f"{op}: on CUDA in_features must be a multiple of 8 (16-byte loads of x), got {in_features}")
+    out = out_dtype or x.dtype
+    if out not in (x.dtype, torch.float32):
+        raise TypeError(f"{op}: out_dtype must be the dtype of x ({x.dtype}) or float32 on CUDA, got {out}")
+    if activation not in _NM_LINEAR_ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be 'none', 'relu', 'gelu' or 'silu', got {activation!r}")
+    if bias is not None:
+        _check_dtype(op, "bias", bias, (torch.float32, x.dtype))
+        if bias.shape != (out_features,):
+            raise ValueError(f"{op}: bias must have shape [{out_features}], got {list(bias.shape)}")
+    if weight_scale is not None:
+        raise ValueError(f"{op}: weight_scale applies to int8 weights only")
     return x.new_empty((*x.shape[:-1], out_features), dtype=out)
 
 

@@ -40,6 +40,8 @@ def bsr_pack(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, out_fe
     buffers, so they survive ``state_dict`` save/load) and passed to :func:`bsr_linear`. ``meta`` (int64, CPU)
     records the format version, layout, dtype and sizes; ``compensation`` holds each int8 output channel's
     weight sum (empty for float weights). Raises IndexError naming the first bad crow/col entry.
+    On CUDA the blocks must be square 16, 32, 64 or 128 (float16/bfloat16) and are kept as they are (one
+    tensor-core tile each; ``kernel`` "auto" or "TxT"), see ``csrc/bsr/bsr_cuda.h``.
     """
     return torch.ops.sparseflow.bsr_pack(crow, col, values, out_features, in_features, kernel)
 
@@ -55,7 +57,8 @@ def bsr_linear(x: torch.Tensor, meta: torch.Tensor, rowptr: torch.Tensor, indice
     ``sum((xq - zp) * W)`` exactly in int32, and dequantize with the per-token scale and ``weight_scale``
     (float32 [out_features], required) fused with bias and activation. ``out_dtype``: float32 or bfloat16
     (default: x's dtype), or int32 for the int8 raw accumulator (no bias/activation then).
-    ``activation``: "none", "relu", "gelu" (exact, erf) or "silu".
+    ``activation``: "none", "relu", "gelu" (exact, erf) or "silu". On CUDA: float16/bfloat16, ``out_dtype``
+    x's dtype or float32, in_features % 8; never synchronises (meta stays on the CPU), CUDA-graph safe.
     """
     return torch.ops.sparseflow.bsr_linear(x, meta, rowptr, indices, packed_values, compensation, out_features,
                                            in_features, bias, weight_scale, activation, out_dtype)
@@ -67,6 +70,8 @@ def nm_pack(values: torch.Tensor, indices: torch.Tensor, n: int = 2, m: int = 4)
     int8 ``[out_features, in_features // m * n]``. On CPU the result is ``(values copy, packed_meta)`` with
     ``packed_meta`` uint8 ``[out_features, ceil(in_features / 64) * 8]``, a bitmask of the kept columns
     (layout in ``csrc/nm/nm.h``; the same for every CPU ISA level, so a packed weight runs on any CPU).
+    On CUDA only 2:4 float16/bfloat16 packs, into the sparse-tensor-core layout of the GPU: what
+    :func:`nm_pack_cutlass` gives for target 90 on sm90 (when out % 8 == 0 and in % 16 == 0), else target 80.
     Raises ``IndexError`` naming the first group whose positions are out of ``[0, m)`` or not ascending.
     """
     return torch.ops.sparseflow.nm_pack(values, indices, n, m)
@@ -98,7 +103,31 @@ def nm_linear(
     ``acc = q @ W.T`` (``in_features <= 131072`` keeps it in range). The AVX512-VNNI kernel feeds ``q + 128`` as
     u8 to ``vpdpbusd`` and subtracts ``128 * sum(W[j])``; the result is the same integer.
 
+    On CUDA (2:4 float16/bfloat16 on sparse tensor cores, docs/cuda-kernels.md): ``x`` of the weight's dtype,
+    ``out_dtype`` x's dtype or float32, bias of x's dtype or float32, no ``weight_scale``; in_features % 64 for
+    weights packed for target 80, out % 8 and in % 16 for target 90. Never synchronises; CUDA-graph safe.
+
     The packed tensors are trusted: pass them as :func:`nm_pack` returned them.
     """
     return torch.ops.sparseflow.nm_linear(x, packed_values, packed_meta, n, m, out_features, in_features, bias,
                                           weight_scale, activation, out_dtype)
+
+
+# ---- CUDA 2:4 layout (branch cuda)
+
+def nm_pack_cutlass(values: torch.Tensor, indices: torch.Tensor, n: int = 2, m: int = 4,
+                    target: int = 80) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pack a canonical 2:4 weight (:func:`nm_compress`'s output) into the operands of CUTLASS's sparse
+    tensor-core GEMM for ``target``: 80, CUTLASS 2.x ``SparseGemm`` (``nm_linear``'s kernel on sm80 and later),
+    or 90, CUTLASS 3.x on sm90a (``nm_linear``'s kernel on H100/H200 when out % 8 == 0 and in % 16 == 0).
+
+    Works on any device, so a weight can be packed on a CPU and moved to the GPU (``nm_pack`` on a CUDA
+    tensor picks the target for its GPU). Returns ``(packed_values, packed_meta)``: the values zero-padded to
+    ``[rows_p, cols_v // 2]`` and the metadata, int16 ``[rows_p, cols_p // 16]`` (target 80) or uint8
+    ``[rows_p, cols_p // 8]`` (target 90) in CUTLASS's order; ``rows_p``/``cols_p``/``cols_v`` round the
+    row/column counts up to 32/64/64 (80) or 64/128/16 (90). The metadata dtype tells ``nm_linear`` which
+    layout it has.
+    Only float16 and bfloat16 have a 2:4 tensor-core layout. Raises ``IndexError`` naming the first group
+    whose positions are not strictly ascending in ``[0, 4)``.
+    """
+    return torch.ops.sparseflow.nm_pack_cutlass(values, indices, n, m, target)

@@ -9,7 +9,7 @@ import torch
 
 from .registry import SUITES, Suite
 
-SUITE_MODULES = ("suite_nm_pack", "suite_cpu_linear", "suite_cpu_linear_nm")
+SUITE_MODULES = ("suite_nm_pack", "suite_cpu_linear", "suite_cpu_linear_nm", "suite_gpu_linear")
 
 for _module in SUITE_MODULES:
     importlib.import_module(f"{__package__}.{_module}")

@@ -165,7 +165,6 @@ def dsnot_refine(
     gram = stats.gram.to(w.device) / max(stats.count, 1)
     g = (w * ~keep) @ gram
     gram_diag = gram.diagonal()
-    buf_a, buf_b = torch.empty_like(w), torch.empty_like(w)
     gain = torch.where(keep, torch.zeros_like(w), contrib / var.pow(var_power).unsqueeze(0))
     regrow_order = torch.argsort(gain, dim=1, stable=True)  # pruned with gain > 0 at the end, < 0 at the start
     lo = torch.zeros(rows, dtype=torch.long, device=w.device)
@@ -214,13 +213,7 @@ def dsnot_refine(
         keep[sel, r_idx[ok]] = True
         keep[sel, p_idx[ok]] = False
         err = torch.where(ok, new_err, err)
-        # g += w_p G[p] - w_r G[r] on the swapped rows: dense over all rows (zero weights elsewhere), in
-        # preallocated buffers; scattering into selected rows and fresh large buffers are both slower on CPU.
-        zero = torch.zeros((), device=w.device)
-        torch.index_select(gram, 0, p_idx, out=buf_a).mul_(torch.where(ok, w_p, zero).unsqueeze(1))
-        torch.index_select(gram, 0, r_idx, out=buf_b)
-        buf_a.addcmul_(buf_b, torch.where(ok, w_r, zero).unsqueeze(1), value=-1.0)
-        g.add_(buf_a)
+        g[sel] += w_p[ok].unsqueeze(1) * gram[p_idx[ok]] - w_r[ok].unsqueeze(1) * gram[r_idx[ok]]
         hi -= (ok & want_pos).long()
         lo += (ok & ~want_pos).long()
         if pattern.kind == "nm":

@@ -44,6 +44,10 @@ class OpEntry:
     compare: Callable[[Any, Any, tuple], None]
     # Why this op has no CUDA kernel yet (only ops whose GPU issue is open may say so).
     cuda_pending: str | None = None
+    # Device types the samples, bad samples, fuzz strategy and reference describe. Ops whose packed layout
+    # differs per device (nm_pack/nm_linear, bsr_pack/bsr_linear) list "cpu" here; their CUDA kernels are
+    # tested against CUDA-layout references in tests/test_cuda_linear.py and tests/test_cuda_bsr.py.
+    sample_devices: tuple[str, ...] = ("cpu", "cuda")
 
     @property
     def op(self):
@@ -427,7 +431,6 @@ def assert_bsr_linear_close(actual, expected, args) -> None:
 # ---------------------------------------------------------------------------------------------- N:M linear
 
 LINEAR_PATTERNS = ((2, 4), (1, 4), (4, 8), (2, 8), (1, 8), (3, 7))  # the last runs the portable kernel only
-LINEAR_CUDA_PENDING = "GPU kernels: issue 6"
 
 
 def random_nm_weight(rows: int, cols: int, n: int, m: int, dtype, seed: int = 0, fill: float = 0.9):
@@ -650,12 +653,75 @@ OP_DB: dict[str, OpEntry] = {
         OpEntry("nm_decompress", ref.nm_decompress, _nm_decompress_samples, _nm_decompress_bad,
                 _nm_decompress_fuzz, bench_suite="nm-pack", compare=assert_bitwise_equal),
         OpEntry("bsr_pack", ref.bsr_pack, _bsr_pack_samples, _bsr_pack_bad, _bsr_pack_fuzz,
-                bench_suite="cpu-linear", compare=assert_bitwise_equal, cuda_pending="GPU kernels: issue 6"),
+                bench_suite="cpu-linear", compare=assert_bitwise_equal, sample_devices=("cpu",)),
         OpEntry("bsr_linear", ref.bsr_linear, _bsr_linear_samples, _bsr_linear_bad, _bsr_linear_fuzz,
-                bench_suite="cpu-linear", compare=assert_bsr_linear_close, cuda_pending="GPU kernels: issue 6"),
+                bench_suite="cpu-linear", compare=assert_bsr_linear_close, sample_devices=("cpu",)),
         OpEntry("nm_pack", ref.nm_pack, _nm_pack_samples, _nm_pack_bad, _nm_pack_fuzz, bench_suite="cpu-linear",
-                compare=assert_bitwise_equal, cuda_pending=LINEAR_CUDA_PENDING),
+                compare=assert_bitwise_equal, sample_devices=("cpu",)),
         OpEntry("nm_linear", ref.nm_linear, _nm_linear_samples, _nm_linear_bad, _nm_linear_fuzz,
-                bench_suite="cpu-linear", compare=_nm_linear_compare, cuda_pending=LINEAR_CUDA_PENDING),
+                bench_suite="cpu-linear", compare=_nm_linear_compare, sample_devices=("cpu",)),
     ]
 }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CUDA 2:4 layout (branch cuda): nm_pack_cutlass. Its own block so merges with the CPU branches stay simple.
+
+def _canonical_2_4(rows: int, cols: int, dtype, device, seed: int = 0, fill: float = 1.0):
+    return ref.nm_compress(random_nm_dense(rows, cols, 2, 4, dtype, device, seed=seed, fill=fill), 2, 4)
+
+
+def _nm_pack_cutlass_samples(device):
+    # Rows around the 32-row reordering block, columns around the 64-column K tile and the 16-column word.
+    shapes = ((1, 4), (31, 64), (32, 64), (33, 68), (64, 128), (7, 200), (96, 16), (0, 64), (5, 0), (65, 136))
+    for dtype in (torch.float16, torch.bfloat16):
+        for i, (rows, cols) in enumerate(shapes):
+            values, indices = _canonical_2_4(rows, cols, dtype, device, seed=i, fill=0.7 if i % 2 else 1.0)
+            for target in (80, 90):
+                yield Sample((values, indices, 2, 4, target), note=f"{dtype} {rows}x{cols} target {target}")
+    values, indices = _canonical_2_4(40, 96, torch.float16, device, seed=3)
+    yield Sample((values.t().contiguous().t(), indices.t().contiguous().t(), 2, 4, 80), note="column-major inputs")
+    yield Sample((values.t().contiguous().t(), indices, 2, 4, 90), note="column-major values, target 90")
+
+
+def _nm_pack_cutlass_bad(device):
+    values, indices = _canonical_2_4(8, 32, torch.float16, device)
+    yield BadSample((values, indices, 4, 8), ValueError, r"2:4 only, got n:m = 4:8")
+    yield BadSample((values, indices, 2, 4, 70), ValueError, r"target must be 80 .* or 90 .*, got 70")
+    yield BadSample((values.float(), indices, 2, 4), TypeError, r"values must have dtype Half, BFloat16, got Float")
+    yield BadSample((values, indices.int(), 2, 4), TypeError, r"indices must have dtype")
+    yield BadSample((values, indices[:, :8], 2, 4), ValueError, r"same shape")
+    yield BadSample((values.reshape(-1), indices.reshape(-1), 2, 4), ValueError, r"values must be 2-D")
+    yield BadSample((values[:, :5], indices[:, :5], 2, 4), ValueError, r"column count of values \(5\) must be a multiple of n=2")
+    bad = indices.clone()
+    bad[5, 6:8] = torch.tensor([3, 1], dtype=torch.uint8)
+    yield BadSample((values, bad, 2, 4), IndexError, r"row 5, group 3 .* are \[3, 1\]; expected strictly ascending")
+    out = indices.clone()
+    out[7, 15] = 4
+    yield BadSample((values, out, 2, 4), IndexError, r"row 7, group 7 .*\[\d, 4\]")
+
+
+def _nm_pack_cutlass_fuzz(draw, device):
+    from hypothesis import strategies as st
+
+    n, m = draw(st.sampled_from([(2, 4), (2, 4), (2, 4), (1, 4), (4, 8)]))
+    rows = draw(st.integers(0, 70))
+    cols = draw(st.integers(0, 40)) * 4 + draw(st.sampled_from([0, 0, 0, 2]))
+    dtype = draw(st.sampled_from([torch.float16, torch.bfloat16, torch.float16, torch.float32, torch.int8]))
+    values, indices = _canonical_2_4(rows, cols - cols % 4, torch.float32, device, seed=draw(st.integers(0, 999)),
+                                     fill=draw(st.sampled_from([1.0, 0.5])))
+    if cols % 4:  # an odd column count: values and indices of width cols/2
+        values = torch.cat([values, torch.ones(rows, 1, device=device)], 1)
+        indices = torch.cat([indices, torch.zeros(rows, 1, dtype=torch.uint8, device=device)], 1)
+    values = values.to(dtype)
+    if indices.numel() and draw(st.booleans()):
+        indices = indices.clone()
+        flat = indices.view(-1)
+        flat[draw(st.integers(0, flat.numel() - 1))] = draw(st.integers(0, 255))
+    target = draw(st.sampled_from([80, 90, 80, 90, 70]))
+    return (values, indices, n, m, target)
+
+
+OP_DB["nm_pack_cutlass"] = OpEntry(
+    "nm_pack_cutlass", ref.nm_pack_cutlass, _nm_pack_cutlass_samples, _nm_pack_cutlass_bad, _nm_pack_cutlass_fuzz,
+    bench_suite="gpu-linear", compare=assert_bitwise_equal)

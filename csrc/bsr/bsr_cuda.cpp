@@ -1,0 +1,249 @@
+// CUDA wrappers of bsr_pack / bsr_linear (tensor-core BSR, bsr_cuda.h). Packing validates crow/col on host
+// copies (a sync, once per weight); bsr_linear allocates only its output and never synchronises (meta is a
+// CPU tensor, read without touching the GPU), so it can be captured in a CUDA graph.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bsr_cuda.h"
+#include "sparseflow/checks.h"
+#include "sparseflow/cuda_arch.h"
+
+namespace sparseflow::bsr::cuda {
+namespace {
+
+constexpr const char* kPackOp = "sparseflow.bsr_pack";
+constexpr const char* kLinearOp = "sparseflow.bsr_linear";
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+bool supported_block(int64_t t) { return t == 16 || t == 32 || t == 64 || t == 128; }
+bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+void fail_canonical(const CanonicalCheck& c, const int32_t* cr, const int32_t* cl, int64_t nnz, int64_t in_features,
+                    int64_t C) {
+  constexpr const char* op = kPackOp;
+  switch (c.error) {
+    case CanonicalError::kNone: return;
+    case CanonicalError::kCrowStart: TORCH_CHECK_INDEX(false, op, ": crow[0] must be 0, got ", cr[0]);
+    case CanonicalError::kCrowDecreasing:
+      TORCH_CHECK_INDEX(false, op, ": crow must be non-decreasing, but crow[", c.entry, "] = ", cr[c.entry],
+                        " < crow[", c.entry - 1, "] = ", cr[c.entry - 1]);
+    case CanonicalError::kCrowEnd:
+      TORCH_CHECK_INDEX(false, op, ": crow[-1] must equal the number of blocks (", nnz, "), got ", cr[c.entry]);
+    case CanonicalError::kColRange:
+      TORCH_CHECK_INDEX(false, op, ": col[", c.entry, "] = ", cl[c.entry], " (block-row ", c.block_row,
+                        ") is out of range [0, ", ceil_div(in_features, C), ") for in_features=", in_features,
+                        ", C=", C);
+    case CanonicalError::kColOrder:
+      TORCH_CHECK_INDEX(false, op, ": col must be strictly ascending within each block-row, but block-row ",
+                        c.block_row, " has col[", c.entry - 1, "] = ", cl[c.entry - 1], " then col[", c.entry,
+                        "] = ", cl[c.entry]);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bsr_pack_cuda(
+    const at::Tensor& crow_in, const at::Tensor& col_in, const at::Tensor& values_in, int64_t out_features,
+    int64_t in_features, c10::string_view kernel) {
+  constexpr const char* op = kPackOp;
+  check_dtype(op, "crow", crow_in, {at::kInt});
+  check_dtype(op, "col", col_in, {at::kInt});
+  check_dtype(op, "values", values_in, {at::kHalf, at::kBFloat16});
+  check_dim(op, "crow", crow_in, 1, "[out_features/R + 1]");
+  check_dim(op, "col", col_in, 1, "[nnz_blocks]");
+  check_dim(op, "values", values_in, 3, "[nnz_blocks, R, C]");
+  check_same_device(op, "crow", crow_in, "col", col_in);
+  check_same_device(op, "crow", crow_in, "values", values_in);
+  TORCH_CHECK_VALUE(out_features >= 0, op, ": out_features must be >= 0, got ", out_features);
+  TORCH_CHECK_VALUE(in_features >= 0 && in_features <= kMaxInFeatures, op, ": in_features must be in [0, ",
+                    kMaxInFeatures, "] (indices are 16-bit), got ", in_features);
+  const int64_t R = values_in.size(1), C = values_in.size(2);
+  TORCH_CHECK_VALUE(R == C && supported_block(R), op,
+                    ": on CUDA the blocks must be square 16x16, 32x32, 64x64 or 128x128 (one tensor-core tile "
+                    "each), got ", R, "x", C);
+  TORCH_CHECK_VALUE(crow_in.numel() == ceil_div(out_features, R) + 1, op, ": crow must have ceil(out_features/R) + 1 = ",
+                    ceil_div(out_features, R) + 1, " entries for out_features=", out_features, ", R=", R, ", got ",
+                    crow_in.numel());
+  TORCH_CHECK_VALUE(col_in.numel() == values_in.size(0), op, ": col and values must describe the same blocks, got ",
+                    col_in.numel(), " column indices and ", values_in.size(0), " blocks");
+  const std::string square = std::to_string(R) + "x" + std::to_string(R);
+  TORCH_CHECK_VALUE(kernel == "auto" || kernel == square, op, ": kernel '", std::string(kernel),
+                    "' is not a CUDA layout; on CUDA use 'auto' or '", square, "' (the blocks as they are)");
+
+  const int64_t block_rows = ceil_div(out_features, R);
+  const int64_t nnz = col_in.numel();
+  {  // validation on host copies of the (small) index arrays, in the CPU pack's order and words
+    const at::Tensor crow_h = crow_in.to(at::kCPU).contiguous();
+    const at::Tensor col_h = col_in.to(at::kCPU).contiguous();
+    const CanonicalCheck check = validate_canonical(crow_h.data_ptr<int32_t>(), col_h.data_ptr<int32_t>(),
+                                                    block_rows, ceil_div(in_features, C), nnz);
+    fail_canonical(check, crow_h.data_ptr<int32_t>(), col_h.data_ptr<int32_t>(), nnz, in_features, C);
+  }
+
+  const c10::cuda::CUDAGuard guard(values_in.device());
+  const at::Tensor crow = crow_in.contiguous();
+  const at::Tensor col = col_in.contiguous();
+  const at::Tensor values = values_in.contiguous();
+  at::Tensor meta = at::zeros({kMetaSlots}, at::TensorOptions().dtype(at::kLong));
+  int64_t* mp = meta.data_ptr<int64_t>();
+  mp[kMetaVersion] = kFormatVersion;
+  mp[kMetaLayout] = kLayoutCudaSquare;
+  mp[kMetaDtype] = values.scalar_type() == at::kBFloat16 ? kDtypeBF16 : kDtypeF16;
+  mp[kMetaOut] = out_features;
+  mp[kMetaIn] = in_features;
+  mp[kMetaNnz] = nnz;
+  mp[kMetaBlock] = R;
+  at::Tensor rowptr = crow.clone();
+  at::Tensor indices = at::empty({nnz}, crow.options().dtype(at::kShort));
+  at::Tensor packed_values = at::empty_like(values, at::MemoryFormat::Contiguous);
+  at::Tensor compensation = at::empty({0}, crow.options());
+  PackParams p;
+  p.out_features = out_features;
+  p.in_features = in_features;
+  p.block = static_cast<int>(R);
+  p.block_rows = block_rows;
+  p.nnz = nnz;
+  p.crow = crow.data_ptr<int32_t>();
+  p.col = col.data_ptr<int32_t>();
+  p.values = reinterpret_cast<const uint16_t*>(values.data_ptr());
+  p.indices = indices.data_ptr<int16_t>();
+  p.packed_values = reinterpret_cast<uint16_t*>(packed_values.data_ptr());
+  pack_cuda(p, c10::cuda::getCurrentCUDAStream().stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {meta, rowptr, indices, packed_values, compensation};
+}
+
+Activation parse_activation(const char* op, c10::string_view s) {
+  if (s == "none") return Activation::kNone;
+  if (s == "relu") return Activation::kRelu;
+  if (s == "gelu") return Activation::kGelu;
+  if (s == "silu") return Activation::kSilu;
+  TORCH_CHECK_VALUE(false, op, ": activation must be 'none', 'relu', 'gelu' or 'silu', got '", std::string(s), "'");
+  return Activation::kNone;
+}
+
+at::Tensor bsr_linear_cuda(const at::Tensor& x_in, const at::Tensor& meta, const at::Tensor& rowptr,
+                           const at::Tensor& indices, const at::Tensor& packed_values, const at::Tensor& compensation,
+                           int64_t out_features, int64_t in_features, const std::optional<at::Tensor>& bias_in,
+                           const std::optional<at::Tensor>& weight_scale, c10::string_view activation,
+                           std::optional<at::ScalarType> out_dtype_in) {
+  constexpr const char* op = kLinearOp;
+  check_dtype(op, "meta", meta, {at::kLong});
+  TORCH_CHECK_VALUE(meta.dim() == 1 && meta.numel() == kMetaSlots && meta.device().is_cpu(), op,
+                    ": meta must be the 1-D int64 CPU tensor of ", kMetaSlots, " entries returned by bsr_pack, got shape ",
+                    meta.sizes(), " on ", meta.device());
+  const at::Tensor m = meta.contiguous();
+  const int64_t* mp = m.data_ptr<int64_t>();
+  TORCH_CHECK_VALUE(mp[kMetaVersion] == kFormatVersion, op, ": meta says packed-format version ", mp[kMetaVersion],
+                    "; this build reads version ", kFormatVersion, " (re-pack the weight)");
+  TORCH_CHECK_VALUE(mp[kMetaLayout] == kLayoutCudaSquare, op, ": meta holds layout id ", mp[kMetaLayout],
+                    ", a CPU layout; on CUDA pack the weight with bsr_pack on a CUDA tensor (layout id ",
+                    kLayoutCudaSquare, ")");
+  TORCH_CHECK_VALUE(mp[kMetaOut] == out_features && mp[kMetaIn] == in_features, op, ": the weight was packed for [",
+                    mp[kMetaOut], ", ", mp[kMetaIn], "] but out_features=", out_features,
+                    ", in_features=", in_features, " were passed");
+  const int64_t T = mp[kMetaBlock], nnz = mp[kMetaNnz];
+  TORCH_CHECK_VALUE(supported_block(T) && (mp[kMetaDtype] == kDtypeF16 || mp[kMetaDtype] == kDtypeBF16), op,
+                    ": meta holds block size ", T, " and dtype code ", mp[kMetaDtype],
+                    ", not a CUDA layout of this build");
+  const at::ScalarType wdtype = mp[kMetaDtype] == kDtypeBF16 ? at::kBFloat16 : at::kHalf;
+
+  check_dtype(op, "x", x_in, {at::kHalf, at::kBFloat16});
+  TORCH_CHECK_VALUE(x_in.dim() >= 1, op, ": x must have shape [..., in_features], got a 0-D tensor");
+  TORCH_CHECK_VALUE(x_in.size(-1) == in_features, op, ": x has ", x_in.size(-1), " input features (last dim of shape ",
+                    x_in.sizes(), ") but the weight has in_features=", in_features);
+  check_dtype(op, "packed_values", packed_values, {wdtype});
+  TORCH_CHECK_TYPE(x_in.scalar_type() == wdtype, op, ": x must have the weight's dtype ", wdtype, ", got ",
+                   x_in.scalar_type());
+  check_dtype(op, "rowptr", rowptr, {at::kInt});
+  check_dtype(op, "indices", indices, {at::kShort});
+  check_dtype(op, "compensation", compensation, {at::kInt});
+  const int64_t block_rows = ceil_div(out_features, T);
+  TORCH_CHECK_VALUE(rowptr.dim() == 1 && rowptr.numel() == block_rows + 1, op, ": rowptr must be 1-D with ",
+                    block_rows + 1, " entries for out_features=", out_features, " and ", T, "x", T, " blocks, got shape ",
+                    rowptr.sizes());
+  TORCH_CHECK_VALUE(indices.dim() == 1 && indices.numel() == nnz, op, ": indices must be 1-D with the ", nnz,
+                    " blocks recorded in meta, got shape ", indices.sizes());
+  TORCH_CHECK_VALUE(packed_values.dim() == 3 && packed_values.size(0) == nnz && packed_values.size(1) == T &&
+                        packed_values.size(2) == T,
+                    op, ": packed_values must be [", nnz, ", ", T, ", ", T, "] as meta records, got ",
+                    packed_values.sizes());
+  TORCH_CHECK_VALUE(compensation.numel() == 0, op, ": compensation must be empty for float weights, got shape ",
+                    compensation.sizes());
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"rowptr", &rowptr}, {"indices", &indices},
+                                {"packed_values", &packed_values}, {"compensation", &compensation}}) {
+    check_same_device(op, "x", x_in, name, *t);
+  }
+  TORCH_CHECK_VALUE(rowptr.is_contiguous() && indices.is_contiguous() && packed_values.is_contiguous() &&
+                        aligned16(packed_values.data_ptr()),
+                    op, ": rowptr, indices and packed_values must be contiguous (as bsr_pack returns them)");
+  TORCH_CHECK_VALUE(in_features % 8 == 0, op, ": on CUDA in_features must be a multiple of 8 (16-byte loads of x), got ",
+                    in_features);
+
+  const at::ScalarType out_dtype = out_dtype_in.value_or(x_in.scalar_type());
+  TORCH_CHECK_TYPE(out_dtype == x_in.scalar_type() || out_dtype == at::kFloat, op,
+                   ": out_dtype must be the dtype of x (", x_in.scalar_type(), ") or float32 on CUDA, got ", out_dtype);
+  const Activation act = parse_activation(op, activation);
+  at::Tensor bias;
+  if (bias_in.has_value()) {
+    check_dtype(op, "bias", *bias_in, {at::kFloat, x_in.scalar_type()});
+    TORCH_CHECK_VALUE(bias_in->dim() == 1 && bias_in->size(0) == out_features, op, ": bias must have shape [",
+                      out_features, "], got ", bias_in->sizes());
+    check_same_device(op, "x", x_in, "bias", *bias_in);
+    bias = bias_in->contiguous();  // a copy only for a strided bias
+  }
+  TORCH_CHECK_VALUE(!weight_scale.has_value(), op, ": weight_scale applies to int8 weights only");
+
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  check_device_arch(op, x_in.device().index());
+  int64_t tokens = 1;
+  for (int64_t d = 0; d + 1 < x_in.dim(); ++d) tokens *= x_in.size(d);
+  TORCH_CHECK_VALUE(ceil_div(tokens, 16) <= 65535 && block_rows <= INT32_MAX, op,
+                    ": too many tokens (", tokens, ") for one call; split the batch");
+  std::vector<int64_t> out_shape(x_in.sizes().begin(), x_in.sizes().end() - 1);
+  out_shape.push_back(out_features);
+  at::Tensor y = at::empty(out_shape, x_in.options().dtype(out_dtype));
+  if (tokens == 0 || out_features == 0) return y;
+
+  // x as [tokens, in] with unit inner stride, 16-byte aligned rows: such views are used in place.
+  at::Tensor x = x_in.dim() == 2 ? x_in : x_in.reshape({tokens, in_features});
+  const auto usable = [&](const at::Tensor& t) {
+    return in_features == 0 || (t.stride(1) == 1 && (tokens == 1 || t.stride(0) % 8 == 0) && aligned16(t.data_ptr()));
+  };
+  if (!usable(x)) x = x.contiguous();
+  if (!usable(x)) x = x.clone(at::MemoryFormat::Contiguous);
+
+  LinearParams p;
+  p.tokens = tokens;
+  p.out_features = out_features;
+  p.in_features = in_features;
+  p.block = static_cast<int>(T);
+  p.block_rows = block_rows;
+  p.x = x.data_ptr();
+  p.x_stride = tokens == 1 ? in_features : x.stride(0);
+  p.rowptr = rowptr.data_ptr<int32_t>();
+  p.indices = indices.data_ptr<int16_t>();
+  p.values = packed_values.data_ptr();
+  p.bias = bias.defined() ? bias.data_ptr() : nullptr;
+  p.bias_fp32 = bias.defined() && bias.scalar_type() == at::kFloat;
+  p.bf16 = x.scalar_type() == at::kBFloat16;
+  p.out_fp32 = out_dtype == at::kFloat;
+  p.activation = act;
+  p.y = y.data_ptr();
+  const char* error = linear_cuda(p, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(error == nullptr, op, ": CUDA kernel launch failed: ", error);
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparseflow, CUDA, m) {
+  m.impl("bsr_pack", &bsr_pack_cuda);
+  m.impl("bsr_linear", &bsr_linear_cuda);
+}
+
+}  // namespace sparseflow::bsr::cuda

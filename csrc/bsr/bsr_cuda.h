@@ -1,0 +1,97 @@
+// Block-sparse (BSR) linear on CUDA tensor cores: torch-free declarations shared by the CUDA wrapper
+// (bsr_cuda.cpp) and the kernels (bsr_linear_sm80.cu, built for every arch: mma.sync runs on sm80 and later).
+//
+// CUDA packed layout ("TxT", meta layout id kCudaSquare): the canonical blocks themselves, which must be
+// square T x T with T in {16, 32, 64, 128} and fp16/bf16:
+//   meta          int64 [8] on the CPU: version, layout id 4, dtype code, out, in, nnz, T (slot 6), 0
+//   rowptr        int32 [ceil(out/T) + 1]   the canonical crow
+//   indices       int16 [nnz]               first input channel of each block (col * T, read as uint16)
+//   packed_values [nnz, T, T]               the blocks, row-major, entries outside [out, in] zeroed
+//   compensation  int32 [0]                 (int8 weights only; none on CUDA)
+// All-zero blocks are kept (a block is one tensor-core tile: skipping it needs no re-cut).
+#pragma once
+
+#include <cstdint>
+
+namespace sparseflow::bsr::cuda {
+
+constexpr int64_t kFormatVersion = 1;  // the same slots as the CPU layouts (csrc/bsr/bsr.h on the CPU branch)
+constexpr int64_t kLayoutCudaSquare = 4;
+constexpr int64_t kDtypeBF16 = 1;  // CPU codes: F32 0, BF16 1, S8 2, S32 3
+constexpr int64_t kDtypeF16 = 4;
+constexpr int kMetaSlots = 8;
+constexpr int kMetaVersion = 0, kMetaLayout = 1, kMetaDtype = 2, kMetaOut = 3, kMetaIn = 4, kMetaNnz = 5,
+              kMetaBlock = 6;
+constexpr int64_t kMaxInFeatures = 65536;  // 16-bit indices
+
+enum class Activation : int { kNone = 0, kRelu = 1, kGelu = 2, kSilu = 3 };
+
+// ------------------------------------------------------------------------------------------------ pack
+struct PackParams {
+  int64_t out_features = 0, in_features = 0;
+  int block = 16;  // T
+  int64_t block_rows = 0, nnz = 0;
+  const int32_t* crow = nullptr;  // [block_rows + 1], device
+  const int32_t* col = nullptr;   // [nnz], device
+  const uint16_t* values = nullptr;  // [nnz, T, T], 16-bit elements (bits only)
+  int16_t* indices = nullptr;        // [nnz]
+  uint16_t* packed_values = nullptr;  // [nnz, T, T]
+};
+
+// What bsr_pack found wrong with the canonical arrays: the first offender, checked in the CPU pack's order
+// (crow start, crow non-decreasing, crow end, then each block-row's columns: range, strictly ascending).
+// Runs on host copies of crow/col (small index arrays; packing is a one-time step that syncs anyway).
+enum class CanonicalError : int { kNone = 0, kCrowStart, kCrowEnd, kCrowDecreasing, kColRange, kColOrder };
+struct CanonicalCheck {
+  CanonicalError error = CanonicalError::kNone;
+  int64_t block_row = -1;
+  int64_t entry = -1;  // index into crow (crow errors) or col (col errors)
+};
+
+inline CanonicalCheck validate_canonical(const int32_t* crow, const int32_t* col, int64_t block_rows,
+                                         int64_t block_cols, int64_t nnz) {
+  if (crow[0] != 0) return {CanonicalError::kCrowStart, 0, 0};
+  for (int64_t b = 0; b < block_rows; ++b) {
+    if (crow[b + 1] < crow[b]) return {CanonicalError::kCrowDecreasing, b, b + 1};
+  }
+  if (crow[block_rows] != nnz) return {CanonicalError::kCrowEnd, block_rows, block_rows};
+  for (int64_t b = 0; b < block_rows; ++b) {
+    for (int64_t j = crow[b]; j < crow[b + 1]; ++j) {
+      if (col[j] < 0 || col[j] >= block_cols) return {CanonicalError::kColRange, b, j};
+      if (j > crow[b] && col[j] <= col[j - 1]) return {CanonicalError::kColOrder, b, j};
+    }
+  }
+  return {};
+}
+
+// Copies the blocks, zeroing entries outside [out, in], and turns block columns into first input channels.
+// Asynchronous on `stream`; the arrays must be valid (validate_canonical).
+void pack_cuda(const PackParams& p, void* stream);
+
+// ------------------------------------------------------------------------------------------------ linear
+struct LinearParams {
+  int64_t tokens = 0;  // M
+  int64_t out_features = 0, in_features = 0;
+  int block = 16;
+  int64_t block_rows = 0;
+  const void* x = nullptr;  // [tokens, in], unit inner stride, row stride x_stride (a multiple of 8)
+  int64_t x_stride = 0;
+  const int32_t* rowptr = nullptr;
+  const int16_t* indices = nullptr;
+  const void* values = nullptr;
+  const void* bias = nullptr;  // [out], x's dtype or float32 (bias_fp32), or null
+  bool bias_fp32 = false;
+  bool bf16 = false;     // x / values dtype: bf16, else fp16
+  bool out_fp32 = false;  // y dtype: float32, else x's dtype
+  Activation activation = Activation::kNone;
+  void* y = nullptr;  // [tokens, out] row-major
+};
+
+// Tokens per CTA: decode-sized problems take 16-token tiles (more CTAs, nothing computed twice), others 64.
+// TO BE MEASURED (no GPU where this was written).
+constexpr int64_t kSmallTileMaxTokens = 16;
+
+// nullptr on success, else a static message (launch error).
+const char* linear_cuda(const LinearParams& p, void* stream);
+
+}  // namespace sparseflow::bsr::cuda

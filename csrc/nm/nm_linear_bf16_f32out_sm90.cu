@@ -1,0 +1,11 @@
+// sm90a 2:4 linear, bf16 in, f32 out (fp32 accumulation). See nm_linear_sm90.cuh. One input/output pair per
+// file: a CUTLASS 3.x instantiation set takes several GB of compiler memory.
+#include "nm_linear_sm90.cuh"
+
+namespace sparseflow::nm::cutlass2x {
+
+const char* linear_sm90_bf16_f32out(const LinearParams& p, void* stream) {
+  return sm90::run_linear<cutlass::bfloat16_t, float>(p, static_cast<cudaStream_t>(stream));
+}
+
+}  // namespace sparseflow::nm::cutlass2x
