@@ -92,6 +92,34 @@ def test_int8_quantization_reads_back(isa):
     assert q[0].tolist() == expected and scale.item() == 1.0
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit_conversions_match_torch(isa, dtype):
+    # Widening: every finite 16-bit pattern as a weight times 1.0 (1:4, one kept value per row) -> fp32 exactly.
+    bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
+    finite = bits[torch.isfinite(bits.float())]
+    w = torch.zeros(finite.numel(), 4, dtype=dtype)
+    w[:, 0] = finite
+    values, indices = ops.nm_compress(w, 1, 4)
+    pv, pm = ops.nm_pack(values, indices, 1, 4)
+    x = torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=dtype)
+    y = ops.nm_linear(x, pv, pm, 1, 4, finite.numel(), 4, out_dtype=torch.float32)
+    assert torch.equal(y[0], finite.float())
+    # Narrowing: fp32 biases through a zero product, rounded to 16 bits as torch rounds them (ties to even,
+    # subnormals, overflow to inf).
+    g = torch.Generator().manual_seed(0)
+    bias = torch.cat([torch.randn(3000, generator=g) * 10.0 ** torch.randint(-9, 6, (3000,), generator=g),
+                      torch.tensor([65504.0, 65519.0, 65520.0, -70000.0, 2.0**-24, 2.0**-25, 3 * 2.0**-26, 1e-30,
+                                    1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, 3.4e38])])
+    n_out = bias.numel()
+    zero_w = torch.zeros(n_out, 4, dtype=dtype)
+    zero_w[:, 0] = 1
+    values, indices = ops.nm_compress(zero_w, 1, 4)
+    pv, pm = ops.nm_pack(values, indices, 1, 4)
+    y = ops.nm_linear(torch.zeros(1, 4, dtype=dtype), pv, pm, 1, 4, n_out, 4, bias=bias)
+    assert y.dtype == dtype
+    assert torch.equal(y[0].view(torch.int16), bias.to(dtype).view(torch.int16))
+
+
 @pytest.mark.parametrize("dtype", WEIGHT_DTYPES)
 @pytest.mark.parametrize("n,m", LINEAR_PATTERNS)
 @pytest.mark.parametrize("tokens", [(1,), (3,), (8,), (9,), (129,)])
@@ -104,7 +132,7 @@ def test_matches_reference(isa, dtype, n, m, tokens):
 @pytest.mark.parametrize("dtype", WEIGHT_DTYPES)
 @pytest.mark.parametrize("activation", ref.ACTIVATIONS)
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("out_dtype", [None, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("out_dtype", [None, torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("tokens", [5, 40])  # 40: the many-token kernel of float weights
 def test_epilogue(isa, dtype, activation, bias, out_dtype, tokens):
     args = nm_linear_args((tokens,), 37, 196, 2, 4, dtype, bias=bias, activation=activation, out_dtype=out_dtype,
@@ -188,7 +216,8 @@ def test_thread_counts_give_identical_results(isa, dtype, tokens):
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 
 
-@pytest.mark.parametrize("dtype,expected", [(torch.float32, 2.125), (torch.bfloat16, 1.125), (torch.int8, 0.625)])
+@pytest.mark.parametrize("dtype,expected", [(torch.float32, 2.125), (torch.bfloat16, 1.125), (torch.float16, 1.125),
+                                            (torch.int8, 0.625)])
 def test_packed_bytes_shrink_with_sparsity(dtype, expected):
     pv, pm, _ = __import__("sparseflow.testing.op_db", fromlist=["x"]).random_nm_weight(64, 1024, 2, 4, dtype)
     stored = pv.numel() * pv.element_size() + pm.numel() * pm.element_size()

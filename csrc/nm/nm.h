@@ -76,7 +76,7 @@ struct MetaParams {
 // Builds packed_meta rows; validates the positions like decompress_cpu (returns the lowest bad group).
 int64_t build_meta_cpu(const MetaParams& p, int64_t row_begin, int64_t row_end);
 
-enum class Scalar : int8_t { kFloat32, kBFloat16, kInt8 };
+enum class Scalar : int8_t { kFloat32, kBFloat16, kFloat16, kInt8 };
 enum class Activation : int8_t { kNone, kRelu, kGelu, kSilu };
 
 // y[t, j] = act(sum_k x[t, k] * W[j, k] + bias[j]) for W in the CPU packed layout.
@@ -92,7 +92,7 @@ struct LinearParams {
   Scalar weight = Scalar::kFloat32;
   Scalar out = Scalar::kFloat32;
   Activation act = Activation::kNone;
-  // float weights: fp32 activations [tokens, x_stride] (bf16 input is widened by the caller)
+  // float weights: fp32 activations [tokens, x_stride] (bf16 / fp16 input is widened by the caller)
   const float* x = nullptr;
   int64_t x_stride = 0;
   // float weights with tokens >= kWideTokens at the AVX-512 level: the same activations token-interleaved,

@@ -1,8 +1,8 @@
-// nm_linear for fp32 / bf16 weights, AVX-512F/BW (torch-free; built with this ISA's flags).
+// nm_linear for fp32 / bf16 / fp16 weights, AVX-512F/BW (torch-free; built with this ISA's flags).
 //
 // Each row of W streams once per tile of up to 8 tokens as (16-bit mask, kept values) per 16 columns:
 // vexpandps puts the kept values back in their lanes (zeros elsewhere) and one FMA per token follows, so the
-// bytes read per weight shrink with the sparsity (2:4 fp32: 2.125 bytes per dense element; bf16: 1.125) and
+// bytes read per weight shrink with the sparsity (2:4 fp32: 2.125 bytes per dense element; bf16/fp16: 1.125) and
 // the expansion is shared by the tokens of a tile. Rows are worked in panels small enough to stay in L2
 // while the token tiles pass over them.
 #include <immintrin.h>
@@ -29,7 +29,7 @@ struct Tile {
   int64_t t0;       // first token
   float* out;       // out[t * ld + r]
   int64_t ld;
-  bool over_read;   // bf16 may load 16 values past a row's kept ones (false for the tensor's last rows)
+  bool over_read;   // 16-bit values may be loaded 16 past a row's kept ones (false for the last rows)
 };
 
 // The 16-column mask straight from memory into a mask register (a load, where kmovw from a GPR costs a
@@ -41,7 +41,7 @@ SF_ALWAYS_INLINE __mmask16 load_mask(const uint8_t* p) {
 }
 
 // One 16-column step of a tile: expand R rows, FMA them into T tokens' accumulators.
-template <bool kBf16, int R, int T, bool kFullX, bool kOverRead, typename Value>
+template <Scalar kW, int R, int T, bool kFullX, bool kOverRead, typename Value>
 SF_ALWAYS_INLINE void step(__m512 (&acc)[R][T], const uint8_t* const (&meta)[R], const Value* (&val)[R],
                            const float* const (&x)[T], int64_t c, int const_count, __mmask16 xmask) {
   __m512 w[R];
@@ -54,15 +54,14 @@ SF_ALWAYS_INLINE void step(__m512 (&acc)[R][T], const uint8_t* const (&meta)[R],
       std::memcpy(&raw, meta[r] + c / 8, 2);
       count = __builtin_popcount(raw);
     }
-    if constexpr (kBf16) {
+    if constexpr (kW != Scalar::kFloat32) {
       __m256i raw;
       if constexpr (kOverRead) {
         raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(val[r]));
       } else {
         raw = _mm256_maskz_loadu_epi16(tail_mask16(count), val[r]);
       }
-      const __m512 packed = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-      w[r] = _mm512_maskz_expand_ps(bits, packed);
+      w[r] = _mm512_maskz_expand_ps(bits, widen16<kW>(raw));
     } else {
       w[r] = _mm512_maskz_expandloadu_ps(bits, val[r]);
     }
@@ -76,9 +75,9 @@ SF_ALWAYS_INLINE void step(__m512 (&acc)[R][T], const uint8_t* const (&meta)[R],
   }
 }
 
-template <bool kBf16, int R, int T>
+template <Scalar kW, int R, int T>
 void tile(const LinearParams& p, const Tile& tl) {
-  using Value = std::conditional_t<kBf16, uint16_t, float>;
+  using Value = ValueOf<kW>;
   const int64_t k = p.in_features;
   const int64_t packed_cols = k / p.m * p.n;
   const int64_t meta_bytes = meta_row_bytes(k);
@@ -99,12 +98,12 @@ void tile(const LinearParams& p, const Tile& tl) {
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
   int64_t c = 0;
   if (tl.over_read) {
-    for (; c + 16 <= k; c += 16) step<kBf16, R, T, true, true>(acc, meta, val, x, c, const_count, 0xffff);
+    for (; c + 16 <= k; c += 16) step<kW, R, T, true, true>(acc, meta, val, x, c, const_count, 0xffff);
   } else {
-    for (; c + 16 <= k; c += 16) step<kBf16, R, T, true, false>(acc, meta, val, x, c, const_count, 0xffff);
+    for (; c + 16 <= k; c += 16) step<kW, R, T, true, false>(acc, meta, val, x, c, const_count, 0xffff);
   }
   // The last, partial chunk: its count is whatever its mask says.
-  if (c < k) step<kBf16, R, T, false, false>(acc, meta, val, x, c, -1, tail_mask16(k - c));
+  if (c < k) step<kW, R, T, false, false>(acc, meta, val, x, c, -1, tail_mask16(k - c));
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
@@ -112,33 +111,32 @@ void tile(const LinearParams& p, const Tile& tl) {
 }
 
 // rows = R or fewer (the panel's last tile).
-template <bool kBf16, int T, int R = rows_for(T)>
+template <Scalar kW, int T, int R = rows_for(T)>
 void tile_rows(const LinearParams& p, const Tile& tl, int rows) {
   if constexpr (R > 0) {
-    if (rows == R) return tile<kBf16, R, T>(p, tl);
-    tile_rows<kBf16, T, R - 1>(p, tl, rows);
+    if (rows == R) return tile<kW, R, T>(p, tl);
+    tile_rows<kW, T, R - 1>(p, tl, rows);
   }
 }
 
-template <bool kBf16, int T>
+template <Scalar kW, int T>
 void panel(const LinearParams& p, int64_t j0, int64_t rows, int64_t t0, float* out, int64_t ld) {
   constexpr int R = rows_for(T);
   for (int64_t r = 0; r < rows; r += R) {
     const int n = static_cast<int>(std::min<int64_t>(R, rows - r));
-    // A bf16 load may reach 16 values past the tile's last kept value: fine while later rows hold that many.
+    // A 16-bit load may reach 16 values past the tile's last kept value: fine while later rows hold that many.
     const bool over_read = (p.out_features - (j0 + r + n)) * (p.in_features / p.m * p.n) >= 16;
-    tile_rows<kBf16, T>(p, Tile{j0 + r, t0, out + r, ld, over_read}, n);
+    tile_rows<kW, T>(p, Tile{j0 + r, t0, out + r, ld, over_read}, n);
   }
 }
 
-template <bool kBf16>
+template <Scalar kW>
 void run(const LinearParams& p, int64_t row_begin, int64_t row_end) {
   using PanelFn = void (*)(const LinearParams&, int64_t, int64_t, int64_t, float*, int64_t);
-  static constexpr PanelFn kPanels[kMaxTokens] = {panel<kBf16, 1>, panel<kBf16, 2>, panel<kBf16, 3>,
-                                                  panel<kBf16, 4>, panel<kBf16, 5>, panel<kBf16, 6>,
-                                                  panel<kBf16, 7>, panel<kBf16, 8>};
+  static constexpr PanelFn kPanels[kMaxTokens] = {panel<kW, 1>, panel<kW, 2>, panel<kW, 3>, panel<kW, 4>,
+                                                  panel<kW, 5>, panel<kW, 6>, panel<kW, 7>, panel<kW, 8>};
   const int64_t k = p.in_features;
-  const int64_t row_bytes = k / p.m * p.n * (kBf16 ? 2 : 4) + meta_row_bytes(k);
+  const int64_t row_bytes = k / p.m * p.n * static_cast<int64_t>(sizeof(ValueOf<kW>)) + meta_row_bytes(k);
   const int64_t panel_rows = std::clamp<int64_t>(kPanelBytes / std::max<int64_t>(row_bytes, 1), 24, 1024);
   std::vector<float> out(kMaxTokens * panel_rows);
   for (int64_t j0 = row_begin; j0 < row_end; j0 += panel_rows) {
@@ -168,10 +166,10 @@ struct WideSpan {
 };
 
 // One row over one span: acc[b] (16 tokens each) += w[c] * xt[c][b] for the kept columns c.
-template <int B, bool kBf16>
+template <int B, Scalar kW>
 SF_ALWAYS_INLINE void wide_row_span(const LinearParams& p, const WideSpan& sp, int64_t j, int64_t& next, float* partial,
                                     bool first) {
-  using Value = std::conditional_t<kBf16, uint16_t, float>;
+  using Value = ValueOf<kW>;
   uint64_t word = load_u64(p.meta + j * meta_row_bytes(p.in_features) + sp.c0 / 8);
   if (sp.width < 64) word &= (uint64_t{1} << sp.width) - 1;
   const int count = __builtin_popcountll(word);
@@ -179,9 +177,9 @@ SF_ALWAYS_INLINE void wide_row_span(const LinearParams& p, const WideSpan& sp, i
   next += count;
   const float* v;
   alignas(64) float widened[64];
-  if constexpr (kBf16) {
+  if constexpr (kW != Scalar::kFloat32) {
     for (int i = 0; i < count; i += 16) {
-      _mm512_store_ps(widened + i, load_bf16(src + i, tail_mask16(count - i)));
+      _mm512_store_ps(widened + i, widen16<kW>(_mm256_maskz_loadu_epi16(tail_mask16(count - i), src + i)));
     }
     v = widened;
   } else {
@@ -225,7 +223,7 @@ SF_ALWAYS_INLINE void wide_row_span(const LinearParams& p, const WideSpan& sp, i
 // L2, and a span's activations (16 KiB) with a panel's column-block sums (8 KiB) in L1. Sums go in three
 // levels (span, column block, row), like a blocked GEMM's: one chain over every kept weight of a long row
 // would be several times less accurate than torch's sgemm at K = 11008.
-template <int B, bool kBf16>
+template <int B, Scalar kW>
 void wide_pass(const LinearParams& p, int64_t j0, int64_t rows, int64_t block0, float* partial, int64_t* next) {
   constexpr int kSpan = B > 4 ? 32 : 64;
   constexpr int64_t kBlockCols = 512, kPanelRows = 16, kRowFloats = kMaxBlocks * 16;
@@ -241,7 +239,7 @@ void wide_pass(const LinearParams& p, int64_t j0, int64_t rows, int64_t block0, 
         const WideSpan sp{p.xt + (c0 * blocks + block0) * 16, blocks * 16, c0,
                           static_cast<int>(std::min<int64_t>(kSpan, k - c0))};
         for (int64_t r = r0; r < r_end; ++r) {
-          wide_row_span<B, kBf16>(p, sp, j0 + r, next[r], block_sum + (r - r0) * kRowFloats, c0 == kc);
+          wide_row_span<B, kW>(p, sp, j0 + r, next[r], block_sum + (r - r0) * kRowFloats, c0 == kc);
         }
       }
       for (int64_t r = r0; r < r_end; ++r) {
@@ -257,12 +255,12 @@ void wide_pass(const LinearParams& p, int64_t j0, int64_t rows, int64_t block0, 
   }
 }
 
-template <bool kBf16>
+template <Scalar kW>
 void run_wide(const LinearParams& p, int64_t row_begin, int64_t row_end) {
   using PassFn = void (*)(const LinearParams&, int64_t, int64_t, int64_t, float*, int64_t*);
   static constexpr PassFn kPasses[kMaxBlocks] = {
-      wide_pass<1, kBf16>, wide_pass<2, kBf16>, wide_pass<3, kBf16>, wide_pass<4, kBf16>,
-      wide_pass<5, kBf16>, wide_pass<6, kBf16>, wide_pass<7, kBf16>, wide_pass<8, kBf16>};
+      wide_pass<1, kW>, wide_pass<2, kW>, wide_pass<3, kW>, wide_pass<4, kW>,
+      wide_pass<5, kW>, wide_pass<6, kW>, wide_pass<7, kW>, wide_pass<8, kW>};
   const int64_t blocks = (p.tokens + 15) / 16;
   std::vector<float> partial(kWidePanelRows * kMaxBlocks * 16), out(kMaxBlocks * 16 * kWidePanelRows);
   std::vector<int64_t> next(kWidePanelRows);
@@ -323,11 +321,15 @@ void quantize_rows_avx512(const QuantizeParams& q, int64_t t_begin, int64_t t_en
 }
 
 void linear_avx512(const LinearParams& p, int64_t row_begin, int64_t row_end) {
-  const bool bf16 = p.weight == Scalar::kBFloat16;
-  if (p.xt) {
-    bf16 ? run_wide<true>(p, row_begin, row_end) : run_wide<false>(p, row_begin, row_end);
-  } else {
-    bf16 ? run<true>(p, row_begin, row_end) : run<false>(p, row_begin, row_end);
+  switch (p.weight) {
+    case Scalar::kFloat32:
+      return p.xt ? run_wide<Scalar::kFloat32>(p, row_begin, row_end) : run<Scalar::kFloat32>(p, row_begin, row_end);
+    case Scalar::kBFloat16:
+      return p.xt ? run_wide<Scalar::kBFloat16>(p, row_begin, row_end) : run<Scalar::kBFloat16>(p, row_begin, row_end);
+    case Scalar::kFloat16:
+      return p.xt ? run_wide<Scalar::kFloat16>(p, row_begin, row_end) : run<Scalar::kFloat16>(p, row_begin, row_end);
+    case Scalar::kInt8:
+      return;  // linear_avx512_vnni or linear_portable
   }
 }
 

@@ -12,8 +12,9 @@
 
 namespace sparseflow::nm {
 
-inline constexpr std::initializer_list<at::ScalarType> kLinearWeightDtypes = {at::kFloat, at::kBFloat16, at::kChar};
-inline constexpr std::initializer_list<at::ScalarType> kLinearFloatDtypes = {at::kFloat, at::kBFloat16};
+inline constexpr std::initializer_list<at::ScalarType> kLinearWeightDtypes = {at::kFloat, at::kBFloat16, at::kHalf,
+                                                                               at::kChar};
+inline constexpr std::initializer_list<at::ScalarType> kLinearFloatDtypes = {at::kFloat, at::kBFloat16, at::kHalf};
 // int8: |sum of in_features products of s8 x s8| must fit in int32 (127 * 128 * 131072 < 2^31).
 inline constexpr int64_t kInt8MaxInFeatures = 131072;
 
@@ -38,7 +39,12 @@ inline Activation parse_activation(std::string_view name) {
 }
 
 inline Scalar to_scalar(at::ScalarType t) {
-  return t == at::kFloat ? Scalar::kFloat32 : t == at::kBFloat16 ? Scalar::kBFloat16 : Scalar::kInt8;
+  switch (t) {
+    case at::kFloat: return Scalar::kFloat32;
+    case at::kBFloat16: return Scalar::kBFloat16;
+    case at::kHalf: return Scalar::kFloat16;
+    default: return Scalar::kInt8;
+  }
 }
 
 // Checks nm_linear's arguments; returns the output dtype.
@@ -90,8 +96,8 @@ inline at::ScalarType check_linear_args(const at::Tensor& x, const at::Tensor& v
                       values.scalar_type(), " values");
   }
   const at::ScalarType out = out_dtype.value_or(x.scalar_type());
-  TORCH_CHECK_TYPE(out == at::kFloat || out == at::kBFloat16, op, ": out_dtype must be float32 or bfloat16, got ",
-                   out);
+  TORCH_CHECK_TYPE(out == at::kFloat || out == at::kBFloat16 || out == at::kHalf, op,
+                   ": out_dtype must be float32, bfloat16 or float16, got ", out);
   return out;
 }
 

@@ -76,7 +76,7 @@ inline void store(const LinearParams& p, int64_t t, int64_t j, float v) {
   if (p.out == Scalar::kFloat32) {
     static_cast<float*>(p.y)[t * p.y_stride + j] = v;
   } else {
-    static_cast<uint16_t*>(p.y)[t * p.y_stride + j] = float_to_bf16(v);
+    static_cast<uint16_t*>(p.y)[t * p.y_stride + j] = p.out == Scalar::kBFloat16 ? float_to_bf16(v) : float_to_half(v);
   }
 }
 
@@ -100,8 +100,10 @@ void linear_portable(const LinearParams& p, int64_t row_begin, int64_t row_end) 
   for (int64_t j = row_begin; j < row_end; ++j) {
     if (p.weight == Scalar::kFloat32) {
       expand_row<float>(p, j, dense.data(), [](float v) { return v; });
-    } else {
+    } else if (p.weight == Scalar::kBFloat16) {
       expand_row<uint16_t>(p, j, dense.data(), bf16_to_float);
+    } else {
+      expand_row<uint16_t>(p, j, dense.data(), half_to_float);
     }
     const float bias = p.bias ? p.bias[j] : 0.0f;
     for (int64_t t = 0; t < p.tokens; ++t) store(p, t, j, dot_f32(p.x + t * p.x_stride, dense.data(), k) + bias);

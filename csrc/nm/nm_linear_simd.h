@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "nm.h"
 
@@ -80,8 +81,18 @@ inline __m256i to_bf16(__m512 v) {
   return _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16));
 }
 
-inline __m512 load_bf16(const uint16_t* p, __mmask16 mask) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p)), 16));
+template <Scalar kW>
+using ValueOf = std::conditional_t<kW == Scalar::kFloat32, float, uint16_t>;
+
+// 16 bf16 / fp16 values (as loaded) -> fp32, exactly.
+template <Scalar kW>
+SF_ALWAYS_INLINE __m512 widen16(__m256i raw) {
+  if constexpr (kW == Scalar::kBFloat16) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+  } else {
+    static_assert(kW == Scalar::kFloat16);
+    return _mm512_cvtph_ps(raw);
+  }
 }
 
 // y[t, j0 .. j0+count) = act(values + bias) where values are pre-activation sums (bias not yet added) or, with
@@ -103,7 +114,9 @@ inline void store_epilogue(const LinearParams& p, int64_t t, int64_t j0, int64_t
     if (p.out == Scalar::kFloat32) {
       _mm512_mask_storeu_ps(static_cast<float*>(p.y) + t * p.y_stride + j, mask, v);
     } else {
-      _mm256_mask_storeu_epi16(static_cast<uint16_t*>(p.y) + t * p.y_stride + j, mask, to_bf16(v));
+      const __m256i half = p.out == Scalar::kBFloat16 ? to_bf16(v)
+                                                       : _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      _mm256_mask_storeu_epi16(static_cast<uint16_t*>(p.y) + t * p.y_stride + j, mask, half);
     }
   }
 }

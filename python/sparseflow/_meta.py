@@ -152,8 +152,10 @@ def _bsr_linear_fake(x, meta, rowptr, indices, packed_values, compensation, out_
         if weight_scale.shape != (out_features,):
             raise ValueError(f"{op}: weight_scale must have shape [{out_features}], got {list(weight_scale.shape)}")
     return x.new_empty((*x.shape[:-1], out_features), dtype=out_dtype or x.dtype)
-_LINEAR_WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
-_LINEAR_FLOAT_DTYPES = (torch.float32, torch.bfloat16)
+
+
+_LINEAR_WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.int8)
+_LINEAR_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _ACTIVATIONS = ("none", "relu", "gelu", "silu")
 _INT8_MAX_IN_FEATURES = 131072
 
@@ -227,7 +229,7 @@ def _nm_linear_fake(x, packed_values, packed_meta, n, m, out_features, in_featur
         raise ValueError(f"{op}: weight_scale is only for int8 packed_values")
     out = out_dtype or x.dtype
     if out not in _LINEAR_FLOAT_DTYPES:
-        raise TypeError(f"{op}: out_dtype must be float32 or bfloat16, got {str(out).removeprefix('torch.')}")
+        raise TypeError(f"{op}: out_dtype must be float32, bfloat16 or float16, got {str(out).removeprefix('torch.')}")
     if activation not in _ACTIVATIONS:
         raise ValueError(f"{op}: activation must be one of none, relu, gelu, silu, got {activation!r}")
     return x.new_empty((*x.shape[:-1], out_features), dtype=out)

@@ -66,8 +66,8 @@ def nm_pack(values: torch.Tensor, indices: torch.Tensor, n: int = 2, m: int = 4)
     """Turn a canonical N:M weight (the output of :func:`nm_compress`) into the kernel layout of its device.
 
     Call once per weight (e.g. when a module is built) and keep both tensors (they are plain tensors, so they
-    survive ``state_dict`` save/load); :func:`nm_linear` never repacks. ``values`` is float32, bfloat16 or
-    int8 ``[out_features, in_features // m * n]``. On CPU the result is ``(values copy, packed_meta)`` with
+    survive ``state_dict`` save/load); :func:`nm_linear` never repacks. ``values`` is float32, bfloat16,
+    float16 or int8 ``[out_features, in_features // m * n]``. On CPU the result is ``(values copy, packed_meta)`` with
     ``packed_meta`` uint8 ``[out_features, ceil(in_features / 64) * 8]``, a bitmask of the kept columns
     (layout in ``csrc/nm/nm.h``; the same for every CPU ISA level, so a packed weight runs on any CPU).
     On CUDA only 2:4 float16/bfloat16 packs, into the sparse-tensor-core layout of the GPU: what
@@ -92,10 +92,11 @@ def nm_linear(
 ) -> torch.Tensor:
     """``act(x @ W.T + bias)`` for an N:M weight ``W [out_features, in_features]`` packed by :func:`nm_pack`.
 
-    ``x`` is ``[..., in_features]`` (any leading shape, any strides), float32 or bfloat16; float weights need
-    ``x`` of their dtype. ``activation`` is ``"none"``, ``"relu"``, ``"gelu"`` (erf form) or ``"silu"``.
-    The result has ``x``'s leading shape and ``out_dtype`` (float32 or bfloat16; default ``x.dtype``).
-    Accumulation is fp32 (bf16 weights and activations are widened exactly).
+    ``x`` is ``[..., in_features]`` (any leading shape, any strides), float32, bfloat16 or float16; float
+    weights need ``x`` of their dtype. ``activation`` is ``"none"``, ``"relu"``, ``"gelu"`` (erf form) or
+    ``"silu"``. The result has ``x``'s leading shape and ``out_dtype`` (float32, bfloat16 or float16; default
+    ``x.dtype``). Accumulation is fp32 (16-bit weights and activations are widened exactly); the bias and the
+    activation are applied in fp32 and the result is rounded once.
 
     int8 weights need ``weight_scale`` (float32 ``[out_features]``, per output channel). ``x`` is then
     quantized per token inside the op: symmetric int8, ``scale = amax / 127``, ``q = round(x * 127 / amax)``

@@ -491,7 +491,7 @@ def _nm_pack_bad(device):
     same = indices.clone()
     same[1, 0:2] = 3
     yield BadSample((values, same, 2, 4), IndexError, r"row 1, group 0 are \[3, 3\]")
-    yield BadSample((values.half(), indices, 2, 4), TypeError, r"(?i)nm_pack: values must have dtype float(32)?, bfloat16, (char|int8)")
+    yield BadSample((values.double(), indices, 2, 4), TypeError, r"(?i)nm_pack: values must have dtype float(32)?, bfloat16, (half|float16), (char|int8)")
     yield BadSample((values, indices.int(), 2, 4), TypeError, r"indices must have dtype")
     yield BadSample((values, indices[:, :4], 2, 4), ValueError, r"same shape")
     yield BadSample((values[:, :3], indices[:, :3], 2, 4), ValueError, r"multiple of n=2")
@@ -503,7 +503,7 @@ def _nm_pack_fuzz(draw, device):
     from hypothesis import strategies as st
 
     values, indices, n, m = _nm_decompress_fuzz(draw, device)
-    if draw(st.booleans()) and values.dtype in (torch.float16, torch.float8_e4m3fn):
+    if draw(st.booleans()) and values.dtype == torch.float8_e4m3fn:
         values = values.to(torch.float32)
     if draw(st.booleans()) and values.is_floating_point() and values.dtype != torch.float8_e4m3fn:
         values = values.round().clamp(-127, 127).to(torch.int8)
@@ -529,10 +529,12 @@ def _nm_linear_samples(device):
         yield sample(f"{dtype} transposed x", (2, 5), 13, 64, 4, 8, dtype, x_layout="transposed", bias=True)
         yield sample(f"{dtype} out float32", (9,), 17, 136, 1, 4, dtype, out_dtype=torch.float32)
         yield sample(f"{dtype} out bfloat16", (2,), 17, 200, 2, 4, dtype, out_dtype=torch.bfloat16, bias=True)
+        yield sample(f"{dtype} out float16", (3,), 19, 72, 4, 8, dtype, out_dtype=torch.float16, bias=True)
         yield sample(f"{dtype} out_features 0", (2,), 0, 16, 2, 4, dtype)
         yield sample(f"{dtype} in_features 0", (2,), 5, 0, 2, 4, dtype, bias=True, activation="gelu")
         yield sample(f"{dtype} 8 tokens, wide", (8,), 150, 640, 2, 4, dtype, bias=True, activation="silu")
     yield sample("int8, bf16 x, fp32 bias", (7,), 33, 264, 4, 8, torch.int8, x_dtype=torch.bfloat16, bias=True)
+    yield sample("int8, fp16 x", (5,), 20, 128, 2, 4, torch.int8, x_dtype=torch.float16, bias=True)
     args = list(nm_linear_args((3,), 11, 32, 2, 4, torch.bfloat16, bias=True, seed=99, device=device))
     args[7] = args[7].float()
     yield Sample(tuple(args), note="bf16 with an fp32 bias")
@@ -549,9 +551,10 @@ def _nm_linear_bad(device):
         base.update(changes)
         return BadSample(tuple(base[k] for k in names), error, match)
 
-    yield bad(TypeError, r"(?i)nm_linear: x must have dtype float(32)?, bfloat16, got (double|float64)", x=x.double())
+    yield bad(TypeError, r"(?i)nm_linear: x must have dtype float(32)?, bfloat16, (half|float16), got (double|float64)",
+              x=x.double())
     yield bad(TypeError, r"(?i)x \((torch\.)?bfloat16\) must have the dtype of packed_values \((torch\.)?float(32)?\)", x=x.bfloat16())
-    yield bad(TypeError, r"packed_values must have dtype", pv=pv.half())
+    yield bad(TypeError, r"packed_values must have dtype", pv=pv.double())
     yield bad(TypeError, r"packed_meta must have dtype", pm=pm.to(torch.int8))
     yield bad(ValueError, r"x must be \[\.\.\., in_features=32\], got shape \[3, 31\]", x=x[:, :31])
     yield bad(ValueError, r"packed_values must have shape \[8, 16\]", pv=pv[:7])
@@ -562,7 +565,8 @@ def _nm_linear_bad(device):
     yield bad(ValueError, r"bias must be \[out_features=8\], got shape \[7\]", b=b[:7])
     yield bad(TypeError, r"bias must have dtype", b=b.double())
     yield bad(ValueError, r"activation must be one of none, relu, gelu, silu, got 'tanh'", act="tanh")
-    yield bad(TypeError, r"(?i)out_dtype must be float32 or bfloat16, got (torch.)?(half|float16)", od=torch.float16)
+    yield bad(TypeError, r"(?i)out_dtype must be float32, bfloat16 or float16, got (torch.)?(double|float64)",
+              od=torch.float64)
     yield bad(ValueError, r"weight_scale is only for int8", ws=torch.ones(8, device=device))
     yield bad(ValueError, r"int8 packed_values need weight_scale", int8=True, ws=None)
     yield bad(ValueError, r"weight_scale must be \[out_features=8\]", int8=True, ws=torch.ones(9, device=device))
@@ -584,13 +588,15 @@ def _nm_linear_fuzz(draw, device):
         tokens, out_features, in_features, n, m, dtype,
         x_dtype=draw(st.sampled_from(ref.LINEAR_FLOAT_DTYPES)) if dtype == torch.int8 else None,
         bias=draw(st.booleans()), activation=draw(st.sampled_from(ref.ACTIVATIONS)),
-        out_dtype=draw(st.sampled_from([None, torch.float32, torch.bfloat16])), seed=draw(st.integers(0, 999)),
+        out_dtype=draw(st.sampled_from([None, torch.float32, torch.bfloat16, torch.float16])),
+        seed=draw(st.integers(0, 999)),
         x_layout=draw(st.sampled_from(["contiguous", "strided", "transposed"])), device=device))
     # At most one corruption, so that the reference and the op agree on which error comes first.
     corruption = draw(st.sampled_from([None] * 6 + ["x_dtype", "x_width", "features", "n", "bias", "scale",
                                                     "activation", "out_dtype"]))
     if corruption == "x_dtype":
-        args[0] = args[0].to(draw(st.sampled_from([torch.float64, torch.float16, torch.bfloat16, torch.float32])))
+        args[0] = args[0].to(draw(st.sampled_from([torch.float64, torch.float16, torch.bfloat16, torch.float32,
+                                                   torch.int32])))
     elif corruption == "x_width":
         width = in_features + draw(st.sampled_from([-1, 1, m]))
         args[0] = torch.zeros(*tokens, abs(width), device=device)
@@ -606,7 +612,7 @@ def _nm_linear_fuzz(draw, device):
     elif corruption == "activation":
         args[9] = draw(st.sampled_from(["tanh", "", "RELU"]))
     elif corruption == "out_dtype":
-        args[10] = draw(st.sampled_from([torch.float16, torch.float64, torch.int32]))
+        args[10] = draw(st.sampled_from([torch.float64, torch.int32, torch.int8]))
     return tuple(args)
 
 

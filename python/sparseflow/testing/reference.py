@@ -338,10 +338,12 @@ def bsr_linear(x, meta, rowptr, indices, packed_values, compensation, out_featur
         _check_bsr_linear(x, wdtype, bias, weight_scale, activation, out_dtype)  # dtype errors before data errors
     weight = bsr_unpack(meta, rowptr, indices, packed_values, compensation, out_features, in_features)
     return bsr_linear_dense(x, weight, bias, weight_scale, activation, out_dtype, compute_dtype)
+
+
 # ---------------------------------------------------------------------------------------------- N:M linear
 
-LINEAR_WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
-LINEAR_FLOAT_DTYPES = (torch.float32, torch.bfloat16)
+LINEAR_WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.int8)
+LINEAR_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 INT8_MAX_IN_FEATURES = 131072
 META_CHUNK = 64
 
@@ -415,7 +417,7 @@ def _check_nm_linear(x, packed_values, packed_meta, n, m, out_features, in_featu
     if packed_meta.dtype != torch.uint8:
         raise TypeError(f"packed_meta must be uint8, got {packed_meta.dtype}")
     if x.dtype not in LINEAR_FLOAT_DTYPES:
-        raise TypeError(f"x must be float32 or bfloat16, got {x.dtype}")
+        raise TypeError(f"x must be float32, bfloat16 or float16, got {x.dtype}")
     int8 = packed_values.dtype == torch.int8
     if not int8 and x.dtype != packed_values.dtype:
         raise TypeError(f"x ({x.dtype}) must have the dtype of packed_values ({packed_values.dtype})")
@@ -452,7 +454,7 @@ def _check_nm_linear(x, packed_values, packed_meta, n, m, out_features, in_featu
     elif weight_scale is not None:
         raise ValueError("weight_scale is only for int8 packed_values")
     if out_dtype is not None and out_dtype not in LINEAR_FLOAT_DTYPES:
-        raise TypeError(f"out_dtype must be float32 or bfloat16, got {out_dtype}")
+        raise TypeError(f"out_dtype must be float32, bfloat16 or float16, got {out_dtype}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
