@@ -1,7 +1,8 @@
 // CUDA wrappers of the 2:4 tensor-core path: nm_pack_cutlass and nm_pack (canonical -> CUTLASS layout) and
-// nm_linear (CUTLASS sparse GEMM with a fused epilogue; a GEMV-style kernel for few tokens, nm_linear_decode.h). Checks, device guard, current stream; nm_linear
-// allocates only its output and never synchronises with the host (CUDA-graph safe). Packing validates
-// the positions and reads one int64 back (a sync): it runs once per weight, never in a forward pass.
+// nm_linear (CUTLASS sparse GEMM with a fused epilogue; for few tokens a GEMV-style kernel, nm_linear_decode.h).
+// Checks, device guard, current stream; nm_linear allocates only its output and never synchronises with the
+// host (CUDA-graph safe). Packing validates the positions and reads one int64 back (a sync): it runs once per
+// weight, never in a forward pass.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
