@@ -46,7 +46,8 @@ static_assert(kDecodeWarps % 2 == 0, "chunk strides must be a multiple of 128 co
 enum class MetaLayout : int { kSm80 = 0, kSm90 = 1 };  // int16 packed_meta (target 80) / uint8 (target 90)
 
 // Byte offset of the 16-bit code word of dense columns [16 slice, 16 slice + 16) of `row` (group q of the
-// slice in nibble q), in either packed layout. Needs `row` < rows_p and 16 slice < cols_p.
+// slice in nibble q), in either packed layout, for `row` < rows_p. Plain arithmetic, so also defined past the
+// last slice (the layout continued periodically): the kernel takes its chunk step from there.
 SF_HOST_DEVICE int64_t decode_code_word_offset(MetaLayout layout, int64_t row, int64_t slice, int64_t rows_p) {
   if (layout == MetaLayout::kSm80) return 2 * meta_offset(row, slice, rows_p);  // int16 word `slice`
   // Bytes for columns 16 s and 16 s + 8 are adjacent (the layout's innermost mode is 16 columns).

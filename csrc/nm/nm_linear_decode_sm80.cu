@@ -13,7 +13,8 @@ namespace {
 
 constexpr int kThreads = kDecodeWarps * 32;
 static_assert(kDecodeMaxTokens <= 16, "the kernel has instantiations for 1 and 2 n-tiles of 8 tokens");
-constexpr int64_t kSliceStep = int64_t{kDecodeWarps} * 4;  // 16-column slices between a lane's chunks
+static_assert(kDecodeRows == 16 && kDecodeChunkCols == 64, "one mma M tile per CTA; 4 lanes x 16 columns per chunk");
+constexpr int64_t kSliceStep = int64_t{kDecodeWarps} * kDecodeChunkCols / 16;  // slices between a lane's chunks
 
 // The formulas of the CUTLASS epilogues (nm_linear_sm80.cuh / nm_linear_sm90.cuh), so both paths agree.
 __device__ __forceinline__ float activate(float v, int activation) {
@@ -89,7 +90,7 @@ __global__ void __launch_bounds__(kThreads, 2) linear_decode_kernel(const Linear
   }
 
   const int64_t slices = p.in_features / 16;  // 16-column slices of a row (in_features % 16 == 0)
-  const int64_t chunks = (slices + 3) / 4;
+  const int64_t chunks = (p.in_features + kDecodeChunkCols - 1) / kDecodeChunkCols;
   const int64_t steps = warp < chunks ? (chunks - warp + kDecodeWarps - 1) / kDecodeWarps : 0;  // warp-uniform
   const int64_t slice0 = int64_t{warp} * 4 + t;  // this lane's slice in its first chunk
 
