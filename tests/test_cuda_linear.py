@@ -4,6 +4,7 @@ needed), and, on a GPU, nm_pack / nm_linear against an fp64 reference (FlashAtte
 opcheck and CUDA-graph capture."""
 
 import os
+import re
 import shutil
 import subprocess
 import zipfile
@@ -160,6 +161,63 @@ def test_target90_decodes_to_the_dense_matrix(dtype, rows, cols, fill):
     padded = torch.ones(rows_p, cols_p // 4, dtype=torch.bool)
     padded[:rows, : cols // 4] = False
     assert (positions[padded] == torch.tensor([0, 1])).all()
+
+
+# ------------------------------------- the decode kernel's metadata reads (nm_linear_decode.h), on the host
+
+DECODE_HEADER = ROOT / "csrc" / "nm" / "nm_linear_decode.h"
+
+
+def _decode_constant(name):
+    """An integer constant of nm_linear_decode.h (the tests follow the header when it is retuned)."""
+    return int(re.search(rf"\b{name} = (\d+);", DECODE_HEADER.read_text()).group(1))
+
+
+DECODE_MAX_TOKENS = _decode_constant("kDecodeMaxTokens")
+DECODE_SLICE_STEP = 4 * _decode_constant("kDecodeWarps")  # 16-column slices between a lane's chunks
+
+
+def code_word_offsets(target, rows_p, cols_p):
+    """Byte offsets [rows_p, cols_p/16] of the 16-bit code words the decode kernel reads, as its
+    decode_code_word_offset computes them from the packers' index math."""
+    if target == 80:
+        return 2 * ref.cutlass_meta_offsets(rows_p, cols_p // 16)
+    return ref.cutlass_sm90_meta_offsets(rows_p, cols_p)[:, 0::16] // 8
+
+
+def decode_like_the_kernel(packed_values, packed_meta, rows, cols, target):
+    """Dense [rows, cols] read the way the decode kernel reads it: per 16-column slice, 8 values and one
+    little-endian 16-bit word holding group q of the slice in nibble q."""
+    rows_p, cols_p = packed_meta.shape[0], packed_meta.shape[1] * (16 if target == 80 else 8)
+    offsets = code_word_offsets(target, rows_p, cols_p)[:, : cols // 16]
+    raw = packed_meta.contiguous().view(torch.uint8).reshape(-1).long()
+    words = raw[offsets] | raw[offsets + 1] << 8  # [rows_p, slices]
+    codes = (words.unsqueeze(-1) >> (4 * torch.arange(4))) & 0xF  # [rows_p, slices, 4 groups]
+    positions = torch.stack([codes & 3, codes >> 2], -1).reshape(rows_p, cols // 4, 2)
+    values = packed_values[:, : cols // 2].reshape(rows_p, cols // 4, 2)
+    dense = torch.zeros(rows_p, cols // 4, 4, dtype=packed_values.dtype)
+    dense.scatter_(-1, positions, values)
+    return dense.reshape(rows_p, cols)[:rows]
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("target,rows,cols", [(80, 1003, 256), (80, 40, 64), (90, 1000, 208), (90, 64, 1040)])
+def test_decode_kernel_reads_both_layouts(dtype, target, rows, cols):
+    dense = random_nm_dense(rows, cols, 2, 4, dtype, seed=rows + cols, fill=0.7)
+    packed_values, packed_meta = ops.nm_pack_cutlass(*ops.nm_compress(dense, 2, 4), target=target)
+    assert packed_values.shape[1] == cols // 2  # rows of in_features / 2 values, as the kernel assumes
+    assert torch.equal(decode_like_the_kernel(packed_values, packed_meta, rows, cols, target), dense)
+
+
+@pytest.mark.parametrize("target", [80, 90])
+def test_decode_kernel_metadata_offsets_are_affine_across_chunks(target):
+    """The kernel evaluates the offset of a lane's first two chunks and steps by their difference."""
+    rows_p, cols_p = 128, 16 * DECODE_SLICE_STEP * 4
+    offsets = code_word_offsets(target, rows_p, cols_p)
+    first, step = offsets[:, :DECODE_SLICE_STEP], offsets[:, DECODE_SLICE_STEP : 2 * DECODE_SLICE_STEP] - offsets[:, :DECODE_SLICE_STEP]
+    for j in range(4):
+        assert torch.equal(offsets[:, j * DECODE_SLICE_STEP : (j + 1) * DECODE_SLICE_STEP], first + j * step)
+    assert (offsets % 2 == 0).all()  # aligned 16-bit loads
 
 
 # ------------------------------------------------------------------------------- fakes on device "cuda"
@@ -353,8 +411,9 @@ def test_gpu_pack_reports_the_first_bad_group():
         ops.nm_pack_cutlass(values, indices, target=90)
 
 
-# tokens and out_features pick the tile configuration (csrc/nm/nm_linear_configs.h): cover every one, with
-# ragged edges (tokens not a multiple of the N tile, out_features not a multiple of the M tile).
+# tokens and out_features pick the kernel (tokens <= 16: the decode kernel, nm_linear_decode.h) and the tile
+# configuration (csrc/nm/nm_linear_configs.h): cover every one, with ragged edges (tokens not a multiple of
+# the N tile, out_features not a multiple of the M tile).
 LINEAR_SHAPES = [(1, 32, 64), (3, 100, 128), (16, 4096, 576), (17, 64, 64), (65, 200, 192), (130, 1100, 128),
                  (333, 2048, 256), (7, 64, 80), (300, 1032, 144)]
 
@@ -484,13 +543,75 @@ def test_gpu_opcheck():
                               {"bias": bias[:8].repeat(5), "activation": "relu"})
 
 
+# The decode kernel (tokens <= DECODE_MAX_TOKENS) and the CUTLASS GEMMs just above it, on shapes that are ragged
+# for the decode kernel: out_features not a multiple of its 16-row CTAs, in_features not a multiple of its
+# 64-column chunks (target 90 only: target 80 needs in % 64) nor of the 128-column metadata atoms.
+DECODE_SHAPES = {80: [(1003, 256), (40, 64)], 90: [(1000, 208), (8, 1040)]}
+DECODE_TOKENS = sorted({1, 3, 8, 9, DECODE_MAX_TOKENS, DECODE_MAX_TOKENS + 1})
+
+
 @gpu
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("tokens", DECODE_TOKENS)
+@pytest.mark.parametrize("shape", [0, 1])
 @pytest.mark.parametrize("target", [80, 90])
-def test_gpu_linear_cuda_graph_capture(target):
+def test_gpu_decode_matches_fp64(dtype, tokens, shape, target):
+    out_features, in_features = DECODE_SHAPES[target][shape]
+    _skip_unless_runnable(target, out_features, in_features)
+    w, (pv, pm) = _packed_weight(out_features, in_features, dtype, seed=tokens + shape, fill=0.8, target=target)
+    x = torch.randn(tokens, in_features, dtype=dtype, device="cuda")
+    y = torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, out_features, in_features)
+    assert y.dtype == dtype and y.shape == (tokens, out_features)
+    assert_flash_rule(y, *_reference_and_torch(x, w, None, "none", dtype))
+
+
+@gpu
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+@pytest.mark.parametrize("bias_dtype,out_float", [("x", False), ("x", True), ("float32", False), (None, True)])
+@pytest.mark.parametrize("tokens", [1, DECODE_MAX_TOKENS, DECODE_MAX_TOKENS + 1])
+@pytest.mark.parametrize("target", [80, 90])
+def test_gpu_decode_epilogues(dtype, activation, bias_dtype, out_float, tokens, target):
+    out_features, in_features = DECODE_SHAPES[target][0]
+    _skip_unless_runnable(target, out_features, in_features)
+    w, (pv, pm) = _packed_weight(out_features, in_features, dtype, seed=5, target=target)
+    x = torch.randn(tokens, in_features, dtype=dtype, device="cuda")
+    bias = None if bias_dtype is None else torch.randn(out_features, device="cuda").to(
+        dtype if bias_dtype == "x" else torch.float32)
+    out_dtype = torch.float32 if out_float else dtype
+    y = torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, out_features, in_features, bias, None, activation,
+                                       torch.float32 if out_float else None)
+    assert y.dtype == out_dtype
+    assert_flash_rule(y, *_reference_and_torch(x, w, bias, activation, out_dtype))
+
+
+@gpu
+@pytest.mark.parametrize("tokens", [1, 5, DECODE_MAX_TOKENS, DECODE_MAX_TOKENS + 1])
+@pytest.mark.parametrize("target", [80, 90])
+def test_gpu_decode_strided_x(tokens, target):
+    """Row-strided x (used in place), x from a transposed tensor (copied), and a 3-D x, either side of the threshold."""
+    dtype = torch.float16
+    out_features, in_features = DECODE_SHAPES[target][0]
+    _skip_unless_runnable(target, out_features, in_features)
+    w, (pv, pm) = _packed_weight(out_features, in_features, dtype, seed=13, target=target)
+    wide = torch.randn(tokens, 3 * in_features, dtype=dtype, device="cuda")
+    cases = [wide[:, in_features : 2 * in_features], torch.randn(in_features, tokens, dtype=dtype, device="cuda").t(),
+             torch.randn(1, tokens, in_features, dtype=dtype, device="cuda")]
+    for x in cases:
+        y = torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, out_features, in_features)
+        assert y.shape == (*x.shape[:-1], out_features)
+        y64, y_torch = _reference_and_torch(x.reshape(-1, in_features), w, None, "none", dtype)
+        assert_flash_rule(y.reshape(-1, out_features), y64, y_torch)
+
+
+@gpu
+@pytest.mark.parametrize("tokens", [DECODE_MAX_TOKENS, DECODE_MAX_TOKENS + 1])  # decode kernel, CUTLASS
+@pytest.mark.parametrize("target", [80, 90])
+def test_gpu_linear_cuda_graph_capture(target, tokens):
     dtype, out_features, in_features = torch.bfloat16, 256, 512
     _skip_unless_runnable(target, out_features, in_features)
     w, (pv, pm) = _packed_weight(out_features, in_features, dtype, seed=11, target=target)
-    x = torch.randn(16, in_features, dtype=dtype, device="cuda")
+    x = torch.randn(tokens, in_features, dtype=dtype, device="cuda")
     bias = torch.randn(out_features, dtype=dtype, device="cuda")
 
     def step():

@@ -1,7 +1,8 @@
 // CUDA wrappers of the 2:4 tensor-core path: nm_pack_cutlass and nm_pack (canonical -> CUTLASS layout) and
-// nm_linear (CUTLASS sparse GEMM with a fused epilogue). Checks, device guard, current stream; nm_linear
-// allocates only its output and never synchronises with the host (CUDA-graph safe). Packing validates
-// the positions and reads one int64 back (a sync): it runs once per weight, never in a forward pass.
+// nm_linear (CUTLASS sparse GEMM with a fused epilogue; for few tokens a GEMV-style kernel, nm_linear_decode.h).
+// Checks, device guard, current stream; nm_linear allocates only its output and never synchronises with the
+// host (CUDA-graph safe). Packing validates the positions and reads one int64 back (a sync): it runs once per
+// weight, never in a forward pass.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "nm_cutlass_common.h"
+#include "nm_linear_decode.h"
 #include "sparseflow/cuda_arch.h"
 
 namespace sparseflow::nm {
@@ -210,11 +212,17 @@ at::Tensor nm_linear_cuda(const at::Tensor& x_in, const at::Tensor& packed_value
   p.out_dtype = to_kernel_dtype(out_dtype);
   p.activation = act;
   void* stream = c10::cuda::getCurrentCUDAStream().stream();
+  const char* error = nullptr;
+  if (tokens <= cutlass2x::kDecodeMaxTokens) {  // decode: stream the weight once (either layout)
+    error = cutlass2x::linear_decode(
+        p, target == kTargetSm90 ? cutlass2x::MetaLayout::kSm90 : cutlass2x::MetaLayout::kSm80, stream);
+  } else {
 #if SPARSEFLOW_HAS_SM90
-  const char* error = target == kTargetSm90 ? cutlass2x::linear_sm90(p, stream) : cutlass2x::linear_sm80(p, stream);
+    error = target == kTargetSm90 ? cutlass2x::linear_sm90(p, stream) : cutlass2x::linear_sm80(p, stream);
 #else
-  const char* error = cutlass2x::linear_sm80(p, stream);  // target 90 was refused above
+    error = cutlass2x::linear_sm80(p, stream);  // target 90 was refused above
 #endif
+  }
   TORCH_CHECK(error == nullptr, op, ": CUDA kernel launch failed: ", error);
   return y;
 }

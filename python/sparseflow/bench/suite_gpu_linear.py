@@ -2,7 +2,8 @@
 
 Rows:
 - ``nm_linear``: y = x @ Wᵀ with a 2:4 weight packed by ``nm_pack`` (fp16 / bf16, fp32 accumulation), from
-  decode (1 and 16 tokens) to prefill. Baselines in the same run: ``F.linear`` dense at the same dtype
+  decode (1 to 16 tokens: the decode kernel, csrc/nm/nm_linear_decode.h) to prefill; the full run adds 8 and
+  32 tokens to place the decode kernel's threshold (kDecodeMaxTokens) against the CUTLASS GEMMs. Baselines in the same run: ``F.linear`` dense at the same dtype
   (cuBLAS), and ``to_sparse_semi_structured`` (PyTorch's 2:4: cuSPARSELt or CUTLASS, whichever it picks;
   skipped with the reason when it refuses the GPU or shape).
 - ``nm_pack_cutlass``: packing a canonical 2:4 weight for the tensor cores; baseline: PyTorch's
@@ -141,7 +142,7 @@ def gpu_linear(ctx: SuiteContext):
         quick=[(4096, 4096), (14336, 4096)],
         tiny=[(64, 128)],
     )
-    token_counts = ctx.pick(full=[1, 16, 128, 1024, 8192], quick=[1, 16, 512, 4096], tiny=[3])
+    token_counts = ctx.pick(full=[1, 8, 16, 32, 128, 1024, 8192], quick=[1, 16, 512, 4096], tiny=[3])
     dtypes = ctx.pick(full=DTYPES, quick=DTYPES, tiny=(torch.float16,))
     for out_features, in_features in shapes:
         for dtype in dtypes:
