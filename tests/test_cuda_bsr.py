@@ -551,6 +551,19 @@ def _block_linear(out_features, in_features, block, dtype, density=0.3, seed=0):
     return lin.to(dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
+@pytest.mark.parametrize("fmt", ["4x1", "1x16", "16x16", "2:4"])
+def test_sparse_linear_without_fallback_refuses_cpu_only_dtypes_on_cuda(fmt, dtype):
+    """fp32/int8 weights have no sparse CUDA kernel: fallback='never' refuses the move (decided from the values'
+    dtype and device alone, so FakeTensorMode shows it without a GPU)."""
+    lin = _block_linear(48, 64, (4, 1), torch.float32) if "x" in fmt else nn.Linear(64, 48)
+    sparse = SparseLinear.from_dense(lin, fmt, dtype=dtype, fallback="never", prune=":" in fmt)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        with pytest.raises(TypeError, match=rf"SparseLinear: {str(dtype)[6:]} weights have no sparse CUDA kernel "
+                                            r"\(float16/bfloat16 only"):
+            sparse.to("cuda")
+
+
 @gpu
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("fmt,T", [("4x1", 16), ("1x16", 16), ("16x16", 16), ("64x64", 64), ("3x5", 16)])

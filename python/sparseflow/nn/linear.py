@@ -145,20 +145,23 @@ class SparseLinear(nn.Module):
 
     # ------------------------------------------------------------------ packing
     def _pack(self) -> None:
-        w = self.weight_sparse
         self._packed = None
         self._dense_weight = None
-        if w.device.type == "meta":
+        values = self.w_values
+        if values.device.type == "meta":
             return
-        if w.device.type == "cuda" and w.dtype not in CUDA_WEIGHT_DTYPES:
+        if values.device.type == "cuda" and values.dtype not in CUDA_WEIGHT_DTYPES:  # decided before reading data
             if self.fallback == "never":
                 raise TypeError(
-                    f"sparseflow.SparseLinear: {str(w.dtype).removeprefix('torch.')} weights have no sparse CUDA kernel "
-                    "(float16/bfloat16 only; float32 and int8 run sparse on CPU); convert the layer (.half() / "
-                    ".bfloat16()) or use fallback='measure' to run it densely (F.linear) on the GPU")
+                    f"sparseflow.SparseLinear: {str(values.dtype).removeprefix('torch.')} weights have no sparse CUDA "
+                    "kernel (float16/bfloat16 only; float32 and int8 run sparse on CPU); build the layer with dtype="
+                    "torch.float16 or torch.bfloat16 (or .half() a float32 one), or use fallback='measure' to run it "
+                    "densely (F.linear) on the GPU")
+            w = self.weight_sparse
             self._use_dense = [True] * len(M_BUCKETS)
             self._dense_weight = w.to_dense(self.out_dtype or w.dtype)
             return
+        w = self.weight_sparse
         if self.kind == "nm":
             self._packed = tuple(torch.ops.sparseflow.nm_pack(w.values, w.indices, w.n, w.m))
         else:
