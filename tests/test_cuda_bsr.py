@@ -12,6 +12,7 @@ from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
 from sparseflow.nn import SparseLinear
 from sparseflow.testing import reference as ref
+from sparseflow.testing.op_db import bsr_pack_cuda_samples
 from sparseflow.testing.op_db import random_bsr as random_blocks
 
 HALF = (torch.float16, torch.bfloat16)
@@ -282,6 +283,22 @@ def test_reference_layout_edge_cases():
     with pytest.raises(ValueError, match="not a CUDA layout"):
         ref.bsr_pack_cuda(crow, torch.tensor([0], dtype=torch.int32), torch.ones(1, 1, 1, dtype=torch.float16), 1, 8,
                           "16x1")
+
+
+def test_registry_cuda_samples_fit_the_reference_and_the_fake():
+    """op_db's CUDA samples of bsr_pack (run against the op on a GPU by test_op_samples.py), built here on CPU
+    tensors: the reference packs them, and the fake on device "cuda" gives the reference's dtypes and static
+    sizes."""
+    samples = list(bsr_pack_cuda_samples(torch.device("cpu")))
+    assert len(samples) >= 10
+    for sample in samples:
+        want = ref.bsr_pack_cuda(*sample.args)
+        with FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True):
+            args = [a.to("cuda") if isinstance(a, torch.Tensor) else a for a in sample.args]
+            got = torch.ops.sparseflow.bsr_pack(*args)
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype and g.dim() == w.dim(), sample.note
+            assert all(isinstance(gd, torch.SymInt) or gd == wd for gd, wd in zip(g.shape, w.shape)), sample.note
 
 
 # ------------------------------------------------------------------------------------------------ GPU

@@ -235,6 +235,13 @@ def bsr_pack_cuda(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, o
     return meta, rowptr, indices, packed.contiguous(), torch.zeros(0, dtype=torch.int32, device=values.device)
 
 
+def bsr_pack_on_device(crow, col, values, out_features: int, in_features: int, kernel: str = "auto"):
+    """bsr_pack as the op does it on the device of `values`: the CPU layouts (bsr_pack) or the CUDA tiles
+    (bsr_pack_cuda)."""
+    pack = bsr_pack_cuda if values.device.type == "cuda" else bsr_pack
+    return pack(crow, col, values, out_features, in_features, kernel)
+
+
 def _bsr_unpack_cuda(meta, rowptr, indices, packed_values, N: int, K: int) -> torch.Tensor:
     T, nnz = int(meta[6]), int(meta[5])
     dtype = {v: k for k, v in _BSR_CUDA_DTYPE_CODE.items()}.get(int(meta[2]))
