@@ -13,7 +13,8 @@
 //   re-cut: any other R x C blocks ("auto": T = 16, the least fill-in; "TxT": that T). Every non-zero entry goes to
 //     tile (row / T, k / T); tiles without a non-zero (-0.0 counts as zero) are not stored. On the device:
 //     recut_mark_cuda flags the tiles that hold a non-zero, the wrapper numbers the flagged tiles in row-major
-//     order (a prefix sum; reading the count is pack's one sync), recut_fill_cuda scatters the entries.
+//     order (a prefix sum; reading the count back syncs, as the validation of crow/col on host copies does),
+//     recut_fill_cuda scatters the entries.
 #pragma once
 
 #include <cstdint>
