@@ -1,13 +1,16 @@
 // CUDA wrappers of bsr_pack / bsr_linear (tensor-core BSR, bsr_cuda.h). Packing validates crow/col on host
-// copies (a sync, once per weight); bsr_linear allocates only its output and never synchronises (meta is a
-// CPU tensor, read without touching the GPU), so it can be captured in a CUDA graph.
+// copies and, when it re-cuts blocks into tiles, reads the tile count back (syncs, once per weight); bsr_linear
+// allocates only its output and never synchronises (meta is a CPU tensor, read without touching the GPU), so it
+// can be captured in a CUDA graph.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bsr_cuda.h"
@@ -46,13 +49,30 @@ void fail_canonical(const CanonicalCheck& c, const int32_t* cr, const int32_t* c
   }
 }
 
+// The tile size of `kernel` for R x C canonical blocks, and whether they are re-cut ("auto": square supported
+// blocks are kept, others cut into 16 x 16 tiles, the least fill-in; "TxT": that tile, kept when it is R x C).
+std::pair<int64_t, bool> cuda_tile(c10::string_view kernel, int64_t R, int64_t C) {
+  const bool square = R == C && supported_block(R);
+  if (kernel == "auto") return {square ? R : 16, !square};
+  for (const int64_t t : {16, 32, 64, 128}) {
+    if (kernel == std::to_string(t) + "x" + std::to_string(t)) return {t, !(R == t && C == t)};
+  }
+  TORCH_CHECK_VALUE(false, kPackOp, ": kernel '", std::string(kernel),
+                    "' is not a CUDA layout; on CUDA use 'auto', '16x16', '32x32', '64x64' or '128x128' (the "
+                    "tensor-core tile the blocks are re-cut into)");
+  return {0, false};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bsr_pack_cuda(
     const at::Tensor& crow_in, const at::Tensor& col_in, const at::Tensor& values_in, int64_t out_features,
     int64_t in_features, c10::string_view kernel) {
   constexpr const char* op = kPackOp;
   check_dtype(op, "crow", crow_in, {at::kInt});
   check_dtype(op, "col", col_in, {at::kInt});
-  check_dtype(op, "values", values_in, {at::kHalf, at::kBFloat16});
+  TORCH_CHECK_TYPE(values_in.scalar_type() == at::kHalf || values_in.scalar_type() == at::kBFloat16, op,
+                   ": values must have dtype Half or BFloat16 on CUDA (the tensor-core kernel's), got ",
+                   values_in.scalar_type(), "; float32 and int8 block weights run on the CPU kernels (bsr_pack on a "
+                   "CPU tensor)");
   check_dim(op, "crow", crow_in, 1, "[out_features/R + 1]");
   check_dim(op, "col", col_in, 1, "[nnz_blocks]");
   check_dim(op, "values", values_in, 3, "[nnz_blocks, R, C]");
@@ -62,30 +82,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bsr_pack_
   TORCH_CHECK_VALUE(in_features >= 0 && in_features <= kMaxInFeatures, op, ": in_features must be in [0, ",
                     kMaxInFeatures, "] (indices are 16-bit), got ", in_features);
   const int64_t R = values_in.size(1), C = values_in.size(2);
-  TORCH_CHECK_VALUE(R == C && supported_block(R), op,
-                    ": on CUDA the blocks must be square 16x16, 32x32, 64x64 or 128x128 (one tensor-core tile "
-                    "each), got ", R, "x", C);
+  TORCH_CHECK_VALUE(R >= 1 && C >= 1, op, ": values must hold R x C blocks with R, C >= 1, got shape ",
+                    values_in.sizes());
   TORCH_CHECK_VALUE(crow_in.numel() == ceil_div(out_features, R) + 1, op, ": crow must have ceil(out_features/R) + 1 = ",
                     ceil_div(out_features, R) + 1, " entries for out_features=", out_features, ", R=", R, ", got ",
                     crow_in.numel());
   TORCH_CHECK_VALUE(col_in.numel() == values_in.size(0), op, ": col and values must describe the same blocks, got ",
                     col_in.numel(), " column indices and ", values_in.size(0), " blocks");
-  const std::string square = std::to_string(R) + "x" + std::to_string(R);
-  TORCH_CHECK_VALUE(kernel == "auto" || kernel == square, op, ": kernel '", std::string(kernel),
-                    "' is not a CUDA layout; on CUDA use 'auto' or '", square, "' (the blocks as they are)");
+  const auto [T, recut] = cuda_tile(kernel, R, C);
 
   const int64_t block_rows = ceil_div(out_features, R);
   const int64_t nnz = col_in.numel();
-  {  // validation on host copies of the (small) index arrays, in the CPU pack's order and words
-    const at::Tensor crow_h = crow_in.to(at::kCPU).contiguous();
-    const at::Tensor col_h = col_in.to(at::kCPU).contiguous();
-    const CanonicalCheck check = validate_canonical(crow_h.data_ptr<int32_t>(), col_h.data_ptr<int32_t>(),
-                                                    block_rows, ceil_div(in_features, C), nnz);
-    fail_canonical(check, crow_h.data_ptr<int32_t>(), col_h.data_ptr<int32_t>(), nnz, in_features, C);
-  }
+  // Validation on host copies of the (small) index arrays, in the CPU pack's order and words.
+  const at::Tensor crow_h = crow_in.to(at::kCPU).contiguous();
+  const at::Tensor col_h = col_in.to(at::kCPU).contiguous();
+  const CanonicalCheck check = validate_canonical(crow_h.data_ptr<int32_t>(), col_h.data_ptr<int32_t>(), block_rows,
+                                                  ceil_div(in_features, C), nnz);
+  fail_canonical(check, crow_h.data_ptr<int32_t>(), col_h.data_ptr<int32_t>(), nnz, in_features, C);
 
   const c10::cuda::CUDAGuard guard(values_in.device());
-  const at::Tensor crow = crow_in.contiguous();
+  const auto stream = c10::cuda::getCurrentCUDAStream().stream();
   const at::Tensor col = col_in.contiguous();
   const at::Tensor values = values_in.contiguous();
   at::Tensor meta = at::zeros({kMetaSlots}, at::TensorOptions().dtype(at::kLong));
@@ -95,24 +111,71 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bsr_pack_
   mp[kMetaDtype] = values.scalar_type() == at::kBFloat16 ? kDtypeBF16 : kDtypeF16;
   mp[kMetaOut] = out_features;
   mp[kMetaIn] = in_features;
-  mp[kMetaNnz] = nnz;
-  mp[kMetaBlock] = R;
-  at::Tensor rowptr = crow.clone();
-  at::Tensor indices = at::empty({nnz}, crow.options().dtype(at::kShort));
-  at::Tensor packed_values = at::empty_like(values, at::MemoryFormat::Contiguous);
-  at::Tensor compensation = at::empty({0}, crow.options());
-  PackParams p;
+  mp[kMetaBlock] = T;
+  at::Tensor compensation = at::empty({0}, col.options());
+
+  if (!recut) {  // the blocks are tiles already: copied as they are, overhang zeroed
+    const at::Tensor crow = crow_in.contiguous();
+    mp[kMetaNnz] = nnz;
+    at::Tensor rowptr = crow.clone();
+    at::Tensor indices = at::empty({nnz}, crow.options().dtype(at::kShort));
+    at::Tensor packed_values = at::empty_like(values, at::MemoryFormat::Contiguous);
+    PackParams p;
+    p.out_features = out_features;
+    p.in_features = in_features;
+    p.block = static_cast<int>(T);
+    p.block_rows = block_rows;
+    p.nnz = nnz;
+    p.crow = crow.data_ptr<int32_t>();
+    p.col = col.data_ptr<int32_t>();
+    p.values = reinterpret_cast<const uint16_t*>(values.data_ptr());
+    p.indices = indices.data_ptr<int16_t>();
+    p.packed_values = reinterpret_cast<uint16_t*>(packed_values.data_ptr());
+    pack_cuda(p, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return {meta, rowptr, indices, packed_values, compensation};
+  }
+
+  // Re-cut into T x T tiles (bsr_cuda.h): flag the tiles holding a non-zero, number them, scatter the entries.
+  const int64_t tile_rows = ceil_div(out_features, T), tile_cols = ceil_div(in_features, T);
+  TORCH_CHECK_VALUE(tile_rows * tile_cols <= INT32_MAX, op, ": [", out_features, ", ", in_features,
+                    "] has more than 2^31 tiles of ", T, "x", T);
+  at::Tensor block_row_h = at::empty({nnz}, crow_h.options());
+  {
+    const int32_t* cr = crow_h.data_ptr<int32_t>();
+    int32_t* br = block_row_h.data_ptr<int32_t>();
+    for (int64_t b = 0; b < block_rows; ++b) std::fill(br + cr[b], br + cr[b + 1], static_cast<int32_t>(b));
+  }
+  const at::Tensor block_row = block_row_h.to(values.device());
+  at::Tensor flags = at::zeros({tile_rows * tile_cols}, col.options());
+  RecutParams p;
   p.out_features = out_features;
   p.in_features = in_features;
-  p.block = static_cast<int>(R);
-  p.block_rows = block_rows;
+  p.R = R;
+  p.C = C;
+  p.block = static_cast<int>(T);
   p.nnz = nnz;
-  p.crow = crow.data_ptr<int32_t>();
+  p.tile_cols = tile_cols;
+  p.block_row = block_row.data_ptr<int32_t>();
   p.col = col.data_ptr<int32_t>();
   p.values = reinterpret_cast<const uint16_t*>(values.data_ptr());
-  p.indices = indices.data_ptr<int16_t>();
+  p.tile_flag = flags.data_ptr<int32_t>();
+  recut_mark_cuda(p, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const at::Tensor kept = at::nonzero(flags).squeeze(1);  // tile numbers in row-major order; syncs for the count
+  const int64_t tiles = kept.numel();
+  mp[kMetaNnz] = tiles;
+  const at::Tensor slot = flags.cumsum(0, at::kInt);
+  at::Tensor rowptr = at::zeros({tile_rows + 1}, col.options());
+  if (tile_rows > 0 && tile_cols > 0) {
+    rowptr.slice(0, 1).copy_(slot.view({tile_rows, tile_cols}).select(1, tile_cols - 1));
+  }
+  at::Tensor indices = tiles > 0 ? (kept.remainder(tile_cols) * T).to(at::kShort)  // < 65536: read as uint16
+                                 : at::empty({0}, col.options().dtype(at::kShort));
+  at::Tensor packed_values = at::zeros({tiles, T, T}, values.options());
+  p.tile_slot = slot.data_ptr<int32_t>();
   p.packed_values = reinterpret_cast<uint16_t*>(packed_values.data_ptr());
-  pack_cuda(p, c10::cuda::getCurrentCUDAStream().stream());
+  recut_fill_cuda(p, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {meta, rowptr, indices, packed_values, compensation};
 }

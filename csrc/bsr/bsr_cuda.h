@@ -1,14 +1,20 @@
 // Block-sparse (BSR) linear on CUDA tensor cores: torch-free declarations shared by the CUDA wrapper
 // (bsr_cuda.cpp) and the kernels (bsr_linear_sm80.cu, built for every arch: mma.sync runs on sm80 and later).
 //
-// CUDA packed layout ("TxT", meta layout id kCudaSquare): the canonical blocks themselves, which must be
-// square T x T with T in {16, 32, 64, 128} and fp16/bf16:
+// CUDA packed layout ("TxT", meta layout id kCudaSquare): square T x T tiles, T in {16, 32, 64, 128}, fp16/bf16:
 //   meta          int64 [8] on the CPU: version, layout id 4, dtype code, out, in, nnz, T (slot 6), 0
-//   rowptr        int32 [ceil(out/T) + 1]   the canonical crow
-//   indices       int16 [nnz]               first input channel of each block (col * T, read as uint16)
-//   packed_values [nnz, T, T]               the blocks, row-major, entries outside [out, in] zeroed
+//   rowptr        int32 [ceil(out/T) + 1]   tile-row pointers
+//   indices       int16 [nnz]               first input channel of each tile (tile column * T, read as uint16)
+//   packed_values [nnz, T, T]               the tiles, row-major, entries outside [out, in] zeroed
 //   compensation  int32 [0]                 (int8 weights only; none on CUDA)
-// All-zero blocks are kept (a block is one tensor-core tile: skipping it needs no re-cut).
+// Two ways in (bsr_pack's `kernel`):
+//   kept as they are: canonical blocks that already are T x T (kernel "auto" or "TxT" with that T). rowptr is the
+//     canonical crow and all-zero blocks are kept (a block is one tensor-core tile: skipping it needs no re-cut).
+//   re-cut: any other R x C blocks ("auto": T = 16, the least fill-in; "TxT": that T). Every non-zero entry goes to
+//     tile (row / T, k / T); tiles without a non-zero (-0.0 counts as zero) are not stored. On the device:
+//     recut_mark_cuda flags the tiles that hold a non-zero, the wrapper numbers the flagged tiles in row-major
+//     order (a prefix sum; reading the count back syncs, as the validation of crow/col on host copies does),
+//     recut_fill_cuda scatters the entries.
 #pragma once
 
 #include <cstdint>
@@ -67,6 +73,24 @@ inline CanonicalCheck validate_canonical(const int32_t* crow, const int32_t* col
 // Copies the blocks, zeroing entries outside [out, in], and turns block columns into first input channels.
 // Asynchronous on `stream`; the arrays must be valid (validate_canonical).
 void pack_cuda(const PackParams& p, void* stream);
+
+// Re-cut of canonical R x C blocks into T x T tiles (see the layout above). Both passes visit every entry of the
+// canonical blocks that lies inside [out, in] and is non-zero; asynchronous on `stream`, arrays valid.
+struct RecutParams {
+  int64_t out_features = 0, in_features = 0;
+  int64_t R = 1, C = 1;  // canonical block
+  int block = 16;        // T
+  int64_t nnz = 0;       // canonical blocks
+  int64_t tile_cols = 0;             // ceil(in / T)
+  const int32_t* block_row = nullptr;  // [nnz] canonical block-row of each block, device
+  const int32_t* col = nullptr;        // [nnz] canonical block-column, device
+  const uint16_t* values = nullptr;    // [nnz, R, C], 16-bit elements (bits only), contiguous
+  int32_t* tile_flag = nullptr;        // mark: [ceil(out/T) * tile_cols], zeroed; set to 1 per tile with a non-zero
+  const int32_t* tile_slot = nullptr;  // fill: inclusive prefix sum of tile_flag (tile t is stored at slot[t] - 1)
+  uint16_t* packed_values = nullptr;   // fill: [tiles, T, T], zeroed
+};
+void recut_mark_cuda(const RecutParams& p, void* stream);
+void recut_fill_cuda(const RecutParams& p, void* stream);
 
 // ------------------------------------------------------------------------------------------------ linear
 struct LinearParams {

@@ -39,6 +39,40 @@ __global__ void pack_kernel(PackParams p) {
   }
 }
 
+// One thread per canonical entry: (row, k) and its bits, or false for entries outside [out, in] and zeros.
+__device__ __forceinline__ bool recut_entry(const RecutParams& p, int64_t i, int64_t& row, int64_t& k,
+                                            uint16_t& bits) {
+  const int64_t per_block = p.R * p.C;
+  const int64_t b = i / per_block, e = i - b * per_block;
+  const int64_t r = e / p.C, c = e - r * p.C;
+  row = int64_t(p.block_row[b]) * p.R + r;
+  k = int64_t(p.col[b]) * p.C + c;
+  bits = p.values[i];
+  return row < p.out_features && k < p.in_features && (bits & 0x7fff) != 0;  // sign bit off: -0.0 is zero
+}
+
+__global__ void recut_mark_kernel(RecutParams p) {
+  const int64_t total = p.nnz * p.R * p.C;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t row, k;
+    uint16_t bits;
+    if (recut_entry(p, i, row, k, bits)) p.tile_flag[(row / p.block) * p.tile_cols + k / p.block] = 1;
+  }
+}
+
+// Canonical blocks do not overlap, so every tile element is written by at most one thread.
+__global__ void recut_fill_kernel(RecutParams p) {
+  const int64_t total = p.nnz * p.R * p.C;
+  const int64_t T = p.block;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t row, k;
+    uint16_t bits;
+    if (!recut_entry(p, i, row, k, bits)) continue;
+    const int64_t slot = p.tile_slot[(row / T) * p.tile_cols + k / T] - 1;
+    p.packed_values[(slot * T + row % T) * T + k % T] = bits;
+  }
+}
+
 // ------------------------------------------------------------------------------------------------ linear
 
 template <int T, int BM>
@@ -276,6 +310,16 @@ const char* launch_block(const LinearParams& p, cudaStream_t stream) {
   }
 }
 
+template <typename Kernel>
+void launch_recut(Kernel kernel, const RecutParams& p, void* stream) {
+  const int64_t total = p.nnz * p.R * p.C;
+  if (total == 0) return;
+  constexpr int kThreads = 256;
+  const int64_t blocks = (total + kThreads - 1) / kThreads;
+  const unsigned grid = static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16);
+  kernel<<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+}
+
 }  // namespace
 
 void pack_cuda(const PackParams& p, void* stream) {
@@ -286,6 +330,9 @@ void pack_cuda(const PackParams& p, void* stream) {
   const unsigned grid = static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16);
   pack_kernel<<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
 }
+
+void recut_mark_cuda(const RecutParams& p, void* stream) { launch_recut(recut_mark_kernel, p, stream); }
+void recut_fill_cuda(const RecutParams& p, void* stream) { launch_recut(recut_fill_kernel, p, stream); }
 
 const char* linear_cuda(const LinearParams& p, void* stream) {
   if (p.tokens == 0 || p.block_rows == 0) return nullptr;

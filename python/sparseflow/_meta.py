@@ -358,18 +358,35 @@ def nm_linear_fake_cuda(x, packed_values, packed_meta, n, m, out_features, in_fe
 
 # ---------------------------------------------------------------------------------------------------------
 # CUDA block-sparse path: the CUDA side of bsr_pack / bsr_linear (csrc/bsr/bsr_cuda.h), called by the fakes
-# above for CUDA tensors: square
-# T x T fp16/bf16 blocks kept as they are; meta stays a CPU tensor (layout id 4, T in slot 6).
+# above for CUDA tensors: fp16/bf16 T x T tiles; meta stays a CPU tensor (layout id 4, T in slot 6).
 
 _BSR_CUDA_BLOCKS = (16, 32, 64, 128)
 
 
+def bsr_cuda_tile(kernel: str, R: int, C: int) -> tuple[int, bool]:
+    """(T, recut) of bsr_pack on CUDA for R x C canonical blocks (csrc/bsr/bsr_cuda.cpp, cuda_tile): "auto" keeps
+    square 16/32/64/128 blocks as they are and re-cuts others into 16 x 16 tiles; "TxT" re-cuts into T x T tiles
+    unless the blocks already are T x T. Raises ValueError for other kernel names."""
+    if kernel == "auto":
+        square = R == C and R in _BSR_CUDA_BLOCKS
+        return (R if square else 16), not square
+    for t in _BSR_CUDA_BLOCKS:
+        if kernel == f"{t}x{t}":
+            return t, (R, C) != (t, t)
+    raise ValueError(f"sparseflow.bsr_pack: kernel {kernel!r} is not a CUDA layout; on CUDA use 'auto', '16x16', "
+                     "'32x32', '64x64' or '128x128' (the tensor-core tile the blocks are re-cut into)")
+
+
 def bsr_pack_fake_cuda(crow, col, values, out_features, in_features, kernel="auto"):
-    """bsr_pack's fake for CUDA tensors (checks of csrc/bsr/bsr_cuda.cpp that need no data)."""
+    """bsr_pack's fake for CUDA tensors (checks of csrc/bsr/bsr_cuda.cpp that need no data). Blocks kept as they
+    are give static shapes; a re-cut stores only the tiles holding a non-zero, a data-dependent count."""
     op = "sparseflow.bsr_pack"
     _check_dtype(op, "crow", crow, (torch.int32,))
     _check_dtype(op, "col", col, (torch.int32,))
-    _check_dtype(op, "values", values, (torch.float16, torch.bfloat16))
+    if values.dtype not in (torch.float16, torch.bfloat16):
+        raise TypeError(f"{op}: values must have dtype Half or BFloat16 on CUDA (the tensor-core kernel's), got "
+                        f"{str(values.dtype).removeprefix('torch.')}; float32 and int8 block weights run on the CPU "
+                        "kernels (bsr_pack on a CPU tensor)")
     _check_dim(op, "crow", crow, 1, "[out_features/R + 1]")
     _check_dim(op, "col", col, 1, "[nnz_blocks]")
     _check_dim(op, "values", values, 3, "[nnz_blocks, R, C]")
@@ -381,19 +398,21 @@ def bsr_pack_fake_cuda(crow, col, values, out_features, in_features, kernel="aut
     if not 0 <= in_features <= 65536:
         raise ValueError(f"{op}: in_features must be in [0, 65536] (indices are 16-bit), got {in_features}")
     _, R, C = values.shape
-    if R != C or R not in _BSR_CUDA_BLOCKS:
-        raise ValueError(f"{op}: on CUDA the blocks must be square 16x16, 32x32, 64x64 or 128x128 (one tensor-core "
-                         f"tile each), got {R}x{C}")
+    if R < 1 or C < 1:
+        raise ValueError(f"{op}: values must hold R x C blocks with R, C >= 1, got shape {list(values.shape)}")
     if crow.shape[0] != -(-out_features // R) + 1:
         raise ValueError(f"{op}: crow must have ceil(out_features/R) + 1 = {-(-out_features // R) + 1} entries")
     if col.shape[0] != values.shape[0]:
         raise ValueError(f"{op}: col and values must describe the same blocks")
-    if kernel not in ("auto", f"{R}x{R}"):
-        raise ValueError(f"{op}: kernel {kernel!r} is not a CUDA layout; on CUDA use 'auto' or '{R}x{R}'")
-    nnz = values.shape[0]
+    T, recut = bsr_cuda_tile(kernel, R, C)
     meta = torch.empty(8, dtype=torch.int64, device="cpu")
-    return (meta, crow.new_empty(crow.shape), crow.new_empty((nnz,), dtype=torch.int16),
-            values.new_empty(values.shape), crow.new_empty((0,)))
+    if not recut:
+        nnz = values.shape[0]
+        return (meta, crow.new_empty(crow.shape), crow.new_empty((nnz,), dtype=torch.int16),
+                values.new_empty(values.shape), crow.new_empty((0,)))
+    tiles = torch.library.get_ctx().new_dynamic_size()
+    return (meta, crow.new_empty((-(-out_features // T) + 1,)), crow.new_empty((tiles,), dtype=torch.int16),
+            values.new_empty((tiles, T, T)), crow.new_empty((0,)))
 
 
 def bsr_linear_fake_cuda(x, meta, rowptr, indices, packed_values, compensation, out_features, in_features, bias=None,

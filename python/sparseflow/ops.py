@@ -40,8 +40,12 @@ def bsr_pack(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, out_fe
     buffers, so they survive ``state_dict`` save/load) and passed to :func:`bsr_linear`. ``meta`` (int64, CPU)
     records the format version, layout, dtype and sizes; ``compensation`` holds each int8 output channel's
     weight sum (empty for float weights). Raises IndexError naming the first bad crow/col entry.
-    On CUDA the blocks must be square 16, 32, 64 or 128 (float16/bfloat16) and are kept as they are (one
-    tensor-core tile each; ``kernel`` "auto" or "TxT"), see ``csrc/bsr/bsr_cuda.h``.
+    On CUDA (float16/bfloat16 only; float32 and int8 block weights run on the CPU) the kernel works on square
+    T x T tensor-core tiles, T in 16/32/64/128 (``csrc/bsr/bsr_cuda.h``): ``kernel`` "auto" keeps square
+    blocks of those sizes as they are (all-zero ones included) and re-cuts any other R x C blocks into 16 x 16
+    tiles; "TxT" (e.g. "64x64") re-cuts into T x T tiles unless the blocks already are T x T. A re-cut stores
+    only the tiles holding a non-zero, so the number of tiles depends on the data (the pack synchronises
+    once to read it) and the zeros it stores inside them (fill-in) cost as much as non-zeros.
     """
     return torch.ops.sparseflow.bsr_pack(crow, col, values, out_features, in_features, kernel)
 

@@ -11,6 +11,11 @@ Dense fallback: sparse kernels do not win everywhere (e.g. N:M at large M on CPU
 when it packs, and routes each token-count bucket to the faster path (keeping a dense copy of the
 weight only if some bucket needs it). ``fallback="never"`` always runs sparse; ``"always"`` always dense
 (a reference mode).
+
+On CUDA the sparse kernels take float16/bfloat16 weights (block formats of any R x C are re-cut into
+tensor-core tiles by ``bsr_pack``). A float32 or int8 weight moved to a GPU has no sparse kernel there: with
+``fallback="measure"`` or ``"always"`` it runs ``F.linear`` on a dense copy (cuBLAS); ``fallback="never"``
+refuses the move with a TypeError.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ _ACTIVATION_FNS = {"none": lambda y: y, "relu": F.relu, "gelu": F.gelu, "silu": 
 
 # Token-count buckets for the sparse/dense decision: (upper bound of M, M used to measure).
 M_BUCKETS = ((4, 1), (24, 16), (96, 64), (None, 256))
+
+# Weight dtypes the CUDA kernels of nm_linear / bsr_linear take.
+CUDA_WEIGHT_DTYPES = (torch.float16, torch.bfloat16)
 
 FormatSpec = str | tuple[int, int]
 
@@ -137,15 +145,27 @@ class SparseLinear(nn.Module):
 
     # ------------------------------------------------------------------ packing
     def _pack(self) -> None:
-        w = self.weight_sparse
-        if w.device.type == "meta":
-            self._packed = None
+        self._packed = None
+        self._dense_weight = None
+        values = self.w_values
+        if values.device.type == "meta":
             return
+        if values.device.type == "cuda" and values.dtype not in CUDA_WEIGHT_DTYPES:  # decided before reading data
+            if self.fallback == "never":
+                raise TypeError(
+                    f"sparseflow.SparseLinear: {str(values.dtype).removeprefix('torch.')} weights have no sparse CUDA "
+                    "kernel (float16/bfloat16 only; float32 and int8 run sparse on CPU); build the layer with dtype="
+                    "torch.float16 or torch.bfloat16 (or .half() a float32 one), or use fallback='measure' to run it "
+                    "densely (F.linear) on the GPU")
+            w = self.weight_sparse
+            self._use_dense = [True] * len(M_BUCKETS)
+            self._dense_weight = w.to_dense(self.out_dtype or w.dtype)
+            return
+        w = self.weight_sparse
         if self.kind == "nm":
             self._packed = tuple(torch.ops.sparseflow.nm_pack(w.values, w.indices, w.n, w.m))
         else:
             self._packed = tuple(torch.ops.sparseflow.bsr_pack(w.crow, w.col, w.values, self.out_features, self.in_features))
-        self._dense_weight = None
         self._use_dense = [self.fallback == "always"] * len(M_BUCKETS)
         if self.fallback == "measure":
             self._measure()
@@ -218,7 +238,7 @@ class SparseLinear(nn.Module):
                                                self.bias, scale, self.activation, self.out_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._packed is None:
+        if self._packed is None and self._dense_weight is None:
             raise RuntimeError("sparseflow.SparseLinear: the weight is on the meta device; move the module to a real device first")
         m_tokens = x.numel() // max(x.shape[-1], 1)
         if self._use_dense[_bucket(m_tokens)]:

@@ -45,8 +45,9 @@ class OpEntry:
     # Why this op has no CUDA kernel yet (only ops whose GPU issue is open may say so).
     cuda_pending: str | None = None
     # Device types the samples, bad samples, fuzz strategy and reference describe. Ops whose packed layout
-    # differs per device (nm_pack/nm_linear, bsr_pack/bsr_linear) list "cpu" here; their CUDA kernels are
-    # tested against CUDA-layout references in tests/test_cuda_linear.py and tests/test_cuda_bsr.py.
+    # differs per device list "cpu" here (nm_pack/nm_linear, bsr_linear); their CUDA kernels are tested against
+    # CUDA-layout references in tests/test_cuda_linear.py and tests/test_cuda_bsr.py. bsr_pack describes both
+    # (its samples and reference follow the device).
     sample_devices: tuple[str, ...] = ("cpu", "cuda")
 
     @property
@@ -221,7 +222,25 @@ BSR_CASES = (
 )
 
 
+# CUDA (float16/bfloat16, T x T tiles): blocks kept as they are or re-cut (auto: 16x16; "TxT" forced).
+BSR_CUDA_CASES = (
+    (13, 37, 4, 1, 0.5, torch.float16, "auto"),
+    (20, 45, 1, 16, 0.5, torch.bfloat16, "auto"),
+    (9, 21, 3, 5, 0.6, torch.float16, "auto"),
+    (24, 66, 8, 8, 0.5, torch.bfloat16, "auto"),
+    (40, 70, 16, 16, 0.5, torch.float16, "auto"),
+    (70, 100, 32, 32, 0.5, torch.bfloat16, "32x32"),
+    (70, 100, 32, 32, 0.5, torch.float16, "16x16"),
+    (33, 100, 16, 1, 0.4, torch.bfloat16, "64x64"),
+    (130, 200, 2, 3, 0.5, torch.float16, "128x128"),
+    (6, 10, 4, 1, 0.0, torch.float16, "auto"),
+)
+
+
 def _bsr_pack_samples(device):
+    if device.type == "cuda":
+        yield from bsr_pack_cuda_samples(device)
+        return
     for i, (N, K, R, C, density, dtype, kernel) in enumerate(BSR_CASES):
         crow, col, values = random_bsr(N, K, R, C, density, dtype, device, seed=i)
         yield Sample((crow, col, values, N, K, kernel), note=f"{dtype} {R}x{C} {N}x{K} -> {kernel}")
@@ -235,18 +254,46 @@ def _bsr_pack_samples(device):
                  note="non-contiguous values")
 
 
+def bsr_pack_cuda_samples(device):
+    """bsr_pack's samples for CUDA (float16/bfloat16, CUDA tiles), with the tensors on `device`."""
+    for i, (N, K, R, C, density, dtype, kernel) in enumerate(BSR_CUDA_CASES):
+        crow, col, values = random_bsr(N, K, R, C, density, dtype, device, seed=i)
+        yield Sample((crow, col, values, N, K, kernel), note=f"{dtype} {R}x{C} {N}x{K} -> {kernel}")
+    crow, col, values = random_bsr(40, 40, 4, 4, 1.0, torch.float16, device)  # 10 x 10 blocks, all stored
+    values[0:4].fill_(-0.0)  # the 16 blocks of the first 16x16 tile: -0.0 and 0.0, so that tile is dropped
+    for r in range(1, 4):
+        values[10 * r:10 * r + 4].zero_()
+    yield Sample((crow, col, values, 40, 40, "auto"), note="an all-zero (-0.0 and 0.0) tile is dropped")
+    crow, col, values = random_bsr(32, 32, 16, 16, 1.0, torch.bfloat16, device)
+    values[1].fill_(-0.0)
+    yield Sample((crow, col, values, 32, 32, "auto"), note="16x16 blocks are kept, -0.0 ones too")
+    yield Sample((torch.zeros(1, dtype=torch.int32, device=device), torch.zeros(0, dtype=torch.int32, device=device),
+                  torch.zeros(0, 4, 1, dtype=torch.float16, device=device), 0, 12, "auto"), note="out_features=0")
+    crow, col, values = random_bsr(12, 40, 4, 4, 0.5, torch.bfloat16, device, seed=7)
+    yield Sample((crow, col, values.transpose(1, 2).contiguous().transpose(1, 2), 12, 40, "32x32"),
+                 note="non-contiguous values")
+
+
 def _bsr_pack_bad(device):
-    crow, col, values = random_bsr(8, 16, 4, 4, 0.5, torch.float32, device)
+    cuda = device.type == "cuda"
+    crow, col, values = random_bsr(8, 16, 4, 4, 0.5, torch.float16 if cuda else torch.float32, device)
     yield BadSample((crow.long(), col, values, 8, 16), TypeError, r"bsr_pack: crow must have dtype (Int|int32), got (Long|int64)")
     yield BadSample((crow, col, values.double(), 8, 16), TypeError, r"values must have dtype")
     yield BadSample((crow, col, values[:, 0], 8, 16), ValueError, r"values must be 3-D")
     yield BadSample((crow, col, values, 12, 16), ValueError, r"crow must have ceil\(out_features/R\) \+ 1 = 4")
     yield BadSample((crow, col[:-1], values, 8, 16), ValueError, r"col and values must describe the same blocks")
     yield BadSample((crow, col, values, 8, 70000), ValueError, r"in_features must be in \[0, 65536\]")
-    yield BadSample((crow, col, values, 8, 16, "4x1"), ValueError, r"kernel '4x1' is the int8 VNNI layout")
-    yield BadSample((crow, col, values, 8, 16, "2x2"), ValueError, r"kernel must be 'auto'")
-    yield BadSample((crow, col, values.to(torch.int8), 8, 16, "16x1"), ValueError, r"int8 weights use kernel '4x1'")
-    full = random_bsr(8, 16, 4, 4, 1.0, torch.float32, device)
+    if cuda:
+        yield BadSample((crow, col, values.float(), 8, 16), TypeError,
+                        r"Half or BFloat16 on CUDA .*float32 and int8 block weights run on the CPU")
+        yield BadSample((crow, col, values.to(torch.int8), 8, 16), TypeError, r"int8 block weights run on the CPU")
+        yield BadSample((crow, col, values, 8, 16, "4x1"), ValueError, r"kernel '4x1' is not a CUDA layout")
+        yield BadSample((crow, col, values, 8, 16, "48x48"), ValueError, r"kernel '48x48' is not a CUDA layout")
+    else:
+        yield BadSample((crow, col, values, 8, 16, "4x1"), ValueError, r"kernel '4x1' is the int8 VNNI layout")
+        yield BadSample((crow, col, values, 8, 16, "2x2"), ValueError, r"kernel must be 'auto'")
+        yield BadSample((crow, col, values.to(torch.int8), 8, 16, "16x1"), ValueError, r"int8 weights use kernel '4x1'")
+    full = random_bsr(8, 16, 4, 4, 1.0, torch.float16 if cuda else torch.float32, device)
     bad_col = full[1].clone()
     bad_col[5] = 4
     yield BadSample((full[0], bad_col, full[2], 8, 16), IndexError, r"col\[5\] = 4 \(block-row 1\) is out of range \[0, 4\)")
@@ -265,11 +312,15 @@ def _bsr_pack_bad(device):
 def _bsr_fuzz_weight(draw, device):
     from hypothesis import strategies as st
 
-    dtype = draw(st.sampled_from([torch.float32, torch.bfloat16, torch.int8]))
+    cuda = device.type == "cuda"
+    dtypes = [torch.float16, torch.bfloat16] if cuda else [torch.float32, torch.bfloat16, torch.int8]
+    dtype = draw(st.sampled_from(dtypes))
     N, K = draw(st.integers(0, 40)), draw(st.integers(0, 70))
-    R, C = draw(st.sampled_from([(4, 1), (1, 16), (16, 1), (1, 1), (2, 3), (8, 8), (5, 2)]))
+    blocks = [(4, 1), (1, 16), (16, 1), (1, 1), (2, 3), (8, 8), (5, 2)] + ([(16, 16), (32, 32)] if cuda else [])
+    R, C = draw(st.sampled_from(blocks))
     density = draw(st.sampled_from([0.0, 0.1, 0.5, 1.0]))
-    kernel = "auto" if dtype == torch.int8 else draw(st.sampled_from(["auto", "16x1", "1x16"]))
+    kernels = ["auto", "16x16", "32x32", "64x64"] if cuda else ["auto", "16x1", "1x16"]
+    kernel = "auto" if dtype == torch.int8 else draw(st.sampled_from(kernels))
     crow, col, values = random_bsr(N, K, R, C, density, dtype, device, seed=draw(st.integers(0, 999)))
     return crow, col, values, N, K, kernel
 
@@ -290,7 +341,8 @@ def _bsr_pack_fuzz(draw, device):
     elif corruption == "kernel":
         kernel = draw(st.sampled_from(["4x1", "16x1", "bad"]))
     elif corruption == "dtype":
-        values = values.to(draw(st.sampled_from([torch.float64, torch.float16, torch.int32])))
+        wrong = torch.float32 if device.type == "cuda" else torch.float16
+        values = values.to(draw(st.sampled_from([torch.float64, wrong, torch.int32])))
     elif corruption == "rows":
         N += draw(st.sampled_from([-1, 1, 50]))
     return crow, col, values, N, K, kernel
@@ -658,8 +710,8 @@ OP_DB: dict[str, OpEntry] = {
                 bench_suite="nm-pack", compare=assert_bitwise_equal),
         OpEntry("nm_decompress", ref.nm_decompress, _nm_decompress_samples, _nm_decompress_bad,
                 _nm_decompress_fuzz, bench_suite="nm-pack", compare=assert_bitwise_equal),
-        OpEntry("bsr_pack", ref.bsr_pack, _bsr_pack_samples, _bsr_pack_bad, _bsr_pack_fuzz,
-                bench_suite="cpu-linear", compare=assert_bitwise_equal, sample_devices=("cpu",)),
+        OpEntry("bsr_pack", ref.bsr_pack_on_device, _bsr_pack_samples, _bsr_pack_bad, _bsr_pack_fuzz,
+                bench_suite="cpu-linear", compare=assert_bitwise_equal),
         OpEntry("bsr_linear", ref.bsr_linear, _bsr_linear_samples, _bsr_linear_bad, _bsr_linear_fuzz,
                 bench_suite="cpu-linear", compare=assert_bsr_linear_close, sample_devices=("cpu",)),
         OpEntry("nm_pack", ref.nm_pack, _nm_pack_samples, _nm_pack_bad, _nm_pack_fuzz, bench_suite="cpu-linear",

@@ -182,12 +182,98 @@ def bsr_pack(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, out_fe
             compensation.to(dev))
 
 
+# CUDA layout (csrc/bsr/bsr_cuda.h): T x T tiles of float16/bfloat16, layout id 4, T in meta slot 6.
+BSR_CUDA_LAYOUT = 4
+BSR_CUDA_TILES = (16, 32, 64, 128)
+_BSR_CUDA_DTYPE_CODE = {torch.bfloat16: 1, torch.float16: 4}
+
+
+def bsr_cuda_tile(kernel: str, R: int, C: int) -> tuple[int, bool]:
+    """(T, re-cut?) of the CUDA layout for R x C blocks: "auto" keeps square 16/32/64/128 blocks and cuts others
+    into 16 x 16 tiles (the least fill-in); "TxT" cuts into T x T tiles unless the blocks already are T x T."""
+    if kernel == "auto":
+        return (R, False) if R == C and R in BSR_CUDA_TILES else (16, True)
+    for t in BSR_CUDA_TILES:
+        if kernel == f"{t}x{t}":
+            return t, (R, C) != (t, t)
+    raise ValueError(f"kernel {kernel!r} is not a CUDA layout")
+
+
+def bsr_pack_cuda(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, out_features: int,
+                  in_features: int, kernel: str = "auto"):
+    """bsr_pack on CUDA, on any device: (meta [CPU], rowptr, indices, packed_values [nnz, T, T], compensation [0]).
+
+    Blocks kept as they are (bsr_cuda_tile): the canonical arrays with col * T as indices and the overhang
+    zeroed, all-zero blocks included. Re-cut: the padded dense matrix cut into T x T tiles, the tiles holding a
+    non-zero stored in row-major order (-0.0 counts as zero and is stored as +0.0).
+    """
+    if values.dtype not in _BSR_CUDA_DTYPE_CODE:
+        raise TypeError(f"values must be float16 or bfloat16 on CUDA, got {values.dtype}")
+    _check_canonical(crow, col, values.float(), out_features, in_features, "auto")
+    nnz, R, C = values.shape
+    T, recut = bsr_cuda_tile(kernel, R, C)
+    N, K = out_features, in_features
+    tile_rows, tile_cols = _ceil_div(N, T), _ceil_div(K, T)
+    padded = torch.zeros(tile_rows * T, tile_cols * T, dtype=values.dtype, device=values.device)
+    padded[:N, :K] = bsr_to_dense(crow, col, values, N, K)
+    tiles = padded.reshape(tile_rows, T, tile_cols, T).transpose(1, 2)  # [tile row, tile col, T, T]
+    if recut:
+        keep = (tiles != 0).flatten(2).any(-1)
+        tile_row, tile_col = keep.nonzero().unbind(1)
+        rowptr = torch.cat([keep.new_zeros(1, dtype=torch.int32), keep.sum(1).cumsum(0).to(torch.int32)])
+        packed = tiles[tile_row, tile_col].clone()
+        packed[packed == 0] = 0  # -0.0 -> +0.0
+    else:
+        tile_row = torch.repeat_interleave(torch.arange(tile_rows, device=crow.device), crow.diff().long())
+        tile_col = col.long()
+        rowptr = crow.clone()
+        packed = tiles[tile_row, tile_col].clone()
+    first = tile_col.long() * T
+    indices = torch.where(first >= 1 << 15, first - (1 << 16), first).to(torch.int16)  # the same 16 bits
+    meta = torch.tensor([BSR_FORMAT_VERSION, BSR_CUDA_LAYOUT, _BSR_CUDA_DTYPE_CODE[values.dtype], N, K,
+                         packed.shape[0], T, 0])
+    return meta, rowptr, indices, packed.contiguous(), torch.zeros(0, dtype=torch.int32, device=values.device)
+
+
+def bsr_pack_on_device(crow, col, values, out_features: int, in_features: int, kernel: str = "auto"):
+    """bsr_pack as the op does it on the device of `values`: the CPU layouts (bsr_pack) or the CUDA tiles
+    (bsr_pack_cuda)."""
+    pack = bsr_pack_cuda if values.device.type == "cuda" else bsr_pack
+    return pack(crow, col, values, out_features, in_features, kernel)
+
+
+def _bsr_unpack_cuda(meta, rowptr, indices, packed_values, N: int, K: int) -> torch.Tensor:
+    T, nnz = int(meta[6]), int(meta[5])
+    dtype = {v: k for k, v in _BSR_CUDA_DTYPE_CODE.items()}.get(int(meta[2]))
+    if T not in BSR_CUDA_TILES or dtype is None:
+        raise ValueError("meta is not a CUDA layout of this build")
+    if packed_values.dtype != dtype:
+        raise TypeError(f"packed_values must be {dtype}, got {packed_values.dtype}")
+    tile_rows, tile_cols = _ceil_div(N, T), _ceil_div(K, T)
+    if rowptr.shape != (tile_rows + 1,) or indices.shape != (nnz,) or packed_values.shape != (nnz, T, T):
+        raise ValueError("the packed tensors' shapes do not match meta")
+    rp = rowptr.long().cpu()
+    if rp[0] != 0 or (rp.diff() < 0).any() or rp[-1] != nnz:
+        raise IndexError("rowptr is corrupted")
+    first = indices.long().cpu() & 0xFFFF
+    if nnz and (first.max() >= K or (first % T).any()):
+        raise IndexError("a packed index is out of range or not a multiple of T")
+    tiles = torch.zeros(tile_rows, tile_cols, T, T, dtype=torch.float64)
+    tile_row = torch.repeat_interleave(torch.arange(tile_rows), rp.diff())
+    tiles.index_put_((tile_row, first // T), packed_values.cpu().double(), accumulate=True)
+    dense = tiles.transpose(1, 2).reshape(tile_rows * T, tile_cols * T)
+    return dense[:N, :K].to(dtype).to(packed_values.device)
+
+
 def bsr_unpack(meta, rowptr, indices, packed_values, compensation, out_features: int,
                in_features: int) -> torch.Tensor:
-    """The dense [out, in] weight held by bsr_pack's tensors, validating them like bsr_linear does."""
+    """The dense [out, in] weight held by bsr_pack's tensors (CPU or CUDA layout), validating them like
+    bsr_linear does."""
     if meta.dtype != torch.int64 or meta.shape != (8,):
         raise (TypeError if meta.dtype != torch.int64 else ValueError)("meta must be int64 [8]")
     version, layout_id, dcode, N, K, nnz = meta[:6].tolist()
+    if version == BSR_FORMAT_VERSION and layout_id == BSR_CUDA_LAYOUT and (N, K) == (out_features, in_features):
+        return _bsr_unpack_cuda(meta, rowptr, indices, packed_values, N, K)
     if version != BSR_FORMAT_VERSION or layout_id not in BSR_LAYOUTS or dcode not in (0, 1, 2):
         raise ValueError("meta is not a packed BSR weight of this format version")
     if (N, K) != (out_features, in_features):
