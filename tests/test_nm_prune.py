@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from sparseflow import ops
+from sparseflow import _C, ops
 from sparseflow.testing import reference as ref
 from sparseflow.testing.op_db import assert_bitwise_equal
 
@@ -140,3 +140,23 @@ def test_cuda_matches_cpu_on_large_inputs(n, m, dtype):
     expected = ops.nm_compress(dense, n, m, prune=True)
     actual = ops.nm_compress(dense.cuda(), n, m, prune=True)
     assert_bitwise_equal(tuple(t.cpu() for t in actual), expected)
+
+
+@pytest.mark.skipif(_C.detected_cpu_isa() == "portable", reason="this CPU has no AVX-512 (only the portable kernel)")
+@pytest.mark.parametrize("dtype", FLOATS + (torch.float8_e4m3fn, torch.int8))
+@pytest.mark.parametrize("n,m", [(1, 4), (2, 4), (3, 4), (4, 4), (1, 8), (2, 8), (4, 8), (7, 8)])
+def test_avx512_kernel_matches_the_portable_one(n, m, dtype):
+    # 13 x 3 groups of 8 or 6 groups of 4 per row: vectors of 16 lanes cross rows and leave a scalar tail.
+    g = torch.Generator().manual_seed(n * 10 + m)
+    dense = torch.randn(13, 3 * 8 if m == 8 else 6 * 4, generator=g) * 60
+    dense[::3] = dense[::3].round().clamp(-2, 2)  # ties and zeros
+    dense[1, :5] = float("nan")
+    dense[2, ::5] = -0.0
+    dense = dense.to(dtype)
+    expected = ref.nm_compress(dense, n, m, prune=True)
+    try:
+        for level in ("portable", "avx512"):
+            assert _C.set_cpu_isa(level) == level
+            assert_bitwise_equal(ops.nm_compress(dense, n, m, prune=True), expected)
+    finally:
+        _C.set_cpu_isa(_C.detected_cpu_isa())

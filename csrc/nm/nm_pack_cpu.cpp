@@ -8,6 +8,7 @@
 
 #include "nm_pack_common.h"
 #include "nm_prune.h"
+#include "sparseflow/cpu_features.h"
 
 namespace sparseflow::nm {
 namespace {
@@ -40,8 +41,9 @@ std::tuple<at::Tensor, at::Tensor> nm_compress_cpu(const at::Tensor& dense_in, i
   p.indices = indices.data_ptr<uint8_t>();
   if (prune) {  // every input is valid: nothing to check or report
     const PruneDtype dtype = prune_dtype(dense.scalar_type());
-    at::parallel_for(0, p.rows, row_grain(p),
-                     [&](int64_t begin, int64_t end) { prune_compress_cpu(p, dtype, begin, end); });
+    const bool simd = (p.m == 4 || p.m == 8) && selected_cpu_isa() >= CpuIsa::kAvx512;
+    const auto pass = simd ? prune_compress_avx512 : prune_compress_cpu;
+    at::parallel_for(0, p.rows, row_grain(p), [&](int64_t begin, int64_t end) { pass(p, dtype, begin, end); });
     return {values, indices};
   }
   const int64_t bad = parallel_rows(p, compress_cpu);

@@ -98,6 +98,8 @@ SF_HOST_DEVICE void prune_group(const typename Key::Bits* dense, int n, int m_ru
 
 // CPU: prunes and packs rows [row_begin, row_end) of p (p.kind is not used; `dtype` picks the key).
 void prune_compress_cpu(const PackParams& p, PruneDtype dtype, int64_t row_begin, int64_t row_end);
+// The same for m = 4 or 8 only, AVX-512F/BW/VL (CpuIsa::kAvx512); bit-identical.
+void prune_compress_avx512(const PackParams& p, PruneDtype dtype, int64_t row_begin, int64_t row_end);
 
 // CUDA: the whole tensor in one asynchronous pass on `stream` (every input is valid: nothing to report).
 void prune_compress_cuda(const PackParams& p, PruneDtype dtype, void* stream);
