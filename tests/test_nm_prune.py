@@ -5,6 +5,11 @@ these tests pin the rule itself with hand-written expectations and check it agai
 formulations of magnitude pruning.
 """
 
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -160,3 +165,19 @@ def test_avx512_kernel_matches_the_portable_one(n, m, dtype):
             assert_bitwise_equal(ops.nm_compress(dense, n, m, prune=True), expected)
     finally:
         _C.set_cpu_isa(_C.detected_cpu_isa())
+
+
+def test_cuda_tile_logic_on_the_host(tmp_path):
+    # The CUDA kernel's per-tile code (16-byte loads split into groups, outputs packed into words) compiled
+    # for the host, so it is checked on machines without a GPU too.
+    nvcc = shutil.which("nvcc") or next((str(p) for p in (Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) /
+                                                          "bin" / "nvcc",) if p.exists()), None)
+    if nvcc is None:
+        pytest.skip("needs nvcc")
+    root = Path(__file__).resolve().parents[1]
+    exe = tmp_path / "prune_tiles"
+    subprocess.run([nvcc, "-std=c++20", "-O1", "-arch=sm_80", f"-I{root / 'csrc'}", f"-I{root / 'csrc' / 'include'}",
+                    "-o", str(exe), str(root / "tests" / "cuda_host" / "prune_tiles.cu")], check=True, timeout=600)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count(" ok") == 15 and "all tiles match" in out.stdout

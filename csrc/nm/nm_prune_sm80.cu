@@ -26,7 +26,7 @@ struct Tile {
 
 // Element k of little-endian packed words (k is a compile-time constant after unrolling).
 template <int kSize>
-__device__ __forceinline__ uint32_t element(const uint32_t* words, int k) {
+__host__ __device__ __forceinline__ uint32_t element(const uint32_t* words, int k) {
   const uint32_t w = words[k * kSize / 4] >> (8 * (k * kSize % 4));
   return kSize == 4 ? w : w & ((1u << (8 * kSize)) - 1);
 }
@@ -34,10 +34,12 @@ __device__ __forceinline__ uint32_t element(const uint32_t* words, int k) {
 // Stores kBytes of packed words to dst, which is aligned to the largest power of two <= 16 dividing kBytes
 // (true for dst = base + tile * kBytes), with the widest stores that allows.
 template <int kBytes>
-__device__ __forceinline__ void store(void* dst, const uint32_t* w) {
+__host__ __device__ __forceinline__ void store(void* dst, const uint32_t* w) {
   if constexpr (kBytes % 16 == 0) {
 #pragma unroll
-    for (int i = 0; i < kBytes / 16; ++i) static_cast<uint4*>(dst)[i] = make_uint4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
+    for (int i = 0; i < kBytes / 16; ++i) {
+      static_cast<uint4*>(dst)[i] = make_uint4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
+    }
   } else if constexpr (kBytes % 8 == 0) {
     *static_cast<uint2*>(dst) = make_uint2(w[0], w[1]);  // kBytes == 8
   } else if constexpr (kBytes % 4 == 0) {
@@ -50,46 +52,58 @@ __device__ __forceinline__ void store(void* dst, const uint32_t* w) {
   }
 }
 
-// Everything stays in registers: elements are read out of the loaded words and the outputs are OR-ed
-// into words by shifts (no arrays whose address is taken, which would go to local memory).
+// One tile, all in registers: elements are read out of the loaded words and the outputs are OR-ed into
+// words by shifts (no arrays whose address escapes, which would go to local memory). Host-callable so the
+// exact tile logic can be checked without a GPU.
 template <typename Key, int kM, int kN>
-__global__ void __launch_bounds__(256) prune_tiles_kernel(const uint4* __restrict__ dense,
-                                                          typename Key::Bits* __restrict__ values,
-                                                          uint8_t* __restrict__ indices, int64_t tiles) {
+__host__ __device__ __forceinline__ void prune_tile(const uint4* __restrict__ dense,
+                                                    typename Key::Bits* __restrict__ values,
+                                                    uint8_t* __restrict__ indices, int64_t t) {
   using T = Tile<Key, kM>;
   constexpr int kS = T::kSize;
   constexpr int kOut = T::kGroups * kN;
   constexpr int kValueBytes = kOut * kS;
+  uint32_t in[4 * T::kLoads];
+#pragma unroll
+  for (int l = 0; l < T::kLoads; ++l) {
+#if defined(__CUDA_ARCH__)
+    const uint4 v = __ldg(dense + t * T::kLoads + l);
+#else
+    const uint4 v = dense[t * T::kLoads + l];
+#endif
+    in[4 * l] = v.x, in[4 * l + 1] = v.y, in[4 * l + 2] = v.z, in[4 * l + 3] = v.w;
+  }
+  uint32_t out_values[(kValueBytes + 3) / 4] = {};
+  uint32_t out_indices[(kOut + 3) / 4] = {};
+#pragma unroll
+  for (int g = 0; g < T::kGroups; ++g) {
+    uint32_t keys[kM];
+#pragma unroll
+    for (int j = 0; j < kM; ++j) keys[j] = Key::key(static_cast<typename Key::Bits>(element<kS>(in, g * kM + j)));
+    uint64_t keep = prune_keep_mask<kM>(keys, kN, kM);
+#pragma unroll
+    for (int i = 0; i < kN; ++i) {
+      const int j = lowest_bit(keep);
+      keep &= keep - 1;
+      uint32_t value = 0;  // kept zeros are written as +0 (nm_compress's padding)
+#pragma unroll
+      for (int k = 0; k < kM; ++k) value = k == j && keys[k] != 0 ? element<kS>(in, g * kM + k) : value;
+      const int o = g * kN + i;
+      out_values[o * kS / 4] |= value << (8 * (o * kS % 4));
+      out_indices[o / 4] |= static_cast<uint32_t>(j) << (8 * (o % 4));
+    }
+  }
+  store<kValueBytes>(values + t * kOut, out_values);
+  store<kOut>(indices + t * kOut, out_indices);
+}
+
+template <typename Key, int kM, int kN>
+__global__ void __launch_bounds__(256) prune_tiles_kernel(const uint4* __restrict__ dense,
+                                                          typename Key::Bits* __restrict__ values,
+                                                          uint8_t* __restrict__ indices, int64_t tiles) {
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < tiles;
        t += int64_t(gridDim.x) * blockDim.x) {
-    uint32_t in[4 * T::kLoads];
-#pragma unroll
-    for (int l = 0; l < T::kLoads; ++l) {
-      const uint4 v = __ldg(dense + t * T::kLoads + l);
-      in[4 * l] = v.x, in[4 * l + 1] = v.y, in[4 * l + 2] = v.z, in[4 * l + 3] = v.w;
-    }
-    uint32_t out_values[(kValueBytes + 3) / 4] = {};
-    uint32_t out_indices[(kOut + 3) / 4] = {};
-#pragma unroll
-    for (int g = 0; g < T::kGroups; ++g) {
-      uint32_t keys[kM];
-#pragma unroll
-      for (int j = 0; j < kM; ++j) keys[j] = Key::key(static_cast<typename Key::Bits>(element<kS>(in, g * kM + j)));
-      uint64_t keep = prune_keep_mask<kM>(keys, kN, kM);
-#pragma unroll
-      for (int i = 0; i < kN; ++i) {
-        const int j = lowest_bit(keep);
-        keep &= keep - 1;
-        uint32_t value = 0;  // kept zeros are written as +0 (nm_compress's padding)
-#pragma unroll
-        for (int k = 0; k < kM; ++k) value = k == j && keys[k] != 0 ? element<kS>(in, g * kM + k) : value;
-        const int o = g * kN + i;
-        out_values[o * kS / 4] |= value << (8 * (o * kS % 4));
-        out_indices[o / 4] |= static_cast<uint32_t>(j) << (8 * (o % 4));
-      }
-    }
-    store<kValueBytes>(values + t * kOut, out_values);
-    store<kOut>(indices + t * kOut, out_indices);
+    prune_tile<Key, kM, kN>(dense, values, indices, t);
   }
 }
 
