@@ -167,6 +167,18 @@ def test_avx512_kernel_matches_the_portable_one(n, m, dtype):
         _C.set_cpu_isa(_C.detected_cpu_isa())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run scripts/gpu_check.sh on one)")
+def test_cuda_prune_does_not_synchronize():
+    dense = torch.randn(256, 1024, device="cuda", dtype=torch.float16)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        values, indices = ops.nm_compress(dense, 2, 4, prune=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert_bitwise_equal((values.cpu(), indices.cpu()), ops.nm_compress(dense.cpu(), 2, 4, prune=True))
+
+
 def test_cuda_tile_logic_on_the_host(tmp_path):
     # The CUDA kernel's per-tile code (16-byte loads split into groups, outputs packed into words) compiled
     # for the host, so it is checked on machines without a GPU too.

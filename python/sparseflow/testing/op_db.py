@@ -125,10 +125,11 @@ def _nm_prune_samples(device):
         yield Sample((special.to(dtype).to(device), 2, 4, True), note=f"prune NaN is the largest, {dtype}")
     extremes = torch.tensor([[-128, 127, -127, 5, 0, 0, -1, 1]], dtype=torch.int8)
     yield Sample((extremes.to(device), 2, 4, True), note="prune int8 -128 has magnitude 128")
-    # A storage offset of 4 bytes: the CUDA kernel's unaligned path.
-    offset = torch.randn(1 + 6 * 32, generator=g)[1:].view(6, 32)
-    yield Sample((offset.to(device), 2, 4, True), note="prune input not 16-byte aligned")
-    yield Sample((big[:5, ::3].to(device), 2, 4, True), note="prune strided input")
+    # A storage offset of 4 bytes (made on the device: .to() would copy it aligned): the CUDA kernel's
+    # unaligned path.
+    offset = torch.randn(1 + 6 * 32, generator=g).to(device)[1:].view(6, 32)
+    yield Sample((offset, 2, 4, True), note="prune input not 16-byte aligned")
+    yield Sample((big.to(device)[:5, ::3], 2, 4, True), note="prune strided input")
     yield Sample((torch.zeros(4, 0, device=device), 2, 4, True), note="prune zero columns")
     yield Sample((torch.zeros(0, 8, device=device), 4, 8, True), note="prune zero rows")
 
