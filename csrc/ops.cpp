@@ -7,8 +7,9 @@ TORCH_LIBRARY(sparseflow, m) {
   m.set_python_module("sparseflow._meta");
 
   // ---- N:M family (csrc/nm) ----
-  // Dense [rows, cols] with <= n non-zeros per group of m columns -> (values, uint8 in-group positions).
-  m.def("nm_compress(Tensor dense, int n, int m) -> (Tensor values, Tensor indices)");
+  // Dense [rows, cols] with <= n non-zeros per group of m columns -> (values, uint8 in-group positions);
+  // prune=True keeps the n largest magnitudes of each group instead (any dense; see csrc/nm/nm_prune.h).
+  m.def("nm_compress(Tensor dense, int n, int m, bool prune=False) -> (Tensor values, Tensor indices)");
   // Inverse of nm_compress: scatter values to their positions; validates every position.
   m.def("nm_decompress(Tensor values, Tensor indices, int n, int m) -> Tensor");
 

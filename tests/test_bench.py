@@ -121,8 +121,9 @@ def test_suite_registry():
 def test_nm_pack_cases_are_unique_and_lazy():
     ctx = SuiteContext(torch.device("cpu"), "full")
     cases = runner.select_cases(suites.get("nm-pack"), ctx, None)
-    # CPU full: 2 shapes x 2 patterns x 3 dtypes x 2 ops; no tensor is built until setup() runs.
-    assert len(cases) == 24 and len({c.name for c in cases}) == 24
+    # CPU full: 2 shapes x 2 patterns x 3 dtypes x 3 rows (compress, prune=True, decompress); no tensor is
+    # built until setup() runs.
+    assert len(cases) == 36 and len({c.name for c in cases}) == 36
     assert {c.op for c in cases} == {"nm_compress", "nm_decompress"}
     assert {(c.params["rows"], c.params["cols"]) for c in cases} == {(4096, 4096), (11008, 4096)}
     picked = runner.select_cases(suites.get("nm-pack"), ctx, r"decompress 4:8 bf16")
@@ -247,13 +248,15 @@ def test_cli_runs_nm_pack_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "== nm-pack / nm_compress on cpu" in out and "nm_decompress 2:4 fp32 16x64" in out
     meta, rows = results.read_json(paths["json"])
-    assert len(rows) == 6 and all(r.check == "ok" for r in rows)
-    assert {b.name for r in rows if r.op == "nm_compress" for b in r.baselines} == {"reference", "masked_select"}
+    assert len(rows) == 9 and all(r.check == "ok" for r in rows)
+    compress = [r for r in rows if r.op == "nm_compress"]
+    assert {b.name for r in compress if "prune" not in r.case for b in r.baselines} == {"reference", "masked_select"}
+    assert {b.name for r in compress if "prune=True" in r.case for b in r.baselines} == {"topk_gather", "sort_mask"}
     assert {b.name for r in rows if r.op == "nm_decompress" for b in r.baselines} == {"reference", "scatter"}
     assert meta["command"].startswith("python -m sparseflow.bench nm-pack --tiny")
     assert meta["suites"] == ["nm-pack"] and meta["size"] == "tiny"
     with open(paths["csv"], newline="") as f:
-        assert len(list(csv.DictReader(f))) == 6
+        assert len(list(csv.DictReader(f))) == 9
     assert _is_png(paths["png"])
 
     # --compare against a run that was 100x faster: every row is a regression.

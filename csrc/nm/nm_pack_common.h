@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "nm.h"
+#include "nm_prune.h"
 #include "sparseflow/checks.h"
 
 namespace sparseflow::nm {
@@ -20,6 +21,16 @@ inline ElementKind element_kind(at::ScalarType t) {
     case at::kBFloat16: return {2, 0x7fffu};
     case at::kFloat8_e4m3fn: return {1, 0x7fu};
     default: return {1, 0xffu};  // int8: every bit counts
+  }
+}
+
+inline PruneDtype prune_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return PruneDtype::kFloat32;
+    case at::kHalf: return PruneDtype::kFloat16;
+    case at::kBFloat16: return PruneDtype::kBFloat16;
+    case at::kFloat8_e4m3fn: return PruneDtype::kFloat8E4M3;
+    default: return PruneDtype::kInt8;  // kPackDtypes admits nothing else
   }
 }
 

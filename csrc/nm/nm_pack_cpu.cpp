@@ -7,16 +7,20 @@
 #include <atomic>
 
 #include "nm_pack_common.h"
+#include "nm_prune.h"
+#include "sparseflow/cpu_features.h"
 
 namespace sparseflow::nm {
 namespace {
+
+// Rows per task: about 16k elements.
+int64_t row_grain(const PackParams& p) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(p.cols, 1)); }
 
 // Runs `pass` over row ranges in parallel and returns the lowest invalid group, or kAllGroupsValid.
 template <typename Pass>
 int64_t parallel_rows(const PackParams& p, Pass pass) {
   std::atomic<int64_t> first_bad{INT64_MAX};
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(p.cols, 1));
-  at::parallel_for(0, p.rows, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.rows, row_grain(p), [&](int64_t begin, int64_t end) {
     const int64_t bad = pass(p, begin, end);
     if (bad == kAllGroupsValid) return;
     int64_t seen = first_bad.load();
@@ -27,7 +31,7 @@ int64_t parallel_rows(const PackParams& p, Pass pass) {
   return bad == INT64_MAX ? kAllGroupsValid : bad;
 }
 
-std::tuple<at::Tensor, at::Tensor> nm_compress_cpu(const at::Tensor& dense_in, int64_t n, int64_t m) {
+std::tuple<at::Tensor, at::Tensor> nm_compress_cpu(const at::Tensor& dense_in, int64_t n, int64_t m, bool prune) {
   PackParams p = compress_params(dense_in, n, m);
   const at::Tensor dense = dense_in.contiguous();
   at::Tensor values = at::empty({p.rows, p.cols / p.m * p.n}, dense.options());
@@ -35,6 +39,13 @@ std::tuple<at::Tensor, at::Tensor> nm_compress_cpu(const at::Tensor& dense_in, i
   p.dense = dense.data_ptr();
   p.values = values.data_ptr();
   p.indices = indices.data_ptr<uint8_t>();
+  if (prune) {  // every input is valid: nothing to check or report
+    const PruneDtype dtype = prune_dtype(dense.scalar_type());
+    const bool simd = (p.m == 4 || p.m == 8) && selected_cpu_isa() >= CpuIsa::kAvx512;
+    const auto pass = simd ? prune_compress_avx512 : prune_compress_cpu;
+    at::parallel_for(0, p.rows, row_grain(p), [&](int64_t begin, int64_t end) { pass(p, dtype, begin, end); });
+    return {values, indices};
+  }
   const int64_t bad = parallel_rows(p, compress_cpu);
   if (bad != kAllGroupsValid) {
     const int64_t groups = p.cols / p.m;

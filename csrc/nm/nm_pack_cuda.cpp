@@ -1,5 +1,6 @@
 // CUDA wrappers of nm_compress / nm_decompress. Packing validates the pattern, so it reads one int64
 // back from the device (a sync): it runs once when a weight is packed, never in a forward pass.
+// nm_compress(prune=True) has nothing to validate and stays asynchronous.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -15,16 +16,21 @@ int64_t read_first_bad(const at::Tensor& first_bad) {
   return bad == INT64_MAX ? kAllGroupsValid : bad;
 }
 
-std::tuple<at::Tensor, at::Tensor> nm_compress_cuda(const at::Tensor& dense_in, int64_t n, int64_t m) {
+std::tuple<at::Tensor, at::Tensor> nm_compress_cuda(const at::Tensor& dense_in, int64_t n, int64_t m, bool prune) {
   PackParams p = compress_params(dense_in, n, m);
   const c10::cuda::CUDAGuard guard(dense_in.device());
   const at::Tensor dense = dense_in.contiguous();
   at::Tensor values = at::empty({p.rows, p.cols / p.m * p.n}, dense.options());
   at::Tensor indices = at::empty({p.rows, p.cols / p.m * p.n}, dense.options().dtype(at::kByte));
-  at::Tensor first_bad = at::full({1}, INT64_MAX, dense.options().dtype(at::kLong));
   p.dense = dense.data_ptr();
   p.values = values.data_ptr();
   p.indices = indices.data_ptr<uint8_t>();
+  if (prune) {  // every input is valid: no flag to read back, so no sync
+    prune_compress_cuda(p, prune_dtype(dense.scalar_type()), c10::cuda::getCurrentCUDAStream().stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return {values, indices};
+  }
+  at::Tensor first_bad = at::full({1}, INT64_MAX, dense.options().dtype(at::kLong));
   compress_cuda(p, first_bad.data_ptr<int64_t>(), c10::cuda::getCurrentCUDAStream().stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int64_t bad = read_first_bad(first_bad);

@@ -36,7 +36,7 @@ def _check_dim(op: str, arg: str, t: torch.Tensor, dim: int, layout: str) -> Non
 
 
 @torch.library.register_fake("sparseflow::nm_compress")
-def _nm_compress_fake(dense, n, m):
+def _nm_compress_fake(dense, n, m, prune=False):
     op = "sparseflow.nm_compress"
     _check_n_m(op, n, m)
     _check_dtype(op, "dense", dense, _PACK_DTYPES)

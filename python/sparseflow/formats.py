@@ -357,7 +357,8 @@ class NMWeight(SparseWeight):
             dense: the weight (not modified). ``in`` need not be a multiple of ``m``.
             n, m: the pattern, e.g. 2:4.
             prune: keep the ``n`` largest-magnitude entries of every group (zeroing the rest; on ties the
-                lowest positions win) instead of requiring the pattern; a convenience for unpruned tensors.
+                lowest positions win, NaN counts as the largest) instead of requiring the pattern; a
+                convenience for unpruned tensors (``nm_compress(..., prune=True)``).
             dtype: the stored dtype: None keeps ``dense.dtype``; float32/float16/bfloat16 cast;
                 ``torch.int8`` quantizes symmetrically per output channel (``scale = absmax / 127`` of
                 each row after pruning) and stores the scales.
@@ -373,16 +374,15 @@ class NMWeight(SparseWeight):
         out, in_features = dense.shape
         padded_in = _ceil_div(in_features, m) * m
         padded = F.pad(dense, (0, padded_in - in_features)) if padded_in != in_features else dense
-        if prune:
-            groups = padded.reshape(out, padded_in // m, m)
-            # A stable sort keeps the lowest position among equal magnitudes, the same on every device.
-            largest = groups.abs().argsort(dim=-1, descending=True, stable=True)[..., :n]
-            keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, largest, True)
-            padded = torch.where(keep, groups, 0).reshape(out, padded_in)
-        try:
-            values, indices = ops.nm_compress(padded, n, m)
-        except ValueError as e:
-            raise ValueError(f"{op}: {e} (pass prune=True to keep the {n} largest of every {m})") from e
+        if prune:  # one pass of the kernel: the same rule on every device (ties: the lower position)
+            values, indices = ops.nm_compress(padded, n, m, prune=True)
+            if dtype is not None:  # the pruned matrix, to cast or quantize below
+                padded = ops.nm_decompress(values, indices, n, m)
+        else:
+            try:
+                values, indices = ops.nm_compress(padded, n, m)
+            except ValueError as e:
+                raise ValueError(f"{op}: {e} (pass prune=True to keep the {n} largest of every {m})") from e
         stored, scale = _convert(padded, dtype)
         if stored is not padded:  # re-pack: a cast or quantization can turn small values into zeros
             values, indices = ops.nm_compress(stored, n, m)

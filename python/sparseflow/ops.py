@@ -7,15 +7,22 @@ import torch
 from . import _loader  # noqa: F401  (loads the kernels)
 
 
-def nm_compress(dense: torch.Tensor, n: int = 2, m: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def nm_compress(dense: torch.Tensor, n: int = 2, m: int = 4, prune: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Pack a dense ``[rows, cols]`` matrix whose every group of ``m`` columns has at most ``n`` non-zeros.
 
     Returns ``(values, indices)``, both ``[rows, cols // m * n]``: the kept entries in column order and
     their uint8 positions inside each group (strictly ascending). Groups with fewer than ``n``
     non-zeros are padded with zeros at the lowest free positions. ``-0.0`` counts as zero.
     Raises ``ValueError`` naming the first row and group that has more than ``n`` non-zeros.
+
+    With ``prune=True`` any dense matrix is accepted: each group keeps its ``n`` entries of largest
+    magnitude (magnitude pruning), in the same format. Equal magnitudes keep the lower position (``3`` and
+    ``-3``, ``0.0`` and ``-0.0``); NaN counts as larger than every number, inf included, and NaNs tie
+    with each other; int8 ``-128`` has magnitude 128. The result is bit-identical to ``nm_compress`` of
+    the dense matrix with the other entries zeroed (kept zeros become the ``+0`` padding). It never
+    raises for the data and, on CUDA, does not synchronize with the host.
     """
-    return torch.ops.sparseflow.nm_compress(dense, n, m)
+    return torch.ops.sparseflow.nm_compress(dense, n, m, prune)
 
 
 def nm_decompress(values: torch.Tensor, indices: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:

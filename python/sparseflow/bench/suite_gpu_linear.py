@@ -8,6 +8,8 @@ Rows:
   skipped with the reason when it refuses the GPU or shape).
 - ``nm_pack_cutlass``: packing a canonical 2:4 weight for the tensor cores; baseline: PyTorch's
   ``to_sparse_semi_structured`` compress of the dense weight (it also finds the non-zeros).
+- ``nm_compress`` 2:4 fp16 8192x8192, plain and ``prune=True`` (issue 6's packing target, <= 0.2 ms on an H100),
+  with the baselines of the nm-pack suite (its setups), so that scripts/gpu_check.sh measures them too.
 - ``bsr_linear``: y = x @ Wᵀ with W block-sparse in T x T blocks (T = 32, 64, 128; 50/70/90% of the blocks
   empty). Baselines: ``F.linear`` dense, and ``F.linear`` with the weight as a torch BSR tensor (PyTorch's
   block-sparse kernels; skipped with the reason when it refuses).
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from .. import ops
 from ..testing import reference as ref
 from .registry import Case, Prepared, SuiteContext, suite
+from .suite_nm_pack import _compress_setup, _prune_setup
 
 DTYPES = (torch.float16, torch.bfloat16)
 SHORT = {torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -161,6 +164,12 @@ def gpu_linear(ctx: SuiteContext):
                 params={"rows": out_features, "cols": in_features, "n": 2, "m": 4}, dtype=dtype, sparsity=0.5,
                 bytes=out_features * in_features * (es // 2 * 2 + 1 / 2 + 1 / 8),
                 setup=functools.partial(_pack_setup, out_features, in_features, dtype, ctx.device))
+    rows, cols = ctx.pick(full=(8192, 8192), quick=(8192, 8192), tiny=(64, 128))
+    for prune, setup in ((False, _compress_setup), (True, _prune_setup)):
+        yield Case(f"nm_compress{' prune=True' if prune else ''} 2:4 fp16 {rows}x{cols}", "nm_compress",
+                   params={"rows": rows, "cols": cols, "n": 2, "m": 4}, dtype=torch.float16, sparsity=0.5,
+                   bytes=rows * cols * 2 + rows * cols // 2 * 3,  # dense in; values + uint8 positions out
+                   setup=functools.partial(setup, rows, cols, 2, 4, torch.float16, ctx.device))
     bsr_shapes = ctx.pick(full=[(4096, 4096), (8192, 8192)], quick=[(4096, 4096)], tiny=[(128, 128)])
     bsr_blocks = ctx.pick(full=(32, 64, 128), quick=(64,), tiny=(32,))
     bsr_tokens = ctx.pick(full=[16, 4096], quick=[16, 2048], tiny=[5])

@@ -6,6 +6,12 @@ Baselines, measured in the same run:
   values only (no indices), so it does less work than the op;
 - ``scatter`` (decompress): ``zeros().scatter_()`` of the values at the int64-converted positions, no validation;
 - ``to_sparse_semi_structured`` (CUDA, 2:4 only): PyTorch's semi-structured compress, and its ``to_dense()``.
+
+``nm_compress prune=True`` rows (magnitude pruning of an unpruned weight, then packing) have their own:
+- ``topk_gather``: ``abs().topk(n)`` per group, positions sorted, values gathered: the least plain torch can
+  do for the same output (it does not pin ties or pad zero groups the canonical way);
+- ``sort_mask``: the exact plain-torch path (NMWeight.from_dense before the op): a stable descending sort of
+  the magnitudes, a keep mask, ``torch.where`` and ``nm_compress``; the check compares against it bitwise.
 """
 
 from __future__ import annotations
@@ -91,9 +97,31 @@ def _decompress_setup(rows, cols, n, m, dtype, device) -> Prepared:
     return Prepared(lambda: ops.nm_decompress(values, indices, n, m), baselines, check, skipped)
 
 
+def _prune_setup(rows, cols, n, m, dtype, device) -> Prepared:
+    g = torch.Generator(device=device).manual_seed(rows * 7919 + cols * 31 + n * m)
+    dense = torch.randn(rows, cols, generator=g, device=device).to(dtype)  # unpruned: every entry non-zero
+    groups = dense.view(rows, cols // m, m)
+
+    def topk_gather():
+        kept = groups.abs().topk(n, dim=-1).indices.sort(dim=-1).values
+        return groups.gather(-1, kept), kept.to(torch.uint8)
+
+    def sort_mask():
+        order = groups.abs().argsort(dim=-1, descending=True, stable=True)[..., :n]
+        keep = torch.zeros(groups.shape, dtype=torch.bool, device=device).scatter_(-1, order, True)
+        return ops.nm_compress(torch.where(keep, groups, 0).view(rows, cols), n, m)
+
+    def check():
+        assert_bitwise_equal(ops.nm_compress(dense, n, m, prune=True), sort_mask())
+
+    return Prepared(lambda: ops.nm_compress(dense, n, m, prune=True),
+                    {"topk_gather": topk_gather, "sort_mask": sort_mask}, check)
+
+
 @suite("nm-pack", ops=("nm_compress", "nm_decompress"), devices=("cpu", "cuda"))
 def nm_pack(ctx: SuiteContext):
-    """N:M compress / decompress of LLM-sized weights (2:4, 4:8; fp16, bf16, fp32)."""
+    """N:M compress / decompress of LLM-sized weights (2:4, 4:8; fp16, bf16, fp32), and prune-and-compress
+    of unpruned ones (``nm_compress prune=True``)."""
     gpu = ctx.device.type == "cuda"
     shapes = ctx.pick(
         full=[(4096, 4096), (11008, 4096)] + ([(8192, 8192)] if gpu else []),
@@ -111,6 +139,9 @@ def nm_pack(ctx: SuiteContext):
                 tag = f"{n}:{m} {SHORT[dtype]} {rows}x{cols}"
                 yield Case(f"nm_compress {tag}", "nm_compress", family=f"nm_compress {SHORT[dtype]} {rows}x{cols}",
                            setup=functools.partial(_compress_setup, rows, cols, n, m, dtype, ctx.device), **common)
+                yield Case(f"nm_compress prune=True {tag}", "nm_compress",
+                           family=f"nm_compress prune=True {SHORT[dtype]} {rows}x{cols}",
+                           setup=functools.partial(_prune_setup, rows, cols, n, m, dtype, ctx.device), **common)
                 yield Case(f"nm_decompress {tag}", "nm_decompress",
                            family=f"nm_decompress {SHORT[dtype]} {rows}x{cols}",
                            setup=functools.partial(_decompress_setup, rows, cols, n, m, dtype, ctx.device), **common)

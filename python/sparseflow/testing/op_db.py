@@ -98,6 +98,41 @@ def _nm_compress_samples(device):
     neg_zero = torch.full((2, 8), -0.0, device=device)
     neg_zero[0, 1] = 1.5
     yield Sample((neg_zero, 2, 4), note="-0.0 counts as zero")
+    yield from _nm_prune_samples(device)
+
+
+def _nm_prune_samples(device):
+    """prune=True: dense inputs with any number of non-zeros per group."""
+    g = torch.Generator().manual_seed(6)
+    for dtype in ref.PACK_DTYPES:
+        # Odd group counts leave a partial CUDA tile (2 fp16 / 4 int8 groups per 16-byte load).
+        for (n, m), (rows, groups) in zip(NM_PATTERNS, ((5, 3), (3, 5), (3, 3), (2, 4), (2, 1), (9, 2))):
+            dense = torch.randn(rows, groups * m, generator=g) * 4
+            dense *= torch.rand(rows, groups * m, generator=g) < 0.8
+            yield Sample((dense.to(dtype).to(device), n, m, True), note=f"prune {dtype} {n}:{m} {rows}x{groups * m}")
+        # Many ties: equal magnitudes of both signs, zeros of both signs, whole zero groups.
+        ties = torch.randint(-2, 3, (7, 24), generator=g).float()
+        ties[ties == 0] = torch.tensor([0.0, -0.0]).repeat(24 * 7)[: int((ties == 0).sum())]
+        ties[3] = 0.0
+        for n, m in ((2, 4), (4, 8), (1, 4)):
+            yield Sample((ties.to(dtype).to(device), n, m, True), note=f"prune ties {dtype} {n}:{m}")
+    big = torch.randn(64, 4 * 96, generator=g)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.int8):
+        for n, m in ((2, 4), (1, 4), (4, 8)):
+            yield Sample(((big * 40).to(dtype).to(device), n, m, True), note=f"prune {dtype} {n}:{m} 64x384")
+    special = torch.tensor([[float("nan"), 1.0, float("inf"), 2.0, -float("inf"), float("nan"), 0.0, float("nan")],
+                            [1.0, float("nan"), -1.0, float("nan"), -0.0, -0.0, 0.0, float("-inf")]])
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        yield Sample((special.to(dtype).to(device), 2, 4, True), note=f"prune NaN is the largest, {dtype}")
+    extremes = torch.tensor([[-128, 127, -127, 5, 0, 0, -1, 1]], dtype=torch.int8)
+    yield Sample((extremes.to(device), 2, 4, True), note="prune int8 -128 has magnitude 128")
+    # A storage offset of 4 bytes (made on the device: .to() would copy it aligned): the CUDA kernel's
+    # unaligned path.
+    offset = torch.randn(1 + 6 * 32, generator=g).to(device)[1:].view(6, 32)
+    yield Sample((offset, 2, 4, True), note="prune input not 16-byte aligned")
+    yield Sample((big.to(device)[:5, ::3], 2, 4, True), note="prune strided input")
+    yield Sample((torch.zeros(4, 0, device=device), 2, 4, True), note="prune zero columns")
+    yield Sample((torch.zeros(0, 8, device=device), 4, 8, True), note="prune zero rows")
 
 
 def _nm_compress_bad(device):
@@ -116,12 +151,19 @@ def _nm_compress_bad(device):
     nan = random_nm_dense(1, 4, 2, 4, device=device)
     nan[0] = float("nan")
     yield BadSample((nan, 2, 4), ValueError, r"has 4 non-zeros")
+    # prune=True accepts any values, but not bad shapes, dtypes or patterns.
+    yield BadSample((full, 5, 4, True), ValueError, r"n must be in \[1, m\]")
+    yield BadSample((full, 2, 65, True), ValueError, r"m must be in \[1, 64\]")
+    yield BadSample((full[:, :6], 2, 4, True), ValueError, r"column count of dense \(6\) must be a multiple of m=4")
+    yield BadSample((full.double(), 2, 4, True), TypeError, r"dense must have dtype")
+    yield BadSample((full.int(), 2, 4, True), TypeError, r"dense must have dtype")
+    yield BadSample((full[0], 2, 4, True), ValueError, r"dense must be 2-D")
 
 
 def _nm_decompress_samples(device):
     for s in _nm_compress_samples(device):
-        dense, n, m = s.args
-        values, indices = ref.nm_compress(dense, n, m)
+        dense, n, m = s.args[:3]
+        values, indices = ref.nm_compress(*s.args)
         yield Sample((values, indices, n, m), note=s.note)
 
 
@@ -154,9 +196,11 @@ def _nm_compress_fuzz(draw, device):
     rows = draw(st.integers(0, 9))
     cols = draw(st.integers(0, 5)) * max(m, 1) + draw(st.sampled_from([0, 0, 0, 1, 3]))
     dtype = draw(st.sampled_from(ref.PACK_DTYPES + (torch.float64, torch.int32)))
-    kind = draw(st.sampled_from(["pattern", "random", "special"]))
+    kind = draw(st.sampled_from(["pattern", "random", "special", "ties"]))
     if kind == "pattern" and 1 <= n <= m and cols % m == 0:
         dense = random_nm_dense(rows, cols, n, m, torch.float32, device, seed=draw(st.integers(0, 999)), fill=0.7)
+    elif kind == "ties":  # few distinct magnitudes: ties of both signs, -0.0 included
+        dense = torch.randint(-2, 3, (rows, cols), device=device) * draw(st.sampled_from([1.0, -1.0]))
     else:
         dense = torch.randn(rows, cols, device=device) * (torch.rand(rows, cols, device=device) < 0.3)
         if kind == "special" and dense.numel():
@@ -165,15 +209,15 @@ def _nm_compress_fuzz(draw, device):
     dense = dense.to(dtype)
     if draw(st.booleans()) and dense.dim() == 2 and dense.shape[1] >= 2:
         dense = dense[:, ::2]  # a strided view
-    return (dense, n, m)
+    return (dense, n, m, draw(st.booleans()))  # the last: prune
 
 
 def _nm_decompress_fuzz(draw, device):
     from hypothesis import strategies as st
 
-    dense, n, m = _nm_compress_fuzz(draw, device)
+    dense, n, m, prune = _nm_compress_fuzz(draw, device)
     try:
-        values, indices = ref.nm_compress(dense, n, m)
+        values, indices = ref.nm_compress(dense, n, m, prune)
     except (TypeError, ValueError):
         values = dense.to(torch.float32) if dense.dtype not in ref.PACK_DTYPES else dense
         indices = torch.zeros(dense.shape, dtype=torch.uint8, device=device)

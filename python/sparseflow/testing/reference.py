@@ -27,13 +27,39 @@ def _as_bits(t: torch.Tensor) -> torch.Tensor:
     return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32}[t.element_size()])
 
 
-def nm_compress(dense: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep the non-zeros of every group of m columns (at most n), padded to n with the lowest free slots."""
+def nm_prune_mask(dense: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Bool mask of the n largest magnitudes of every group of m columns.
+
+    Equal magnitudes: the lower position wins. NaN is larger than every number (inf included), NaNs tie.
+    """
+    rows, cols = dense.shape
+    groups = dense.reshape(rows, cols // m, m)
+    magnitude = groups.to(torch.float32).to(torch.float64).abs()  # exact for every pack dtype; int8 -128 -> 128
+    nan = magnitude.isnan()
+    # Exact integer ranks of the magnitudes (0 = smallest), NaN ranked above all of them.
+    levels, rank = torch.unique(torch.where(nan, torch.inf, magnitude), return_inverse=True)
+    rank = rank + nan * len(levels)
+    position = torch.arange(m, device=dense.device)
+    key = rank * m + (m - 1 - position)  # distinct within a group; on equal rank the lower position is larger
+    keep = torch.zeros(groups.shape, dtype=torch.bool, device=dense.device)
+    if keep.numel():
+        keep.scatter_(-1, key.topk(n, dim=-1).indices, True)
+    return keep.reshape(rows, cols)
+
+
+def nm_compress(dense: torch.Tensor, n: int, m: int, prune: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the non-zeros of every group of m columns (at most n), padded to n with the lowest free slots.
+
+    prune=True first zeroes all but the n largest magnitudes of each group (``nm_prune_mask``).
+    """
     _check_n_m(n, m)
     if dense.dtype not in PACK_DTYPES:
         raise TypeError(f"dense must have a dtype in {PACK_DTYPES}, got {dense.dtype}")
     if dense.dim() != 2 or dense.shape[1] % m:
         raise ValueError(f"dense must be 2-D with a multiple of m={m} columns, got {list(dense.shape)}")
+    if prune:  # zero by bit pattern: works for every dtype, float8 included
+        keep = nm_prune_mask(dense, n, m)
+        dense = torch.where(keep, _as_bits(dense), 0).view(dense.dtype)
     rows, cols = dense.shape
     groups = dense.reshape(rows, cols // m, m)
     nonzero = _nonzero(groups)
