@@ -60,10 +60,10 @@ if ! "$py" -c "import pytest" 2>/dev/null; then
   note "- pytest is not importable by $py: install it (wheel: pytest, pluggy, iniconfig, packaging) and rerun"
   exit 1
 fi
-# Every test of test_cuda_linear.py / test_cuda_bsr.py (-k matches their module names) and the op registry's
-# samples, bad inputs and opcheck on the cuda device.
+# Every test of test_cuda_linear.py / test_cuda_bsr.py (-k matches their module names), the CUDA prune-compress
+# tests, and the op registry's samples, bad inputs, fuzz and opcheck on the cuda device.
 step tests 300 "$py" -m pytest -q -p no:cacheprovider -rfE --junitxml="$out/junit.xml" \
-  tests/test_cuda_linear.py tests/test_cuda_bsr.py tests/test_op_samples.py -k cuda "$@"
+  tests/test_cuda_linear.py tests/test_cuda_bsr.py tests/test_nm_prune.py tests/test_op_samples.py tests/test_fuzz.py -k cuda "$@"
 grep -E "^(FAILED|ERROR)|passed|failed" "$out/tests.log" | tail -40 >> "$report"
 
 if "$py" -c "import sys; from sparseflow.bench import suites; sys.exit('gpu-linear' not in suites.SUITES)"; then
