@@ -144,3 +144,66 @@ def test_torch_compile_runs_sparse_model():
     tokens = torch.randint(0, 10, (2, 5))
     compiled = torch.compile(model, backend="eager", fullgraph=False)
     torch.testing.assert_close(compiled(tokens), model(tokens))
+
+
+def _resident_bytes(module: SparseLinear) -> int:
+    """Bytes of the distinct storages a SparseLinear holds: its buffers, packed weight and dense copy."""
+    tensors = [t for t in module._buffers.values() if t is not None] + list(module._packed or ())
+    if module._dense_weight is not None:
+        tensors.append(module._dense_weight)
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
+def _canonical_sparse_bytes(module: SparseLinear) -> int:
+    return sum(t.nbytes for name, t in module.state_dict().items() if name.startswith("w_"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int8])
+@pytest.mark.parametrize("nm", [(2, 4), (4, 8)])
+def test_nm_cpu_holds_one_copy_of_the_sparse_weight(dtype, nm):
+    # 2:4 float32 256x512: canonical 327,680 B (values 262,144 + indices 65,536); the bitmask adds 16,384.
+    sparse = SparseLinear.from_dense(_nm_linear(256, 512, *nm), f"{nm[0]}:{nm[1]}", dtype=dtype, fallback="never")
+    assert sparse._packed[0] is sparse.w_values
+    assert _resident_bytes(sparse) <= 1.2 * (_canonical_sparse_bytes(sparse) + sparse.bias.nbytes)
+
+
+def test_nm_state_dict_format_is_unchanged():
+    lin = _nm_linear(24, 40, 2, 4)
+    for dtype in (torch.float32, torch.bfloat16, torch.int8):
+        canonical = NMWeight.from_dense(lin.weight.detach(), n=2, m=4, dtype=dtype)
+        old_format = {f"w_{k}": v for k, v in canonical.state_dict().items()}
+        sparse = SparseLinear.from_sparse_weight(canonical, lin, fallback="never")
+        sd = {k: v for k, v in sparse.state_dict().items() if k != "bias"}
+        assert sd.keys() == old_format.keys()
+        for k, v in old_format.items():
+            assert sd[k].dtype == v.dtype and torch.equal(sd[k], v), k
+        # A checkpoint in that format loads into a layer built from other weights and gives the same outputs.
+        other = SparseLinear.from_dense(_nm_linear(24, 40, 2, 4, seed=3), "2:4", dtype=dtype, fallback="never")
+        other.load_state_dict({**old_format, "bias": sparse.bias})
+        assert other._packed[0] is other.w_values
+        x = torch.randn(5, 40).to(torch.float32 if dtype == torch.int8 else dtype)
+        assert torch.equal(other(x), sparse(x))
+
+
+def test_nm_repacks_shared_values_on_to_and_deepcopy():
+    import copy
+
+    lin = _nm_linear(32, 64, 2, 4)
+    sparse = SparseLinear.from_dense(lin, "2:4", fallback="never")
+    sparse.to(device="cpu")
+    assert sparse._packed[0] is sparse.w_values
+    sparse.to(torch.bfloat16)
+    assert sparse._packed[0] is sparse.w_values and sparse.w_values.dtype == torch.bfloat16
+    direct = SparseLinear.from_dense(lin, "2:4", dtype=torch.bfloat16, fallback="never")
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    assert torch.equal(sparse(x), direct(x))
+    assert torch.equal(sparse._packed[1], direct._packed[1])
+
+    clone = copy.deepcopy(sparse)
+    assert clone._packed[0] is clone.w_values and clone.w_values.data_ptr() != sparse.w_values.data_ptr()
+    assert torch.equal(clone(x), sparse(x))
+    with torch.no_grad():
+        clone.w_values.zero_()  # the copy's kernel reads its own buffer, the original's is untouched
+    assert torch.equal(clone(x), clone.bias.expand(3, -1))
+    assert torch.equal(sparse(x), direct(x))

@@ -12,6 +12,11 @@ when it packs, and routes each token-count bucket to the faster path (keeping a 
 weight only if some bucket needs it). ``fallback="never"`` always runs sparse; ``"always"`` always dense
 (a reference mode).
 
+Memory: N:M on CPU holds one copy of the sparse weight: the kernel reads the ``w_values`` buffer itself
+and adds only a bitmask (one bit per dense weight element). Block-sparse weights and N:M on CUDA also
+hold the packed copy (a different layout: re-cut blocks, CUTLASS tiles). A dense fallback copy, kept when
+some bucket runs ``F.linear``, costs the full dense weight on top (``fallback="never"`` avoids it).
+
 On CUDA the sparse kernels take float16/bfloat16 weights (block formats of any R x C are re-cut into
 tensor-core tiles by ``bsr_pack``). A float32 or int8 weight moved to a GPU has no sparse kernel there: with
 ``fallback="measure"`` or ``"always"`` it runs ``F.linear`` on a dense copy (cuBLAS); ``fallback="never"``
@@ -163,7 +168,12 @@ class SparseLinear(nn.Module):
             return
         w = self.weight_sparse
         if self.kind == "nm":
-            self._packed = tuple(torch.ops.sparseflow.nm_pack(w.values, w.indices, w.n, w.m))
+            packed_values, packed_meta = torch.ops.sparseflow.nm_pack(w.values, w.indices, w.n, w.m)
+            if values.device.type == "cpu" and values.is_contiguous():
+                # CPU packed values are the canonical values bit for bit (every dtype; csrc/nm/nm.h), so the
+                # kernel reads the w_values buffer itself instead of a second copy of the sparse weight.
+                packed_values = values
+            self._packed = (packed_values, packed_meta)
         else:
             self._packed = tuple(torch.ops.sparseflow.bsr_pack(w.crow, w.col, w.values, self.out_features, self.in_features))
         self._use_dense = [self.fallback == "always"] * len(M_BUCKETS)
