@@ -8,25 +8,15 @@
 #include <cstdint>
 
 #include "bsr.h"
+#include "sparseflow/avx512_math.h"
 
 namespace sparseflow::bsr {
 namespace {
 
-// exp(x), Cephes' single-precision polynomial on x - n*ln2 with 2^n applied by vscalefps (~1 ulp).
+// exp(x), clamped to +-88.376 (~1 ulp).
 inline __m512 exp_ps(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.3762626647949f)), _mm512_set1_ps(88.3762626647949f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-  return _mm512_scalef_ps(p, n);
+  return exp_clamped_ps(
+      _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.3762626647949f)), _mm512_set1_ps(88.3762626647949f)));
 }
 
 // erfc(z) for z >= 0 (Numerical Recipes' Chebyshev fit, relative error < 1.2e-7).
@@ -73,13 +63,9 @@ inline __m256i cvt_bf16(__m512 v) {
   return _mm512_cvtepi32_epi16(r);
 }
 
-inline __m512 load_bf16(const uint16_t* p) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
-}
+inline __m512 load_bf16(const uint16_t* p) { return bf16_to_ps(_mm256_loadu_si256((const __m256i*)p)); }
 
-inline __m512 maskz_load_bf16(__mmask16 m, const uint16_t* p) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
-}
+inline __m512 maskz_load_bf16(__mmask16 m, const uint16_t* p) { return bf16_to_ps(_mm256_maskz_loadu_epi16(m, p)); }
 
 // vpdpbusd acc += x (u8) . w (s8) per dword. Inline asm because GCC 12's intrinsic restricts the
 // accumulator to zmm0-15 and then copies 16 accumulators in and out of zmm16-31 every iteration (2x slower).
