@@ -5,6 +5,7 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "bsr.h"
@@ -95,6 +96,19 @@ inline void store_lanes(__m512 v, DType out, void* y, int64_t n) {
     _mm256_mask_storeu_epi16(y, m, cvt_bf16(v));
   } else {
     _mm512_mask_storeu_ps(y, m, v);
+  }
+}
+
+// Epilogue of the 16x1 float kernels: y[m0 + t, 16 r ..] = act(sum[t] + bias) for the MT tokens of a panel
+// (fewer than 16 channels in the last block-row).
+template <int MT>
+inline void store_16x1(const FloatArgs& a, int64_t r, int64_t m0, const __m512 sum[MT]) {
+  const int64_t n0 = r * 16, rows = std::min<int64_t>(16, a.w.N - n0);
+  const __m512 bias = a.ep.bias != nullptr ? _mm512_maskz_loadu_ps(lanes16(rows), a.ep.bias + n0) : _mm512_setzero_ps();
+  const int64_t esize = a.ep.out == DType::kBF16 ? 2 : 4;
+  for (int t = 0; t < MT; ++t) {
+    const __m512 v = activate_ps(_mm512_add_ps(sum[t], bias), a.ep.act);
+    store_lanes(v, a.ep.out, static_cast<char*>(a.ep.y) + ((m0 + t) * a.ep.ldy + n0) * esize, rows);
   }
 }
 

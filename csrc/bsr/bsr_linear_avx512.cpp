@@ -41,14 +41,7 @@ void row_16x1(const FloatArgs& a, int64_t r, const float* panel, int64_t m0) {
     }
     for (int t = 0; t < MT; ++t) sum[t] = _mm512_add_ps(sum[t], acc[t]);
   }
-  const int64_t n0 = r * 16, rows = std::min<int64_t>(16, w.N - n0);
-  const __mmask16 valid = lanes16(rows);
-  const __m512 bias = a.ep.bias != nullptr ? _mm512_maskz_loadu_ps(valid, a.ep.bias + n0) : _mm512_setzero_ps();
-  const int64_t esize = a.ep.out == DType::kBF16 ? 2 : 4;
-  for (int t = 0; t < MT; ++t) {
-    const __m512 v = activate_ps(_mm512_add_ps(sum[t], bias), a.ep.act);
-    store_lanes(v, a.ep.out, static_cast<char*>(a.ep.y) + ((m0 + t) * a.ep.ldy + n0) * esize, rows);
-  }
+  store_16x1<MT>(a, r, m0, sum);
 }
 
 template <bool kBf16>

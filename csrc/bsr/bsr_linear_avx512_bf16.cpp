@@ -45,13 +45,8 @@ void row_pairs(const FloatArgs& a, int64_t r, const uint16_t* panel, int64_t m0)
       acc[t] = _mm512_dpbf16_ps(acc[t], (__m512bh)_mm512_set1_epi32(x_pairs[t]), (__m512bh)wv);
     }
   }
-  const int64_t n0 = r * 16, rows = std::min<int64_t>(16, w.N - n0);
-  const __m512 bias = a.ep.bias != nullptr ? _mm512_maskz_loadu_ps(lanes16(rows), a.ep.bias + n0) : _mm512_setzero_ps();
-  const int64_t esize = a.ep.out == DType::kBF16 ? 2 : 4;
-  for (int t = 0; t < MT; ++t) {
-    const __m512 v = activate_ps(_mm512_add_ps(_mm512_add_ps(sum[t], acc[t]), bias), a.ep.act);
-    store_lanes(v, a.ep.out, static_cast<char*>(a.ep.y) + ((m0 + t) * a.ep.ldy + n0) * esize, rows);
-  }
+  for (int t = 0; t < MT; ++t) sum[t] = _mm512_add_ps(sum[t], acc[t]);
+  store_16x1<MT>(a, r, m0, sum);
 }
 
 }  // namespace
