@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "bsr.h"
 #include "sparseflow/avx512_math.h"
@@ -110,6 +111,33 @@ inline void store_16x1(const FloatArgs& a, int64_t r, int64_t m0, const __m512 s
     const __m512 v = activate_ps(_mm512_add_ps(sum[t], bias), a.ep.act);
     store_lanes(v, a.ep.out, static_cast<char*>(a.ep.y) + ((m0 + t) * a.ep.ldy + n0) * esize, rows);
   }
+}
+
+// Calls row(std::integral_constant<int, MT>, r, m0) for each block-row r in [br_begin, br_end) and each
+// token panel p in [p_begin, p_end) (m0 = first token, MT = its token count), skipping block-rows with an
+// index >= K (corrupted: never read). Returns the largest index seen, which the caller reports.
+template <class Row>
+inline uint32_t for_block_rows(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin, int64_t p_end,
+                               Row row) {
+  uint32_t max_index = 0;
+  for (int64_t r = br_begin; r < br_end; ++r) {
+    const uint32_t mi = max_u16(a.w.indices + a.w.rowptr[r], a.w.rowptr[r + 1] - a.w.rowptr[r]);
+    max_index = std::max(max_index, mi);
+    if (mi >= a.w.K && a.w.rowptr[r + 1] > a.w.rowptr[r]) continue;
+    for (int64_t p = p_begin; p < p_end; ++p) {
+      const int64_t m0 = p * kF32PanelTokens;
+      switch (std::min<int64_t>(kF32PanelTokens, a.M - m0)) {
+#define SPARSEFLOW_CASE(n) \
+  case n: row(std::integral_constant<int, n>(), r, m0); break;
+        SPARSEFLOW_CASE(1) SPARSEFLOW_CASE(2) SPARSEFLOW_CASE(3) SPARSEFLOW_CASE(4) SPARSEFLOW_CASE(5)
+        SPARSEFLOW_CASE(6) SPARSEFLOW_CASE(7) SPARSEFLOW_CASE(8) SPARSEFLOW_CASE(9) SPARSEFLOW_CASE(10)
+        SPARSEFLOW_CASE(11) SPARSEFLOW_CASE(12) SPARSEFLOW_CASE(13) SPARSEFLOW_CASE(14) SPARSEFLOW_CASE(15)
+        SPARSEFLOW_CASE(16)
+#undef SPARSEFLOW_CASE
+      }
+    }
+  }
+  return max_index;
 }
 
 // In-place transpose of 16 rows of 16 floats.
