@@ -5,28 +5,20 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "bsr.h"
+#include "sparseflow/avx512_math.h"
 
 namespace sparseflow::bsr {
 namespace {
 
-// exp(x), Cephes' single-precision polynomial on x - n*ln2 with 2^n applied by vscalefps (~1 ulp).
+// exp(x), clamped to +-88.376 (~1 ulp).
 inline __m512 exp_ps(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.3762626647949f)), _mm512_set1_ps(88.3762626647949f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-  return _mm512_scalef_ps(p, n);
+  return exp_clamped_ps(
+      _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.3762626647949f)), _mm512_set1_ps(88.3762626647949f)));
 }
 
 // erfc(z) for z >= 0 (Numerical Recipes' Chebyshev fit, relative error < 1.2e-7).
@@ -73,13 +65,9 @@ inline __m256i cvt_bf16(__m512 v) {
   return _mm512_cvtepi32_epi16(r);
 }
 
-inline __m512 load_bf16(const uint16_t* p) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
-}
+inline __m512 load_bf16(const uint16_t* p) { return bf16_to_ps(_mm256_loadu_si256((const __m256i*)p)); }
 
-inline __m512 maskz_load_bf16(__mmask16 m, const uint16_t* p) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
-}
+inline __m512 maskz_load_bf16(__mmask16 m, const uint16_t* p) { return bf16_to_ps(_mm256_maskz_loadu_epi16(m, p)); }
 
 // vpdpbusd acc += x (u8) . w (s8) per dword. Inline asm because GCC 12's intrinsic restricts the
 // accumulator to zmm0-15 and then copies 16 accumulators in and out of zmm16-31 every iteration (2x slower).
@@ -110,6 +98,46 @@ inline void store_lanes(__m512 v, DType out, void* y, int64_t n) {
   } else {
     _mm512_mask_storeu_ps(y, m, v);
   }
+}
+
+// Epilogue of the 16x1 float kernels: y[m0 + t, 16 r ..] = act(sum[t] + bias) for the MT tokens of a panel
+// (fewer than 16 channels in the last block-row).
+template <int MT>
+inline void store_16x1(const FloatArgs& a, int64_t r, int64_t m0, const __m512 sum[MT]) {
+  const int64_t n0 = r * 16, rows = std::min<int64_t>(16, a.w.N - n0);
+  const __m512 bias = a.ep.bias != nullptr ? _mm512_maskz_loadu_ps(lanes16(rows), a.ep.bias + n0) : _mm512_setzero_ps();
+  const int64_t esize = a.ep.out == DType::kBF16 ? 2 : 4;
+  for (int t = 0; t < MT; ++t) {
+    const __m512 v = activate_ps(_mm512_add_ps(sum[t], bias), a.ep.act);
+    store_lanes(v, a.ep.out, static_cast<char*>(a.ep.y) + ((m0 + t) * a.ep.ldy + n0) * esize, rows);
+  }
+}
+
+// Calls row(std::integral_constant<int, MT>, r, m0) for each block-row r in [br_begin, br_end) and each
+// token panel p in [p_begin, p_end) (m0 = first token, MT = its token count), skipping block-rows with an
+// index >= K (corrupted: never read). Returns the largest index seen, which the caller reports.
+template <class Row>
+inline uint32_t for_block_rows(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin, int64_t p_end,
+                               Row row) {
+  uint32_t max_index = 0;
+  for (int64_t r = br_begin; r < br_end; ++r) {
+    const uint32_t mi = max_u16(a.w.indices + a.w.rowptr[r], a.w.rowptr[r + 1] - a.w.rowptr[r]);
+    max_index = std::max(max_index, mi);
+    if (mi >= a.w.K && a.w.rowptr[r + 1] > a.w.rowptr[r]) continue;
+    for (int64_t p = p_begin; p < p_end; ++p) {
+      const int64_t m0 = p * kF32PanelTokens;
+      switch (std::min<int64_t>(kF32PanelTokens, a.M - m0)) {
+#define SPARSEFLOW_CASE(n) \
+  case n: row(std::integral_constant<int, n>(), r, m0); break;
+        SPARSEFLOW_CASE(1) SPARSEFLOW_CASE(2) SPARSEFLOW_CASE(3) SPARSEFLOW_CASE(4) SPARSEFLOW_CASE(5)
+        SPARSEFLOW_CASE(6) SPARSEFLOW_CASE(7) SPARSEFLOW_CASE(8) SPARSEFLOW_CASE(9) SPARSEFLOW_CASE(10)
+        SPARSEFLOW_CASE(11) SPARSEFLOW_CASE(12) SPARSEFLOW_CASE(13) SPARSEFLOW_CASE(14) SPARSEFLOW_CASE(15)
+        SPARSEFLOW_CASE(16)
+#undef SPARSEFLOW_CASE
+      }
+    }
+  }
+  return max_index;
 }
 
 // In-place transpose of 16 rows of 16 floats.

@@ -41,38 +41,14 @@ void row_16x1(const FloatArgs& a, int64_t r, const float* panel, int64_t m0) {
     }
     for (int t = 0; t < MT; ++t) sum[t] = _mm512_add_ps(sum[t], acc[t]);
   }
-  const int64_t n0 = r * 16, rows = std::min<int64_t>(16, w.N - n0);
-  const __mmask16 valid = lanes16(rows);
-  const __m512 bias = a.ep.bias != nullptr ? _mm512_maskz_loadu_ps(valid, a.ep.bias + n0) : _mm512_setzero_ps();
-  const int64_t esize = a.ep.out == DType::kBF16 ? 2 : 4;
-  for (int t = 0; t < MT; ++t) {
-    const __m512 v = activate_ps(_mm512_add_ps(sum[t], bias), a.ep.act);
-    store_lanes(v, a.ep.out, static_cast<char*>(a.ep.y) + ((m0 + t) * a.ep.ldy + n0) * esize, rows);
-  }
+  store_16x1<MT>(a, r, m0, sum);
 }
 
 template <bool kBf16>
 uint32_t rows_16x1(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin, int64_t p_end) {
-  uint32_t max_index = 0;
-  for (int64_t r = br_begin; r < br_end; ++r) {
-    const uint32_t mi = max_u16(a.w.indices + a.w.rowptr[r], a.w.rowptr[r + 1] - a.w.rowptr[r]);
-    max_index = std::max(max_index, mi);
-    if (mi >= a.w.K && a.w.rowptr[r + 1] > a.w.rowptr[r]) continue;  // corrupted: reported by the caller, never read
-    for (int64_t p = p_begin; p < p_end; ++p) {
-      const int64_t m0 = p * kF32PanelTokens;
-      const float* panel = a.xt + m0 * a.w.K;
-      switch (std::min<int64_t>(kF32PanelTokens, a.M - m0)) {
-#define SPARSEFLOW_CASE(n) \
-  case n: row_16x1<n, kBf16>(a, r, panel, m0); break;
-        SPARSEFLOW_CASE(1) SPARSEFLOW_CASE(2) SPARSEFLOW_CASE(3) SPARSEFLOW_CASE(4) SPARSEFLOW_CASE(5)
-        SPARSEFLOW_CASE(6) SPARSEFLOW_CASE(7) SPARSEFLOW_CASE(8) SPARSEFLOW_CASE(9) SPARSEFLOW_CASE(10)
-        SPARSEFLOW_CASE(11) SPARSEFLOW_CASE(12) SPARSEFLOW_CASE(13) SPARSEFLOW_CASE(14) SPARSEFLOW_CASE(15)
-        SPARSEFLOW_CASE(16)
-#undef SPARSEFLOW_CASE
-      }
-    }
-  }
-  return max_index;
+  return for_block_rows(a, br_begin, br_end, p_begin, p_end, [&a](auto mt, int64_t r, int64_t m0) {
+    row_16x1<mt, kBf16>(a, r, a.xt + m0 * a.w.K, m0);
+  });
 }
 
 // Sums each of 16 vectors: lane t of the result is the sum of a[t]'s lanes (30 shuffles, 15 adds).
@@ -130,26 +106,9 @@ void row_1x16(const FloatArgs& a, int64_t n, const float* panel, int64_t m0) {
 template <bool kBf16>
 uint32_t rows_1x16(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin, int64_t p_end) {
   const int64_t k16 = (a.w.K + 15) / 16 * 16;
-  uint32_t max_index = 0;
-  for (int64_t n = br_begin; n < br_end; ++n) {
-    const uint32_t mi = max_u16(a.w.indices + a.w.rowptr[n], a.w.rowptr[n + 1] - a.w.rowptr[n]);
-    max_index = std::max(max_index, mi);
-    if (mi >= a.w.K && a.w.rowptr[n + 1] > a.w.rowptr[n]) continue;  // corrupted: reported by the caller, never read
-    for (int64_t p = p_begin; p < p_end; ++p) {
-      const int64_t m0 = p * kF32PanelTokens;
-      const float* panel = a.xt + m0 * k16;
-      switch (std::min<int64_t>(kF32PanelTokens, a.M - m0)) {
-#define SPARSEFLOW_CASE(c) \
-  case c: row_1x16<c, kBf16>(a, n, panel, m0); break;
-        SPARSEFLOW_CASE(1) SPARSEFLOW_CASE(2) SPARSEFLOW_CASE(3) SPARSEFLOW_CASE(4) SPARSEFLOW_CASE(5)
-        SPARSEFLOW_CASE(6) SPARSEFLOW_CASE(7) SPARSEFLOW_CASE(8) SPARSEFLOW_CASE(9) SPARSEFLOW_CASE(10)
-        SPARSEFLOW_CASE(11) SPARSEFLOW_CASE(12) SPARSEFLOW_CASE(13) SPARSEFLOW_CASE(14) SPARSEFLOW_CASE(15)
-        SPARSEFLOW_CASE(16)
-#undef SPARSEFLOW_CASE
-      }
-    }
-  }
-  return max_index;
+  return for_block_rows(a, br_begin, br_end, p_begin, p_end, [&a, k16](auto mt, int64_t n, int64_t m0) {
+    row_1x16<mt, kBf16>(a, n, a.xt + m0 * k16, m0);
+  });
 }
 
 inline __m512 load_x(const void* row, bool bf16, int64_t k, __mmask16 m) {

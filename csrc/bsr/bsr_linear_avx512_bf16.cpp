@@ -6,8 +6,6 @@
 // (input channels ka, kb) of a block-row are interleaved into one weight vector of (W[c, ka], W[c, kb])
 // pairs, and each token's (x[t, ka], x[t, kb]) pair, built once per block pair for the whole panel, is
 // broadcast from memory: 16 vdpbf16ps per two blocks instead of 32 vfmadd231ps.
-#include <algorithm>
-
 #include "bsr.h"
 #include "bsr_avx512_math.h"
 
@@ -45,39 +43,17 @@ void row_pairs(const FloatArgs& a, int64_t r, const uint16_t* panel, int64_t m0)
       acc[t] = _mm512_dpbf16_ps(acc[t], (__m512bh)_mm512_set1_epi32(x_pairs[t]), (__m512bh)wv);
     }
   }
-  const int64_t n0 = r * 16, rows = std::min<int64_t>(16, w.N - n0);
-  const __m512 bias = a.ep.bias != nullptr ? _mm512_maskz_loadu_ps(lanes16(rows), a.ep.bias + n0) : _mm512_setzero_ps();
-  const int64_t esize = a.ep.out == DType::kBF16 ? 2 : 4;
-  for (int t = 0; t < MT; ++t) {
-    const __m512 v = activate_ps(_mm512_add_ps(_mm512_add_ps(sum[t], acc[t]), bias), a.ep.act);
-    store_lanes(v, a.ep.out, static_cast<char*>(a.ep.y) + ((m0 + t) * a.ep.ldy + n0) * esize, rows);
-  }
+  for (int t = 0; t < MT; ++t) sum[t] = _mm512_add_ps(sum[t], acc[t]);
+  store_16x1<MT>(a, r, m0, sum);
 }
 
 }  // namespace
 
 uint32_t linear_bf16_16x1_avx512bf16(const FloatArgs& a, const uint16_t* panels, int64_t br_begin, int64_t br_end,
                                      int64_t p_begin, int64_t p_end) {
-  uint32_t max_index = 0;
-  for (int64_t r = br_begin; r < br_end; ++r) {
-    const uint32_t mi = max_u16(a.w.indices + a.w.rowptr[r], a.w.rowptr[r + 1] - a.w.rowptr[r]);
-    max_index = std::max(max_index, mi);
-    if (mi >= a.w.K && a.w.rowptr[r + 1] > a.w.rowptr[r]) continue;  // corrupted: reported by the caller, never read
-    for (int64_t p = p_begin; p < p_end; ++p) {
-      const int64_t m0 = p * kF32PanelTokens;
-      const uint16_t* panel = panels + m0 * a.w.K;
-      switch (std::min<int64_t>(kF32PanelTokens, a.M - m0)) {
-#define SPARSEFLOW_CASE(n) \
-  case n: row_pairs<n>(a, r, panel, m0); break;
-        SPARSEFLOW_CASE(1) SPARSEFLOW_CASE(2) SPARSEFLOW_CASE(3) SPARSEFLOW_CASE(4) SPARSEFLOW_CASE(5)
-        SPARSEFLOW_CASE(6) SPARSEFLOW_CASE(7) SPARSEFLOW_CASE(8) SPARSEFLOW_CASE(9) SPARSEFLOW_CASE(10)
-        SPARSEFLOW_CASE(11) SPARSEFLOW_CASE(12) SPARSEFLOW_CASE(13) SPARSEFLOW_CASE(14) SPARSEFLOW_CASE(15)
-        SPARSEFLOW_CASE(16)
-#undef SPARSEFLOW_CASE
-      }
-    }
-  }
-  return max_index;
+  return for_block_rows(a, br_begin, br_end, p_begin, p_end, [&a, panels](auto mt, int64_t r, int64_t m0) {
+    row_pairs<mt>(a, r, panels + m0 * a.w.K, m0);
+  });
 }
 
 }  // namespace sparseflow::bsr

@@ -19,15 +19,8 @@ inline constexpr std::initializer_list<at::ScalarType> kLinearFloatDtypes = {at:
 inline constexpr int64_t kInt8MaxInFeatures = 131072;
 
 inline void check_pack_args(const at::Tensor& values, const at::Tensor& indices, int64_t n, int64_t m) {
-  constexpr const char* op = "sparseflow.nm_pack";
-  check_n_m(op, n, m);
-  check_dtype(op, "values", values, kLinearWeightDtypes);
-  check_dtype(op, "indices", indices, {at::kByte});
-  check_dim(op, "values", values, 2, "[out_features, in_features/m*n]");
-  check_same_shape(op, "values", values, "indices", indices);
-  check_same_device(op, "values", values, "indices", indices);
-  TORCH_CHECK_VALUE(values.size(1) % n == 0, op, ": the column count of values (", values.size(1),
-                    ") must be a multiple of n=", n);
+  check_compressed_args("sparseflow.nm_pack", values, indices, n, m, kLinearWeightDtypes,
+                        "[out_features, in_features/m*n]");
 }
 
 inline Activation parse_activation(std::string_view name) {

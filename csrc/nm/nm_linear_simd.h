@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "nm.h"
+#include "sparseflow/avx512_math.h"
 
 #define SF_ALWAYS_INLINE inline __attribute__((always_inline))
 
@@ -19,21 +20,9 @@ inline __mmask16 tail_mask16(int64_t count) {
   return count >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << count) - 1);
 }
 
-// exp with Cephes' expf polynomial (relative error ~1e-7); scalef handles overflow to inf and underflow to 0.
+// exp, clamped so that scalef handles overflow to inf and underflow to 0.
 inline __m512 exp_ps(__m512 x) {
-  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(89.0f)), _mm512_set1_ps(-104.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
+  return exp_clamped_ps(_mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(89.0f)), _mm512_set1_ps(-104.0f)));
 }
 
 // gelu(x) = x/2 * (1 + erf(x/sqrt2)), with erfc(z) = t*P(t)*exp(-z^2), t = 1/(1 + 0.3275911 z) (Abramowitz &
@@ -88,7 +77,7 @@ using ValueOf = std::conditional_t<kW == Scalar::kFloat32, float, uint16_t>;
 template <Scalar kW>
 SF_ALWAYS_INLINE __m512 widen16(__m256i raw) {
   if constexpr (kW == Scalar::kBFloat16) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+    return bf16_to_ps(raw);
   } else {
     static_assert(kW == Scalar::kFloat16);
     return _mm512_cvtph_ps(raw);

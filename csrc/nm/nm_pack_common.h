@@ -57,17 +57,23 @@ inline PackParams compress_params(const at::Tensor& dense, int64_t n, int64_t m)
   return p;
 }
 
-inline PackParams decompress_params(const at::Tensor& values, const at::Tensor& indices, int64_t n,
-                                    int64_t m) {
-  constexpr const char* op = "sparseflow.nm_decompress";
+// The checks of a compressed (values, indices, n, m) argument set, shared by nm_decompress and nm_pack.
+inline void check_compressed_args(const char* op, const at::Tensor& values, const at::Tensor& indices, int64_t n,
+                                  int64_t m, std::initializer_list<at::ScalarType> value_dtypes,
+                                  const char* values_shape) {
   check_n_m(op, n, m);
-  check_dtype(op, "values", values, kPackDtypes);
+  check_dtype(op, "values", values, value_dtypes);
   check_dtype(op, "indices", indices, {at::kByte});
-  check_dim(op, "values", values, 2, "[rows, cols/m*n]");
+  check_dim(op, "values", values, 2, values_shape);
   check_same_shape(op, "values", values, "indices", indices);
   check_same_device(op, "values", values, "indices", indices);
   TORCH_CHECK_VALUE(values.size(1) % n == 0, op, ": the column count of values (", values.size(1),
                     ") must be a multiple of n=", n);
+}
+
+inline PackParams decompress_params(const at::Tensor& values, const at::Tensor& indices, int64_t n,
+                                    int64_t m) {
+  check_compressed_args("sparseflow.nm_decompress", values, indices, n, m, kPackDtypes, "[rows, cols/m*n]");
   PackParams p;
   p.rows = values.size(0);
   p.cols = values.size(1) / n * m;

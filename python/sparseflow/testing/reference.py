@@ -80,17 +80,22 @@ def nm_compress(dense: torch.Tensor, n: int, m: int, prune: bool = False) -> tup
     return values.view(dense.dtype).reshape(packed), indices.reshape(packed).to(torch.uint8)
 
 
-def nm_decompress(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Scatter each group's n values to their positions in a zero group of m."""
+def _check_compressed(values: torch.Tensor, indices: torch.Tensor, n: int, m: int, dtypes) -> None:
+    """The checks of a compressed (values, indices, n, m) argument set: nm_decompress's and nm_pack's."""
     _check_n_m(n, m)
-    if values.dtype not in PACK_DTYPES:
-        raise TypeError(f"values must have a dtype in {PACK_DTYPES}, got {values.dtype}")
+    if values.dtype not in dtypes:
+        raise TypeError(f"values must have a dtype in {dtypes}, got {values.dtype}")
     if indices.dtype != torch.uint8:
         raise TypeError(f"indices must be uint8, got {indices.dtype}")
     if values.dim() != 2 or values.shape != indices.shape or values.shape[1] % n:
         raise ValueError(f"values and indices must be equal 2-D shapes with a multiple of n={n} columns")
     if values.device != indices.device:
         raise ValueError("values and indices must be on the same device")
+
+
+def nm_decompress(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Scatter each group's n values to their positions in a zero group of m."""
+    _check_compressed(values, indices, n, m, PACK_DTYPES)
     rows = values.shape[0]
     groups = values.shape[1] // n
     pos = indices.reshape(rows, groups, n).long()
@@ -478,21 +483,9 @@ def _meta_bit_of_column(int8_layout: bool, device) -> torch.Tensor:
     return nibble * 4 + c % 4
 
 
-def _check_pack(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -> None:
-    _check_n_m(n, m)
-    if values.dtype not in LINEAR_WEIGHT_DTYPES:
-        raise TypeError(f"values must have a dtype in {LINEAR_WEIGHT_DTYPES}, got {values.dtype}")
-    if indices.dtype != torch.uint8:
-        raise TypeError(f"indices must be uint8, got {indices.dtype}")
-    if values.dim() != 2 or values.shape != indices.shape or values.shape[1] % n:
-        raise ValueError(f"values and indices must be equal 2-D shapes with a multiple of n={n} columns")
-    if values.device != indices.device:
-        raise ValueError("values and indices must be on the same device")
-
-
 def nm_pack(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """CPU layout: (a copy of values, a bitmask of the kept columns; see csrc/nm/nm.h)."""
-    _check_pack(values, indices, n, m)
+    _check_compressed(values, indices, n, m, LINEAR_WEIGHT_DTYPES)
     rows, in_features = values.shape[0], values.shape[1] // n * m
     # nm_decompress validates the positions (IndexError) and gives the kept columns.
     kept = nm_decompress(torch.ones_like(values, dtype=torch.int8), indices, n, m).bool()
