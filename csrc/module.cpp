@@ -25,6 +25,11 @@ py::dict build_info() {
   d["cxx_compiler"] = SPARSEFLOW_CXX_COMPILER;
   d["build_type"] = SPARSEFLOW_BUILD_TYPE;
   d["sanitizers"] = SPARSEFLOW_SANITIZERS;
+#ifdef _OPENMP
+  d["openmp"] = true;  // at::parallel_for splits work across torch's threads
+#else
+  d["openmp"] = false;
+#endif
   return d;
 }
 

@@ -59,3 +59,10 @@ def test_cpu_features_are_consistent():
         assert f["avx512_vnni"]
     if detected >= 4:
         assert f["amx_tile"] and f["amx_int8"] and f["amx_bf16"]
+
+
+def test_cpu_kernels_are_built_with_openmp():
+    # at::parallel_for is an inline OpenMP pragma: without -fopenmp every CPU kernel runs on one thread.
+    from sparseflow import _C
+
+    assert _C.build_info()["openmp"] is True

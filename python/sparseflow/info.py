@@ -73,7 +73,8 @@ def render(info: dict) -> str:
         + f", loaded {yes(info['cuda_kernels_loaded'])}"
         + (f" -- {info['cuda_load_error']}" if info["cuda_load_error"] else ""),
         "GPUs: " + (", ".join(f"{g['name']} ({g['capability']}, {g['memory_gib']} GiB)" for g in info["gpus"]) or "none visible"),
-        f"CPU: {info['cpu']}, {info['threads']} torch threads",
+        f"CPU: {info['cpu']}, {info['threads']} torch threads"
+        + ("" if b.get("openmp") else "   <-- built without OpenMP: CPU kernels run on one thread"),
         "CPU features: " + " ".join(k for k, v in info["cpu_features"].items() if v),
         f"CPU ISA: detected {info['cpu_isa_detected']}, selected {info['cpu_isa_selected']}"
         " (lower it with SPARSEFLOW_CPU_ISA=portable|avx512|avx512_vnni|avx512_bf16|amx)",

@@ -247,6 +247,10 @@ class SparseLinear(nn.Module):
         return torch.ops.sparseflow.bsr_linear(x, *self._packed, self.out_features, self.in_features,
                                                self.bias, scale, self.activation, self.out_dtype)
 
+    def runs_sparse(self, m_tokens: int) -> bool:
+        """Whether an input of m_tokens rows runs the sparse kernel (False: the measured dense fallback)."""
+        return not self._use_dense[_bucket(m_tokens)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed is None and self._dense_weight is None:
             raise RuntimeError("sparseflow.SparseLinear: the weight is on the meta device; move the module to a real device first")
