@@ -39,7 +39,7 @@ RECIPES = [
     Recipe("magnitude 2:4", "magnitude", "2:4", kernel_format="2:4"),
     Recipe("wanda 2:4", "wanda", "2:4", kernel_format="2:4"),
     Recipe("sparsegpt 2:4", "sparsegpt", "2:4", kernel_format="2:4"),
-    Recipe("wanda 50% 1x16 blocks", "wanda", "1x16", sparsity=0.5, kernel_format="1x16"),
+    Recipe("wanda 50% 4x1 blocks", "wanda", "4x1", sparsity=0.5, kernel_format="4x1"),
 ]
 QUICK_RECIPES = ("dense", "magnitude 2:4", "wanda 2:4")
 PROMPT = "The Python standard library"
