@@ -3,7 +3,9 @@ with several methods and patterns, run each pruned model on sparseflow's CPU ker
 (perplexity on held-out text), model bytes and speed (prefill and generation tokens/s) against dense.
 
 Unstructured sparsity has no kernel (no format fits its zeros): those rows report quality only and run on
-the dense path. N:M and block rows run every pruned Linear as a SparseLinear.
+the dense path. N:M and block rows run every pruned Linear as a SparseLinear, which uses F.linear for the
+token counts where F.linear measured faster when the layer was packed (the table says how many layers run
+sparse at decode and at prefill).
 """
 
 from __future__ import annotations
