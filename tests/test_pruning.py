@@ -586,8 +586,11 @@ def _train(model, pruner, steps, check):
 def test_gradual_pruner_follows_the_schedule_and_keeps_masks():
     torch.manual_seed(14)
     model = mlp()
+    params = [m.weight for m in linears(model).values()]
     pruner = GradualPruner(0.8, start_step=2, end_step=12, frequency=4)
     pruner.prepare(model)
+    # the dense Parameters stay the same objects: an optimizer made before prepare() still trains them
+    assert all(m.parametrizations.weight.original is p for m, p in zip(linears(model).values(), params))
     assert pruner.current_sparsity == 0.0
     seen = []
 

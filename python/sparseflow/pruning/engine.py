@@ -214,7 +214,7 @@ def _collect(layers: Mapping[str, nn.Linear], device: torch.device | None, hessi
 # --------------------------------------------------------------------------------------------- per layer
 
 
-def _prune_layer(name: str, layer: nn.Linear, stats: methods.LayerStats | None, sparsity: float,
+def _prune_layer(layer: nn.Linear, stats: methods.LayerStats | None, sparsity: float,
                  config: PruneConfig) -> LayerReport:
     t0 = time.perf_counter()
     pattern = config.parsed_pattern
@@ -331,7 +331,7 @@ def prune_(model: nn.Module, config: PruneConfig, calibration_data: Iterable | t
     if not config.needs_calibration:
         with torch.no_grad():
             for name, layer in targets.items():
-                reports[name] = _prune_layer(name, layer, None, sparsity[name], config)
+                reports[name] = _prune_layer(layer, None, sparsity[name], config)
         return PruneReport(config.method, pattern_str, reports, time.perf_counter() - t_start, False, 0)
 
     batches = _as_batches(calibration_data)
@@ -385,7 +385,7 @@ def prune_(model: nn.Module, config: PruneConfig, calibration_data: Iterable | t
                         with _collect(layers, device, hessian) as st:
                             _run_block(block, x)
                         for n, layer in layers.items():
-                            reports[n] = _prune_layer(n, layer, st[n], sparsity[n], config)
+                            reports[n] = _prune_layer(layer, st[n], sparsity[n], config)
                         del st
                     if not last:
                         x = _run_block(block, x)
@@ -404,7 +404,7 @@ def prune_(model: nn.Module, config: PruneConfig, calibration_data: Iterable | t
                     owl_report = {**(owl_report or {}), **dict(zip(names, ratios))}
                     sparsity.update(zip(names, ratios))
                 for n, layer in rest.items():
-                    reports[n] = _prune_layer(n, layer, st[n], sparsity[n], config)
+                    reports[n] = _prune_layer(layer, st[n], sparsity[n], config)
                 bar.update()
     ordered = {n: reports[n] for n in targets}
     return PruneReport(config.method, pattern_str, ordered, time.perf_counter() - t_start, bool(blocks), len(blocks),

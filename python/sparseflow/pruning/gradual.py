@@ -7,7 +7,8 @@
         pruner.step()                 # raises the sparsity on the cubic schedule at update steps
     pruner.squash()                   # plain Linear layers with zeros in their weights
 
-The model sees weight * mask at every forward, so masked weights stay zero through fine-tuning. With an
+The model sees weight * mask at every forward, so masked weights stay zero through fine-tuning (the dense
+Parameters stay the same objects, so an optimizer made before prepare() keeps working). With an
 N:M pattern the mask is applied from `start_step` on; with ste=True gradients reach the masked weights
 too (straight-through, optionally with the SR-STE decay on them) and masks recomputed every `frequency`
 steps up to `end_step` can change: N:M sparse training.
