@@ -69,7 +69,26 @@ struct CanonicalCheck {
   int64_t block_row = -1;
   int64_t entry = -1;  // index into crow (crow errors) or col (col errors)
 };
-CanonicalCheck validate_canonical(const CanonicalBsr& w);
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The first problem of the canonical arrays, in this order: crow start, crow non-decreasing, crow end, then
+// each block-row's columns (in range, strictly ascending). Reads crow/col only (host memory).
+inline CanonicalCheck validate_canonical(const CanonicalBsr& w) {
+  const int64_t block_rows = ceil_div(w.out_features, w.R);
+  const int64_t block_cols = ceil_div(w.in_features, w.C);
+  if (w.crow[0] != 0) return {CanonicalError::kCrowStart, 0, 0};
+  for (int64_t b = 0; b < block_rows; ++b) {
+    if (w.crow[b + 1] < w.crow[b]) return {CanonicalError::kCrowDecreasing, b, b + 1};
+  }
+  if (w.crow[block_rows] != w.nnz) return {CanonicalError::kCrowEnd, block_rows, block_rows};
+  for (int64_t b = 0; b < block_rows; ++b) {
+    for (int64_t j = w.crow[b]; j < w.crow[b + 1]; ++j) {
+      if (w.col[j] < 0 || w.col[j] >= block_cols) return {CanonicalError::kColRange, b, j};
+      if (j > w.crow[b] && w.col[j] <= w.col[j - 1]) return {CanonicalError::kColOrder, b, j};
+    }
+  }
+  return {};
+}
 
 // Pass 1: the number of native blocks (padded to the layout's group) of native block-rows [begin, end).
 void pack_count(const CanonicalBsr& w, Layout layout, int64_t begin, int64_t end, int32_t* counts);

@@ -1,5 +1,4 @@
-// Torch-facing argument checks of bsr_pack / bsr_linear, shared by the CPU wrappers and (later) the CUDA
-// ones. Each failure raises TypeError (dtype), ValueError (shape/value) or IndexError (index) with a
+// Torch-facing argument checks of bsr_pack / bsr_linear, shared by the CPU and CUDA wrappers. Each failure raises TypeError (dtype), ValueError (shape/value) or IndexError (index) with a
 // message that starts with the op's name and names the argument.
 #pragma once
 
@@ -15,8 +14,6 @@ namespace sparseflow::bsr {
 
 inline constexpr const char* kPackOp = "sparseflow.bsr_pack";
 inline constexpr const char* kLinearOp = "sparseflow.bsr_linear";
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 inline DType dtype_code(at::ScalarType t) {
   switch (t) {
@@ -53,12 +50,9 @@ struct PackRequest {
   Layout layout = Layout::kF16x1;
 };
 
-inline PackRequest check_pack_args(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
-                                   int64_t out_features, int64_t in_features, const std::string& kernel) {
-  constexpr const char* op = kPackOp;
-  check_dtype(op, "crow", crow, {at::kInt});
-  check_dtype(op, "col", col, {at::kInt});
-  check_dtype(op, "values", values, {at::kFloat, at::kBFloat16, at::kChar});
+// Shapes and sizes of the canonical arrays (after the dtype checks, which differ per device).
+inline void check_canonical_shapes(const char* op, const at::Tensor& crow, const at::Tensor& col,
+                                   const at::Tensor& values, int64_t out_features, int64_t in_features) {
   check_dim(op, "crow", crow, 1, "[out_features/R + 1]");
   check_dim(op, "col", col, 1, "[nnz_blocks]");
   check_dim(op, "values", values, 3, "[nnz_blocks, R, C]");
@@ -75,6 +69,16 @@ inline PackRequest check_pack_args(const at::Tensor& crow, const at::Tensor& col
                     crow.numel());
   TORCH_CHECK_VALUE(col.numel() == values.size(0), op, ": col and values must describe the same blocks, got ",
                     col.numel(), " column indices and ", values.size(0), " blocks");
+}
+
+inline PackRequest check_pack_args(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+                                   int64_t out_features, int64_t in_features, const std::string& kernel) {
+  constexpr const char* op = kPackOp;
+  check_dtype(op, "crow", crow, {at::kInt});
+  check_dtype(op, "col", col, {at::kInt});
+  check_dtype(op, "values", values, {at::kFloat, at::kBFloat16, at::kChar});
+  check_canonical_shapes(op, crow, col, values, out_features, in_features);
+  const int64_t R = values.size(1), C = values.size(2);
   PackRequest req;
   req.w.dtype = dtype_code(values.scalar_type());
   req.w.R = R;

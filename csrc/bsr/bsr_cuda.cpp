@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "bsr_common.h"
 #include "bsr_cuda.h"
 #include "sparseflow/checks.h"
 #include "sparseflow/cuda_arch.h"
@@ -20,34 +21,8 @@
 namespace sparseflow::bsr::cuda {
 namespace {
 
-constexpr const char* kPackOp = "sparseflow.bsr_pack";
-constexpr const char* kLinearOp = "sparseflow.bsr_linear";
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 bool supported_block(int64_t t) { return t == 16 || t == 32 || t == 64 || t == 128; }
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
-
-void fail_canonical(const CanonicalCheck& c, const int32_t* cr, const int32_t* cl, int64_t nnz, int64_t in_features,
-                    int64_t C) {
-  constexpr const char* op = kPackOp;
-  switch (c.error) {
-    case CanonicalError::kNone: return;
-    case CanonicalError::kCrowStart: TORCH_CHECK_INDEX(false, op, ": crow[0] must be 0, got ", cr[0]);
-    case CanonicalError::kCrowDecreasing:
-      TORCH_CHECK_INDEX(false, op, ": crow must be non-decreasing, but crow[", c.entry, "] = ", cr[c.entry],
-                        " < crow[", c.entry - 1, "] = ", cr[c.entry - 1]);
-    case CanonicalError::kCrowEnd:
-      TORCH_CHECK_INDEX(false, op, ": crow[-1] must equal the number of blocks (", nnz, "), got ", cr[c.entry]);
-    case CanonicalError::kColRange:
-      TORCH_CHECK_INDEX(false, op, ": col[", c.entry, "] = ", cl[c.entry], " (block-row ", c.block_row,
-                        ") is out of range [0, ", ceil_div(in_features, C), ") for in_features=", in_features,
-                        ", C=", C);
-    case CanonicalError::kColOrder:
-      TORCH_CHECK_INDEX(false, op, ": col must be strictly ascending within each block-row, but block-row ",
-                        c.block_row, " has col[", c.entry - 1, "] = ", cl[c.entry - 1], " then col[", c.entry,
-                        "] = ", cl[c.entry]);
-  }
-}
 
 // The tile size of `kernel` for R x C canonical blocks, and whether they are re-cut ("auto": square supported
 // blocks are kept, others cut into 16 x 16 tiles, the least fill-in; "TxT": that tile, kept when it is R x C).
@@ -73,22 +48,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bsr_pack_
                    ": values must have dtype Half or BFloat16 on CUDA (the tensor-core kernel's), got ",
                    values_in.scalar_type(), "; float32 and int8 block weights run on the CPU kernels (bsr_pack on a "
                    "CPU tensor)");
-  check_dim(op, "crow", crow_in, 1, "[out_features/R + 1]");
-  check_dim(op, "col", col_in, 1, "[nnz_blocks]");
-  check_dim(op, "values", values_in, 3, "[nnz_blocks, R, C]");
-  check_same_device(op, "crow", crow_in, "col", col_in);
-  check_same_device(op, "crow", crow_in, "values", values_in);
-  TORCH_CHECK_VALUE(out_features >= 0, op, ": out_features must be >= 0, got ", out_features);
-  TORCH_CHECK_VALUE(in_features >= 0 && in_features <= kMaxInFeatures, op, ": in_features must be in [0, ",
-                    kMaxInFeatures, "] (indices are 16-bit), got ", in_features);
+  check_canonical_shapes(op, crow_in, col_in, values_in, out_features, in_features);
   const int64_t R = values_in.size(1), C = values_in.size(2);
-  TORCH_CHECK_VALUE(R >= 1 && C >= 1, op, ": values must hold R x C blocks with R, C >= 1, got shape ",
-                    values_in.sizes());
-  TORCH_CHECK_VALUE(crow_in.numel() == ceil_div(out_features, R) + 1, op, ": crow must have ceil(out_features/R) + 1 = ",
-                    ceil_div(out_features, R) + 1, " entries for out_features=", out_features, ", R=", R, ", got ",
-                    crow_in.numel());
-  TORCH_CHECK_VALUE(col_in.numel() == values_in.size(0), op, ": col and values must describe the same blocks, got ",
-                    col_in.numel(), " column indices and ", values_in.size(0), " blocks");
   const auto [T, recut] = cuda_tile(kernel, R, C);
 
   const int64_t block_rows = ceil_div(out_features, R);
@@ -96,9 +57,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bsr_pack_
   // Validation on host copies of the (small) index arrays, in the CPU pack's order and words.
   const at::Tensor crow_h = crow_in.to(at::kCPU).contiguous();
   const at::Tensor col_h = col_in.to(at::kCPU).contiguous();
-  const CanonicalCheck check = validate_canonical(crow_h.data_ptr<int32_t>(), col_h.data_ptr<int32_t>(), block_rows,
-                                                  ceil_div(in_features, C), nnz);
-  fail_canonical(check, crow_h.data_ptr<int32_t>(), col_h.data_ptr<int32_t>(), nnz, in_features, C);
+  CanonicalBsr canonical;
+  canonical.crow = crow_h.data_ptr<int32_t>();
+  canonical.col = col_h.data_ptr<int32_t>();
+  canonical.R = R;
+  canonical.C = C;
+  canonical.out_features = out_features;
+  canonical.in_features = in_features;
+  canonical.nnz = nnz;
+  fail_canonical(validate_canonical(canonical), crow_h, col_h, canonical);
 
   const c10::cuda::CUDAGuard guard(values_in.device());
   const auto stream = c10::cuda::getCurrentCUDAStream().stream();

@@ -28,7 +28,6 @@ constexpr int64_t kDtypeF16 = 4;
 constexpr int kMetaSlots = 8;
 constexpr int kMetaVersion = 0, kMetaLayout = 1, kMetaDtype = 2, kMetaOut = 3, kMetaIn = 4, kMetaNnz = 5,
               kMetaBlock = 6;
-constexpr int64_t kMaxInFeatures = 65536;  // 16-bit indices
 
 enum class Activation : int { kNone = 0, kRelu = 1, kGelu = 2, kSilu = 3 };
 
@@ -44,34 +43,8 @@ struct PackParams {
   uint16_t* packed_values = nullptr;  // [nnz, T, T]
 };
 
-// What bsr_pack found wrong with the canonical arrays: the first offender, checked in the CPU pack's order
-// (crow start, crow non-decreasing, crow end, then each block-row's columns: range, strictly ascending).
-// Runs on host copies of crow/col (small index arrays; packing is a one-time step that syncs anyway).
-enum class CanonicalError : int { kNone = 0, kCrowStart, kCrowEnd, kCrowDecreasing, kColRange, kColOrder };
-struct CanonicalCheck {
-  CanonicalError error = CanonicalError::kNone;
-  int64_t block_row = -1;
-  int64_t entry = -1;  // index into crow (crow errors) or col (col errors)
-};
-
-inline CanonicalCheck validate_canonical(const int32_t* crow, const int32_t* col, int64_t block_rows,
-                                         int64_t block_cols, int64_t nnz) {
-  if (crow[0] != 0) return {CanonicalError::kCrowStart, 0, 0};
-  for (int64_t b = 0; b < block_rows; ++b) {
-    if (crow[b + 1] < crow[b]) return {CanonicalError::kCrowDecreasing, b, b + 1};
-  }
-  if (crow[block_rows] != nnz) return {CanonicalError::kCrowEnd, block_rows, block_rows};
-  for (int64_t b = 0; b < block_rows; ++b) {
-    for (int64_t j = crow[b]; j < crow[b + 1]; ++j) {
-      if (col[j] < 0 || col[j] >= block_cols) return {CanonicalError::kColRange, b, j};
-      if (j > crow[b] && col[j] <= col[j - 1]) return {CanonicalError::kColOrder, b, j};
-    }
-  }
-  return {};
-}
-
 // Copies the blocks, zeroing entries outside [out, in], and turns block columns into first input channels.
-// Asynchronous on `stream`; the arrays must be valid (validate_canonical).
+// Asynchronous on `stream`; the arrays must be valid (bsr::validate_canonical, bsr.h).
 void pack_cuda(const PackParams& p, void* stream);
 
 // Re-cut of canonical R x C blocks into T x T tiles (see the layout above). Both passes visit every entry of the

@@ -9,8 +9,6 @@
 namespace sparseflow::bsr {
 namespace {
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // Visits every non-zero entry (row, k, value bits) of the canonical blocks that cover output rows
 // [row0, row1), clipped to the matrix. Bits are compared without the sign bit for floats, so -0.0 is zero.
 template <typename Bits, typename Fn>
@@ -110,23 +108,6 @@ void fill_rows(const CanonicalBsr& w, Layout layout, int64_t begin, int64_t end,
 }
 
 }  // namespace
-
-CanonicalCheck validate_canonical(const CanonicalBsr& w) {
-  const int64_t block_rows = ceil_div(w.out_features, w.R);
-  const int64_t block_cols = ceil_div(w.in_features, w.C);
-  if (w.crow[0] != 0) return {CanonicalError::kCrowStart, 0, 0};
-  for (int64_t b = 0; b < block_rows; ++b) {
-    if (w.crow[b + 1] < w.crow[b]) return {CanonicalError::kCrowDecreasing, b, b + 1};
-  }
-  if (w.crow[block_rows] != w.nnz) return {CanonicalError::kCrowEnd, block_rows, block_rows};
-  for (int64_t b = 0; b < block_rows; ++b) {
-    for (int64_t j = w.crow[b]; j < w.crow[b + 1]; ++j) {
-      if (w.col[j] < 0 || w.col[j] >= block_cols) return {CanonicalError::kColRange, b, j};
-      if (j > w.crow[b] && w.col[j] <= w.col[j - 1]) return {CanonicalError::kColOrder, b, j};
-    }
-  }
-  return {};
-}
 
 void pack_count(const CanonicalBsr& w, Layout layout, int64_t begin, int64_t end, int32_t* counts) {
   switch (w.dtype) {
