@@ -12,6 +12,7 @@ from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
 from sparseflow.nn import SparseLinear
 from sparseflow.testing import reference as ref
+from sparseflow.testing.cuda_graphs import capture_and_replay
 from sparseflow.testing.op_db import bsr_pack_cuda_samples
 from sparseflow.testing.op_db import random_bsr as random_blocks
 
@@ -473,17 +474,7 @@ def test_gpu_linear_cuda_graph_capture():
     def step():
         return torch.ops.sparseflow.bsr_linear(x, *packed, 256, 512, None, None, "silu")
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()  # warm-up outside the capture (sets kernel attributes)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y = step()
-    x.copy_(torch.randn_like(x))
-    graph.replay()
-    torch.cuda.synchronize()
+    y = capture_and_replay(step, x)
     assert_flash_rule(y, x, w64, None, "silu", dtype)
 
 

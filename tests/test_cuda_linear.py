@@ -22,6 +22,7 @@ from torch.sparse._semi_structured_conversions import (
 import sparseflow
 from sparseflow import _meta, ops
 from sparseflow.testing import reference as ref
+from sparseflow.testing.cuda_graphs import capture_and_replay
 from sparseflow.testing.op_db import random_nm_dense
 
 HALF = (torch.float16, torch.bfloat16)
@@ -431,6 +432,20 @@ def test_gpu_linear_matches_fp64(dtype, tokens, out_features, in_features, targe
     assert_flash_rule(y, *_reference_and_torch(x, w, None, "none", dtype))
 
 
+def _check_epilogue(out_features, in_features, dtype, activation, bias_dtype, out_float, tokens, target, **weight):
+    """nm_linear with one epilogue (bias in x's dtype / fp32 / none, activation, fp32 or x-dtype output) against
+    the reference, by the FlashAttention rule."""
+    w, (pv, pm) = _packed_weight(out_features, in_features, dtype, target=target, **weight)
+    x = torch.randn(tokens, in_features, dtype=dtype, device="cuda")
+    bias = None if bias_dtype is None else torch.randn(out_features, device="cuda").to(
+        dtype if bias_dtype == "x" else torch.float32)
+    out_dtype = torch.float32 if out_float else dtype
+    y = torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, out_features, in_features, bias, None, activation,
+                                       torch.float32 if out_float else None)
+    assert y.dtype == out_dtype
+    assert_flash_rule(y, *_reference_and_torch(x, w, bias, activation, out_dtype))
+
+
 @gpu
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
@@ -441,15 +456,8 @@ def test_gpu_linear_matches_fp64(dtype, tokens, out_features, in_features, targe
 def test_gpu_linear_epilogues(dtype, activation, bias_dtype, out_float, tokens, target):
     out_features, in_features = 1104, 256
     _skip_unless_runnable(target, out_features, in_features)
-    w, (pv, pm) = _packed_weight(out_features, in_features, dtype, seed=7, fill=0.8, target=target)
-    x = torch.randn(tokens, in_features, dtype=dtype, device="cuda")
-    bias = None if bias_dtype is None else torch.randn(out_features, device="cuda").to(
-        dtype if bias_dtype == "x" else torch.float32)
-    out_dtype = torch.float32 if out_float else dtype
-    y = torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, out_features, in_features, bias, None, activation,
-                                       torch.float32 if out_float else None)
-    assert y.dtype == out_dtype
-    assert_flash_rule(y, *_reference_and_torch(x, w, bias, activation, out_dtype))
+    _check_epilogue(out_features, in_features, dtype, activation, bias_dtype, out_float, tokens, target, seed=7,
+                    fill=0.8)
 
 
 @gpu
@@ -574,15 +582,7 @@ def test_gpu_decode_matches_fp64(dtype, tokens, shape, target):
 def test_gpu_decode_epilogues(dtype, activation, bias_dtype, out_float, tokens, target):
     out_features, in_features = DECODE_SHAPES[target][0]
     _skip_unless_runnable(target, out_features, in_features)
-    w, (pv, pm) = _packed_weight(out_features, in_features, dtype, seed=5, target=target)
-    x = torch.randn(tokens, in_features, dtype=dtype, device="cuda")
-    bias = None if bias_dtype is None else torch.randn(out_features, device="cuda").to(
-        dtype if bias_dtype == "x" else torch.float32)
-    out_dtype = torch.float32 if out_float else dtype
-    y = torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, out_features, in_features, bias, None, activation,
-                                       torch.float32 if out_float else None)
-    assert y.dtype == out_dtype
-    assert_flash_rule(y, *_reference_and_torch(x, w, bias, activation, out_dtype))
+    _check_epilogue(out_features, in_features, dtype, activation, bias_dtype, out_float, tokens, target, seed=5)
 
 
 @gpu
@@ -617,17 +617,7 @@ def test_gpu_linear_cuda_graph_capture(target, tokens):
     def step():
         return torch.ops.sparseflow.nm_linear(x, pv, pm, 2, 4, out_features, in_features, bias, None, "gelu")
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()  # warm-up outside the capture (first call sets kernel attributes)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y = step()
-    x.copy_(torch.randn_like(x))
-    graph.replay()
-    torch.cuda.synchronize()
+    y = capture_and_replay(step, x)
     assert_flash_rule(y, *_reference_and_torch(x, w, bias, "gelu", dtype))
 
 
