@@ -300,5 +300,26 @@ def test_meta_check_names_nm_pack():
         torch.ops.sparseflow.nm_linear(*args)
 
 
+@pytest.mark.parametrize("dtype", WEIGHT_DTYPES)
+def test_corrupted_meta_never_reads_past_the_weight(isa, dtype):
+    """The kernels step through a row's values by its meta's popcount; a corrupted meta in one of the last
+    m / n + 1 rows (the only ones that could reach past the values buffer) is rejected on every path, one
+    earlier in the weight gives wrong numbers without reading out of bounds (like corrupted values)."""
+    in_features = 100  # the last meta word covers 36 columns
+    args = list(nm_linear_args((3,), 9, in_features, 2, 4, dtype, seed=3))
+    for row, byte, value in ((8, 0, 0xFF), (7, 5, 0x00), (8, 15, 0xF0), (0, 0, 0xFF), (2, 15, 0xFF)):
+        meta = args[2].clone()
+        meta[row, byte] = value
+        if meta[row, byte] == args[2][row, byte]:
+            continue
+        bad = args[:2] + [meta] + args[3:]
+        if row < 9 - 3:
+            assert torch.ops.sparseflow.nm_linear(*bad).shape == (3, 9)
+            continue
+        with pytest.raises(IndexError, match=rf"sparseflow.nm_linear: packed_meta row {row} does not keep exactly 50 "
+                                             rf"of its 100 columns"):
+            torch.ops.sparseflow.nm_linear(*bad)
+
+
 def test_sparseflow_version_is_loaded():
     assert sparseflow.BUILD_INFO["version"]

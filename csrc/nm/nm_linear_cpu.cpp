@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <sstream>
 
 #include "nm_linear_common.h"
@@ -46,6 +47,23 @@ std::tuple<at::Tensor, at::Tensor> nm_pack_cpu(const at::Tensor& values_in, cons
   }
   // A copy even when values is contiguous: the packed weight owns its storage (no alias of the input).
   return {values_in.contiguous().clone(), meta};
+}
+
+// Whether packed_meta row r keeps exactly in_features / m * n columns and sets no bit past in_features.
+bool meta_row_ok(const LinearParams& p, int64_t r) {
+  const int64_t k = p.in_features, words = meta_row_bytes(k) / 8;
+  uint64_t allowed = ~uint64_t{0};
+  if (k % kMetaChunk != 0) {
+    allowed = 0;
+    for (int c = 0; c < k % kMetaChunk; ++c) allowed |= uint64_t{1} << meta_bit(c, p.weight == Scalar::kInt8);
+  }
+  int64_t count = 0;
+  uint64_t word = 0;
+  for (int64_t w = 0; w < words; ++w) {
+    std::memcpy(&word, p.meta + (r * words + w) * 8, 8);
+    count += __builtin_popcountll(word);
+  }
+  return count == k / p.m * p.n && (word & ~allowed) == 0;
 }
 
 at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta, int64_t n,
@@ -121,6 +139,15 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
         p.xt = dst;
       }
     }
+  }
+  // The float and portable kernels step through a row's values by the meta's popcount, so a corrupted row
+  // reads into the next one; only the last m / n rows can reach past the buffer, and those are checked here
+  // (a full check per call cost ~10 % at one token). Corrupted earlier rows give wrong numbers, like
+  // corrupted values; nm_pack always writes valid meta.
+  for (int64_t r = std::max<int64_t>(0, out_features - m / n - 1); r < out_features && in_features > 0; ++r) {
+    TORCH_CHECK_INDEX(meta_row_ok(p, r), "sparseflow.nm_linear: packed_meta row ", r, " does not keep exactly ",
+                      in_features / m * n, " of its ", in_features, " columns (corrupted packed weight? pack it with",
+                      " nm_pack)");
   }
   // Threads split the output features; each row's sum is computed the same way whatever the split.
   const int64_t work_per_row = std::max<int64_t>(1, in_features * p.tokens);
