@@ -24,17 +24,22 @@ inline __m512 load_weights(const void* values, int64_t b) {
   }
 }
 
-// One block-row of the 16x1 layout against one panel of MT tokens.
+// One block-row of the 16x1 layout against one panel of MT tokens. The panel's line for a block's input
+// channel is a random line of an L2-resident panel: prefetching it kPrefetchBlocks blocks ahead took
+// 4096x4096 fp32 at 90 % and M = 128 from 8.0 to 6.5-6.8 ms and bf16 from 7.5 to 5.9 ms (2 threads, same
+// machine). One token reads x itself (L1-resident), where the prefetch only cost time.
 template <int MT, bool kBf16>
 void row_16x1(const FloatArgs& a, int64_t r, const float* panel, int64_t m0) {
   const Weight& w = a.w;
   __m512 acc[MT], sum[MT];
   for (int t = 0; t < MT; ++t) sum[t] = _mm512_setzero_ps();
+  const int64_t last = w.rowptr[r + 1] - 1;
   for (int64_t b0 = w.rowptr[r]; b0 < w.rowptr[r + 1]; b0 += kSumChunkBlocks) {
     const int64_t b1 = std::min<int64_t>(w.rowptr[r + 1], b0 + kSumChunkBlocks);
     for (int t = 0; t < MT; ++t) acc[t] = _mm512_setzero_ps();
     for (int64_t b = b0; b < b1; ++b) {
       const float* xk = panel + int64_t(w.indices[b]) * MT;
+      if constexpr (MT > 1) prefetch_l1(panel + int64_t(w.indices[std::min(b + kPrefetchBlocks, last)]) * MT);
       const __m512 wv = load_weights<kBf16>(w.values, b);
 #pragma GCC unroll 16
       for (int t = 0; t < MT; ++t) acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(xk[t]), wv, acc[t]);
