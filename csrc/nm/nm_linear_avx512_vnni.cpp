@@ -34,11 +34,12 @@ struct Consts {
   __m512i shifts;    // lanes 2i and 2i+1 shift by 4i: nibble i -> lane 2i, nibble 8+i -> lane 2i+1
   __m512i rank_lut;  // mask -> control: byte i = rank of column i among the kept ones, or 0x80 (zero)
   __m512i pop_lut;   // mask -> popcount in every byte
-  __m512i base;      // byte offset (within the 128-bit lane) of the dword's group's spread values
+  __m512i base;        // byte offset (within the 128-bit lane) of the dword's group's spread values
+  __m512i base_bcast;  // the same for full chunks brought in by lane broadcasts (spread_bcast)
   __m512i ones;
 
-  explicit Consts(int m) {
-    alignas(64) int32_t shift[16], rank[16], pop[16], lane_base[16];
+  Consts(int n, int m) {
+    alignas(64) int32_t shift[16], rank[16], pop[16], lane_base[16], bcast_base[16];
     for (int l = 0; l < 16; ++l) {
       shift[l] = 4 * (l / 2);
       uint32_t control = 0;
@@ -51,11 +52,16 @@ struct Consts {
       pop[l] = kept * 0x01010101;
       const int b = m == 4 ? 4 * (l % 4) : 8 * ((l / 2) % 2);
       lane_base[l] = b * 0x01010101;
+      // Broadcast loads put chunk bytes 16 * (L / 2) .. + 15 in lane L when a chunk holds 32 bytes (2:4,
+      // 4:8), and bytes 0 .. 15 in every lane when it holds 16 (1:4, 2:8); group g starts at byte n * g.
+      const int group = m == 4 ? l : l / 2, lane = l / 4, chunk_bytes = 64 / m * n;
+      bcast_base[l] = (n * group - (chunk_bytes == 32 ? 16 * (lane / 2) : 0)) * 0x01010101;
     }
     shifts = _mm512_load_si512(shift);
     rank_lut = _mm512_load_si512(rank);
     pop_lut = _mm512_load_si512(pop);
     base = _mm512_load_si512(lane_base);
+    base_bcast = _mm512_load_si512(bcast_base);
     ones = _mm512_set1_epi8(1);
   }
 };
@@ -87,18 +93,41 @@ SF_ALWAYS_INLINE __m512i spread(const int8_t* v, int bytes) {
   }
 }
 
+// Whether full chunks of N:M load their kept bytes with lane broadcasts (load port, plus one masked merge for
+// 32 bytes) instead of a vpmovzx (shuffle port, the kernel's bottleneck): every pattern with 16 or 32 bytes
+// per 64 columns.
+template <int N, int M>
+constexpr bool kBroadcastSpread = 64 / M * N == 16 || 64 / M * N == 32;
+
+// The kept bytes of a full 64-column chunk by broadcasts: 32 bytes -> lane L holds bytes 16 * (L / 2) .. + 15;
+// 16 bytes -> every lane holds all of them.
+template <int N, int M>
+SF_ALWAYS_INLINE __m512i spread_bcast(const int8_t* v) {
+  const __m512i lo = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v)));
+  if constexpr (64 / M * N == 32) {
+    return _mm512_mask_broadcast_i32x4(lo, 0xFF00, _mm_loadu_si128(reinterpret_cast<const __m128i*>(v + 16)));
+  } else {
+    return lo;
+  }
+}
+
 // 64 dense int8 weights of one row from its meta word and kept bytes.
 template <int N, int M, bool kFull>
 SF_ALWAYS_INLINE __m512i densify(const Consts& k, const uint8_t* meta, const int8_t* values, int bytes) {
   long long word;
   std::memcpy(&word, meta, 8);
+  constexpr bool kBcast = kFull && kBroadcastSpread<N, M>;
   const __m512i nibbles = _mm512_srlv_epi32(_mm512_set1_epi64(word), k.shifts);
-  __m512i control = _mm512_add_epi32(_mm512_permutexvar_epi32(nibbles, k.rank_lut), k.base);
+  __m512i control = _mm512_add_epi32(_mm512_permutexvar_epi32(nibbles, k.rank_lut), kBcast ? k.base_bcast : k.base);
   if constexpr (M == 8) {
     // The upper half of a group of 8 starts after the kept bytes of its lower half.
     control = _mm512_add_epi32(control, _mm512_slli_epi64(_mm512_permutexvar_epi32(nibbles, k.pop_lut), 32));
   }
-  return _mm512_shuffle_epi8(spread<N, M, kFull>(values, bytes), control);
+  if constexpr (kBcast) {
+    return _mm512_shuffle_epi8(spread_bcast<N, M>(values), control);
+  } else {
+    return _mm512_shuffle_epi8(spread<N, M, kFull>(values, bytes), control);
+  }
 }
 
 // One 64-column chunk of a tile.
@@ -182,7 +211,7 @@ void run(const LinearParams& p, int64_t row_begin, int64_t row_end) {
   static constexpr PanelFn kPanels[kMaxTokens] = {panel<N, M, 1>, panel<N, M, 2>, panel<N, M, 3>,
                                                   panel<N, M, 4>, panel<N, M, 5>, panel<N, M, 6>,
                                                   panel<N, M, 7>, panel<N, M, 8>};
-  const Consts consts(M);
+  const Consts consts(N, M);
   const int64_t k = p.in_features;
   const int64_t row_bytes = k / M * N + meta_row_bytes(k);
   const int64_t panel_rows = std::clamp<int64_t>(kPanelBytes / std::max<int64_t>(row_bytes, 1), 24, 1024);
