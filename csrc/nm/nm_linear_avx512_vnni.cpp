@@ -30,8 +30,17 @@ constexpr int64_t kPanelBytes = 192 * 1024;
 // Rows per tile for T tokens: R*T + R accumulators (>= 8 for vpdpbusd's latency) and the constants in 32 zmm.
 constexpr int rows_for(int tokens) { return tokens <= 4 ? 4 : 2; }
 
+// Patterns with 32 kept bytes per 64 columns (2:4, 4:8) load a full chunk with one vbroadcasti64x4, which
+// leaves bytes 0-15 in lanes 0 and 2 and bytes 16-31 in lanes 1 and 3. So lane L works on the columns of
+// chunk lane kLaneOrder[L] (groups-of-4 4 kLaneOrder[L] ..), and the activations of full chunks are stored
+// with the same lane order (permuted_x).
+constexpr int kLaneOrder[4] = {0, 2, 1, 3};
+constexpr int kLaneOrderImm = 0 | 2 << 2 | 1 << 4 | 3 << 6;  // vshufi32x4 selector of that order
+constexpr int bcast_group(int dword) { return 4 * kLaneOrder[dword / 4] + dword % 4; }
+
 struct Consts {
   __m512i shifts;    // lanes 2i and 2i+1 shift by 4i: nibble i -> lane 2i, nibble 8+i -> lane 2i+1
+  __m512i shifts_bcast;  // full chunks of 32-byte patterns: dword l takes group-of-4 bcast_group(l)
   __m512i rank_lut;  // mask -> control: byte i = rank of column i among the kept ones, or 0x80 (zero)
   __m512i pop_lut;   // mask -> popcount in every byte
   __m512i base;        // byte offset (within the 128-bit lane) of the dword's group's spread values
@@ -39,7 +48,7 @@ struct Consts {
   __m512i ones;
 
   Consts(int n, int m) {
-    alignas(64) int32_t shift[16], rank[16], pop[16], lane_base[16], bcast_base[16];
+    alignas(64) int32_t shift[16], shift_bcast[16], rank[16], pop[16], lane_base[16], bcast_base[16];
     for (int l = 0; l < 16; ++l) {
       shift[l] = 4 * (l / 2);
       uint32_t control = 0;
@@ -54,14 +63,22 @@ struct Consts {
       lane_base[l] = b * 0x01010101;
       // Broadcast loads put chunk bytes 16 * (L / 2) .. + 15 in lane L when a chunk holds 32 bytes (2:4,
       // 4:8), and bytes 0 .. 15 in every lane when it holds 16 (1:4, 2:8); group g starts at byte n * g.
-      const int group = m == 4 ? l : l / 2, lane = l / 4, chunk_bytes = 64 / m * n;
-      bcast_base[l] = (n * group - (chunk_bytes == 32 ? 16 * (lane / 2) : 0)) * 0x01010101;
+      const int lane = l / 4, chunk_bytes = 64 / m * n;
+      if (chunk_bytes == 32) {  // vbroadcasti64x4: lane L holds bytes 16 * (L % 2) .. + 15
+        const int g4 = bcast_group(l), group = m == 4 ? g4 : g4 / 2;
+        shift_bcast[l] = 4 * (g4 / 2);
+        bcast_base[l] = (n * group - 16 * (lane % 2)) * 0x01010101;
+      } else {  // vbroadcasti32x4: every lane holds bytes 0 .. 15
+        shift_bcast[l] = shift[l];
+        bcast_base[l] = n * (m == 4 ? l : l / 2) * 0x01010101;
+      }
     }
     shifts = _mm512_load_si512(shift);
     rank_lut = _mm512_load_si512(rank);
     pop_lut = _mm512_load_si512(pop);
     base = _mm512_load_si512(lane_base);
     base_bcast = _mm512_load_si512(bcast_base);
+    shifts_bcast = _mm512_load_si512(shift_bcast);
     ones = _mm512_set1_epi8(1);
   }
 };
@@ -93,21 +110,19 @@ SF_ALWAYS_INLINE __m512i spread(const int8_t* v, int bytes) {
   }
 }
 
-// Whether full chunks of N:M load their kept bytes with lane broadcasts (load port, plus one masked merge for
-// 32 bytes) instead of a vpmovzx (shuffle port, the kernel's bottleneck): every pattern with 16 or 32 bytes
-// per 64 columns.
+// Whether full chunks of N:M load their kept bytes with one lane broadcast (load port only) instead of a
+// vpmovzx (shuffle port, the kernel's bottleneck): every pattern with 16 or 32 bytes per 64 columns.
 template <int N, int M>
 constexpr bool kBroadcastSpread = 64 / M * N == 16 || 64 / M * N == 32;
 
-// The kept bytes of a full 64-column chunk by broadcasts: 32 bytes -> lane L holds bytes 16 * (L / 2) .. + 15;
-// 16 bytes -> every lane holds all of them.
+// The kept bytes of a full 64-column chunk by one broadcast: 32 bytes -> lane L holds bytes 16 * (L % 2) ..
+// + 15 (see kLaneOrder); 16 bytes -> every lane holds all of them.
 template <int N, int M>
 SF_ALWAYS_INLINE __m512i spread_bcast(const int8_t* v) {
-  const __m512i lo = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v)));
   if constexpr (64 / M * N == 32) {
-    return _mm512_mask_broadcast_i32x4(lo, 0xFF00, _mm_loadu_si128(reinterpret_cast<const __m128i*>(v + 16)));
+    return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v)));
   } else {
-    return lo;
+    return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v)));
   }
 }
 
@@ -117,7 +132,7 @@ SF_ALWAYS_INLINE __m512i densify(const Consts& k, const uint8_t* meta, const int
   long long word;
   std::memcpy(&word, meta, 8);
   constexpr bool kBcast = kFull && kBroadcastSpread<N, M>;
-  const __m512i nibbles = _mm512_srlv_epi32(_mm512_set1_epi64(word), k.shifts);
+  const __m512i nibbles = _mm512_srlv_epi32(_mm512_set1_epi64(word), kBcast ? k.shifts_bcast : k.shifts);
   __m512i control = _mm512_add_epi32(_mm512_permutexvar_epi32(nibbles, k.rank_lut), kBcast ? k.base_bcast : k.base);
   if constexpr (M == 8) {
     // The upper half of a group of 8 starts after the kept bytes of its lower half.
@@ -213,6 +228,22 @@ void run(const LinearParams& p, int64_t row_begin, int64_t row_end) {
                                                   panel<N, M, 7>, panel<N, M, 8>};
   const Consts consts(N, M);
   const int64_t k = p.in_features;
+  std::vector<int8_t> permuted;
+  if constexpr (64 / M * N == 32) {  // full chunks' activations in the lanes' order (kLaneOrder)
+    permuted.resize(p.tokens * p.xq_stride);
+    for (int64_t t = 0; t < p.tokens; ++t) {
+      const int8_t* src = p.xq + t * p.xq_stride;
+      int8_t* dst = permuted.data() + t * p.xq_stride;
+      int64_t c = 0;
+      for (; c + 64 <= k; c += 64) {
+        const __m512i v = _mm512_loadu_si512(src + c);
+        _mm512_storeu_si512(dst + c, _mm512_shuffle_i32x4(v, v, kLaneOrderImm));
+      }
+      std::memcpy(dst + c, src + c, p.xq_stride - c);
+    }
+  }
+  LinearParams q = p;
+  if (!permuted.empty()) q.xq = permuted.data();
   const int64_t row_bytes = k / M * N + meta_row_bytes(k);
   const int64_t panel_rows = std::clamp<int64_t>(kPanelBytes / std::max<int64_t>(row_bytes, 1), 24, 1024);
   std::vector<int32_t> out(kMaxTokens * panel_rows);
@@ -220,7 +251,7 @@ void run(const LinearParams& p, int64_t row_begin, int64_t row_end) {
     const int64_t rows = std::min(panel_rows, row_end - j0);
     for (int64_t t0 = 0; t0 < p.tokens; t0 += kMaxTokens) {
       const int tokens = static_cast<int>(std::min<int64_t>(kMaxTokens, p.tokens - t0));
-      kPanels[tokens - 1](p, consts, j0, rows, t0, out.data(), panel_rows);
+      kPanels[tokens - 1](q, consts, j0, rows, t0, out.data(), panel_rows);
       for (int t = 0; t < tokens; ++t) store_epilogue(p, t0 + t, j0, rows, nullptr, out.data() + t * panel_rows);
     }
   }
