@@ -32,8 +32,8 @@ constexpr int rows_for(int tokens) { return tokens <= 4 ? 4 : 2; }
 
 // Patterns with 32 kept bytes per 64 columns (2:4, 4:8) load a full chunk with one vbroadcasti64x4, which
 // leaves bytes 0-15 in lanes 0 and 2 and bytes 16-31 in lanes 1 and 3. So lane L works on the columns of
-// chunk lane kLaneOrder[L] (groups-of-4 4 kLaneOrder[L] ..), and the activations of full chunks are stored
-// with the same lane order (permuted_x).
+// chunk lane kLaneOrder[L] (groups-of-4 4 kLaneOrder[L] ..), and run() copies the activations of full
+// chunks into the same lane order.
 constexpr int kLaneOrder[4] = {0, 2, 1, 3};
 constexpr int kLaneOrderImm = 0 | 2 << 2 | 1 << 4 | 3 << 6;  // vshufi32x4 selector of that order
 constexpr int bcast_group(int dword) { return 4 * kLaneOrder[dword / 4] + dword % 4; }
@@ -61,8 +61,8 @@ struct Consts {
       pop[l] = kept * 0x01010101;
       const int b = m == 4 ? 4 * (l % 4) : 8 * ((l / 2) % 2);
       lane_base[l] = b * 0x01010101;
-      // Broadcast loads put chunk bytes 16 * (L / 2) .. + 15 in lane L when a chunk holds 32 bytes (2:4,
-      // 4:8), and bytes 0 .. 15 in every lane when it holds 16 (1:4, 2:8); group g starts at byte n * g.
+      // Where the broadcast loads of spread_bcast leave a group's kept bytes (group g starts at chunk byte
+      // n * g); 32-byte chunks also take their groups in kLaneOrder.
       const int lane = l / 4, chunk_bytes = 64 / m * n;
       if (chunk_bytes == 32) {  // vbroadcasti64x4: lane L holds bytes 16 * (L % 2) .. + 15
         const int g4 = bcast_group(l), group = m == 4 ? g4 : g4 / 2;
