@@ -18,15 +18,19 @@ ISA_LEVELS = ("portable", "avx512", "avx512_vnni", "avx512_bf16", "amx")
 ISAS = ISA_LEVELS[: ISA_LEVELS.index(_C.detected_cpu_isa()) + 1]
 
 # (values dtype, canonical block, kernel); N=70 and K=300 are multiples of none of 4/16/64, and N=70 gives
-# the int8 kernel a full 16-block-row staging chunk plus a ragged one.
+# the int8 panel kernel a full 64-channel staging chunk plus a ragged one (4x1: 16 block-rows, 16x1: 4).
+# CONFIGS[::2] (the corrupted-index test) keeps both int8 layouts and every float layout.
 CONFIGS = (
     (torch.int8, (4, 1), "4x1"),
     (torch.int8, (2, 8), "4x1"),
+    (torch.int8, (16, 1), "16x1"),
+    (torch.int8, (32, 4), "auto"),
     (torch.float32, (16, 1), "16x1"),
     (torch.float32, (1, 16), "1x16"),
     (torch.float32, (3, 3), "16x1"),
     (torch.bfloat16, (16, 1), "16x1"),
     (torch.bfloat16, (4, 4), "1x16"),
+    (torch.int8, (3, 2), "16x1"),
 )
 # Token counts around the int8 decode/panel switch (8), the 16-token groups and the 64-token panels.
 TOKENS = (1, 3, 8, 9, 16, 17, 64, 65, 130)
@@ -87,8 +91,10 @@ def test_results_do_not_depend_on_thread_count(config):
     assert all(torch.equal(o, outs[0]) for o in outs[1:])
 
 
-def test_int8_accumulators_are_identical_on_every_isa(isa_guard):
-    packed, _, _ = _weight(torch.int8, (4, 1), "4x1", N=130, K=513, density=0.5)
+@pytest.mark.parametrize("block,kernel", [((4, 1), "4x1"), ((16, 1), "16x1")])
+def test_int8_accumulators_are_identical_on_every_isa(block, kernel, isa_guard):
+    packed, _, _ = _weight(torch.int8, block, kernel, N=130, K=513, density=0.5)
+    assert packed[0][1] == (1 if kernel == "4x1" else 5)  # the layout id in meta
     results = {}
     for isa in ISAS:
         _C.set_cpu_isa(isa)
@@ -154,8 +160,8 @@ def test_large_batches_split_across_tasks(isa, isa_guard):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        for dtype, block, kernel in ((torch.int8, (4, 1), "4x1"), (torch.float32, (16, 1), "16x1"),
-                                     (torch.bfloat16, (1, 16), "1x16")):
+        for dtype, block, kernel in ((torch.int8, (4, 1), "4x1"), (torch.int8, (16, 1), "16x1"),
+                                     (torch.float32, (16, 1), "16x1"), (torch.bfloat16, (1, 16), "1x16")):
             packed, scale, _ = _weight(dtype, block, kernel, N=260, K=1000, density=0.2)
             x = _x(300, 1000, torch.float32 if dtype == torch.int8 else dtype)
             out_dtype = torch.int32 if dtype == torch.int8 else None
@@ -202,8 +208,8 @@ def test_activations_over_a_wide_range(activation):
     assert_bsr_linear_close(ops.bsr_linear(*args), ref.bsr_linear(*args), args)
 
 
-@pytest.mark.parametrize("dtype,block,bytes_per_nonzero", [(torch.int8, (4, 1), 1.5), (torch.bfloat16, (16, 1), 2.125),
-                                                          (torch.float32, (16, 1), 4.125)])
+@pytest.mark.parametrize("dtype,block,bytes_per_nonzero", [(torch.int8, (4, 1), 1.5), (torch.int8, (16, 1), 1.125),
+                                                          (torch.bfloat16, (16, 1), 2.125), (torch.float32, (16, 1), 4.125)])
 def test_streamed_bytes_shrink_with_sparsity(dtype, block, bytes_per_nonzero):
     """What the small-M kernels stream per weight: values plus one 16-bit index per block."""
     N, K = 512, 2048

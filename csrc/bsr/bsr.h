@@ -14,6 +14,10 @@
 //               indices[b] = input channel k of block b; values (int8) tile t = blocks 4t..4t+3 of a row,
 //               16 bytes: byte 4c + j = W[4*row + c, k of block 4t + j], so each output channel's four
 //               weights form one dword for vpdpbusd. compensation[n] = sum_k W[n, k] (int32).
+//   kInt8_16x1  the same with 16 output channels per block: 16x4 tiles of 64 bytes, byte 4c + j =
+//               W[16*row + c, k of block 4t + j]. One zmm holds a tile and all 16 channels share the tile's
+//               four activations, so a one-token decode gathers 4 activation bytes per 64 weight bytes
+//               (4x1: 16), and the 16-bit index costs 1/8 byte per weight instead of 1/2.
 //   kF16x1      16 output channels x 1 input channel: indices[b] = k, values[b][c] = W[16*row + c, k].
 //   kF1x16      1 output channel x 16 input channels (aligned to 16): indices[b] = first k (a multiple of
 //               16), values[b][c] = W[row, k + c] (zero beyond in_features).
@@ -28,7 +32,8 @@ namespace sparseflow::bsr {
 constexpr int64_t kFormatVersion = 1;
 constexpr int64_t kMaxInFeatures = 65536;  // input-channel indices are uint16
 
-enum class Layout : int64_t { kInt8_4x1 = 1, kF16x1 = 2, kF1x16 = 3 };
+// Id 4 is the CUDA layout (bsr_cuda.h).
+enum class Layout : int64_t { kInt8_4x1 = 1, kF16x1 = 2, kF1x16 = 3, kInt8_16x1 = 5 };
 enum class DType : int64_t { kF32 = 0, kBF16 = 1, kS8 = 2, kS32 = 3 };
 enum class Activation : int { kNone = 0, kRelu = 1, kGelu = 2, kSilu = 3 };
 
@@ -44,11 +49,14 @@ struct NativeBlock {
 constexpr NativeBlock native_block(Layout l) {
   switch (l) {
     case Layout::kInt8_4x1: return {4, 1, 4};
+    case Layout::kInt8_16x1: return {16, 1, 4};
     case Layout::kF16x1: return {16, 1, 1};
     case Layout::kF1x16: return {1, 16, 1};
   }
   return {1, 1, 1};
 }
+
+constexpr bool is_int8_layout(Layout l) { return l == Layout::kInt8_4x1 || l == Layout::kInt8_16x1; }
 
 // ------------------------------------------------------------------------------------------------ pack
 
@@ -153,8 +161,8 @@ struct Int8Args {
   Weight w;
   Epilogue ep;
   int64_t M = 0;
-  const uint8_t* xq = nullptr;  // [M, K] (portable kernel)
-  const uint8_t* xp = nullptr;  // VNNI kernels: panels (kVnniPanel...) or 4-token groups (decode)
+  const uint8_t* xq = nullptr;  // [M, K] (portable kernel, 16x1 decode)
+  const uint8_t* xp = nullptr;  // VNNI kernels: panels (kVnniPanel...) or 4-token groups (4x1 decode)
   const float* x_scale = nullptr;  // [M]
   const int32_t* x_zp = nullptr;   // [M]
 };

@@ -37,6 +37,7 @@ inline at::ScalarType scalar_type(DType d) {
 inline const char* layout_name(Layout l) {
   switch (l) {
     case Layout::kInt8_4x1: return "4x1";
+    case Layout::kInt8_16x1: return "16x1";
     case Layout::kF16x1: return "16x1";
     case Layout::kF1x16: return "1x16";
   }
@@ -91,13 +92,17 @@ inline PackRequest check_pack_args(const at::Tensor& crow, const at::Tensor& col
     TORCH_CHECK_VALUE(is_int8, op, ": kernel '4x1' is the int8 VNNI layout; values are ", values.scalar_type(),
                       " (use '16x1', '1x16' or 'auto')");
     req.layout = Layout::kInt8_4x1;
-  } else if (kernel == "16x1" || kernel == "1x16") {
-    TORCH_CHECK_VALUE(!is_int8, op, ": int8 weights use kernel '4x1' (or 'auto'), got '", kernel, "'");
-    req.layout = kernel == "16x1" ? Layout::kF16x1 : Layout::kF1x16;
+  } else if (kernel == "16x1") {
+    req.layout = is_int8 ? Layout::kInt8_16x1 : Layout::kF16x1;
+  } else if (kernel == "1x16") {
+    TORCH_CHECK_VALUE(!is_int8, op, ": int8 weights use kernel '4x1' or '16x1' (or 'auto'), got '", kernel, "'");
+    req.layout = Layout::kF1x16;
   } else if (kernel == "auto") {
-    // fp32/bf16: cut along the longer side of the canonical block, so a native block spans as few
-    // canonical blocks as possible (1x16 for wide blocks, 16x1 otherwise).
-    req.layout = is_int8 ? Layout::kInt8_4x1 : C > R ? Layout::kF1x16 : Layout::kF16x1;
+    // Cut so that a native block spans as few canonical blocks as possible: fp32/bf16 along the longer side
+    // of the canonical block (1x16 for wide blocks, 16x1 otherwise); int8 16x1 when canonical block-rows
+    // are whole 16x1 block-rows (R a multiple of 16), else the finer 4x1.
+    req.layout = is_int8 ? (R % 16 == 0 ? Layout::kInt8_16x1 : Layout::kInt8_4x1)
+                         : C > R ? Layout::kF1x16 : Layout::kF16x1;
   } else {
     TORCH_CHECK_VALUE(false, op, ": kernel must be 'auto', '4x1', '16x1' or '1x16', got '", kernel, "'");
   }
@@ -163,7 +168,7 @@ inline LinearRequest check_linear_args(const at::Tensor& x, const at::Tensor& me
   TORCH_CHECK_VALUE(mp[kMetaVersion] == kFormatVersion, op, ": meta says packed-format version ", mp[kMetaVersion],
                     "; this build reads version ", kFormatVersion, " (re-pack the weight)");
   const int64_t layout = mp[kMetaLayout];
-  TORCH_CHECK_VALUE(layout >= 1 && layout <= 3, op, ": meta holds an unknown layout id ", layout);
+  TORCH_CHECK_VALUE((layout >= 1 && layout <= 3) || layout == 5, op, ": meta holds an unknown layout id ", layout);
   const int64_t dcode = mp[kMetaDtype];
   TORCH_CHECK_VALUE(dcode >= 0 && dcode <= 2, op, ": meta holds an unknown dtype code ", dcode);
   TORCH_CHECK_VALUE(mp[kMetaOut] == out_features && mp[kMetaIn] == in_features, op, ": the weight was packed for [",
@@ -180,7 +185,7 @@ inline LinearRequest check_linear_args(const at::Tensor& x, const at::Tensor& me
   w.block_rows = ceil_div(w.N, nb.rows);
   const int64_t nnz = mp[kMetaNnz];
   const bool is_int8 = w.dtype == DType::kS8;
-  TORCH_CHECK_VALUE(is_int8 == (w.layout == Layout::kInt8_4x1), op, ": meta pairs layout ", layout_name(w.layout),
+  TORCH_CHECK_VALUE(is_int8 == is_int8_layout(w.layout), op, ": meta pairs layout ", layout_name(w.layout),
                     " with dtype ", scalar_type(w.dtype));
 
   check_dtype(op, "x", x, {at::kFloat, at::kBFloat16});
@@ -200,7 +205,8 @@ inline LinearRequest check_linear_args(const at::Tensor& x, const at::Tensor& me
                     " blocks, got shape ", rowptr.sizes());
   TORCH_CHECK_VALUE(indices.dim() == 1 && indices.numel() == nnz, op, ": indices must be 1-D with the ", nnz,
                     " blocks recorded in meta, got shape ", indices.sizes());
-  const std::vector<int64_t> vshape = is_int8 ? std::vector<int64_t>{nnz / 4, 4, 4} : std::vector<int64_t>{nnz, 16};
+  const std::vector<int64_t> vshape =
+      is_int8 ? std::vector<int64_t>{nnz / 4, nb.rows, 4} : std::vector<int64_t>{nnz, 16};
   TORCH_CHECK_VALUE(values.sizes() == at::IntArrayRef(vshape) && (!is_int8 || nnz % 4 == 0), op,
                     ": values must have shape ", at::IntArrayRef(vshape), ", got ", values.sizes());
   TORCH_CHECK_VALUE(compensation.dim() == 1 && compensation.numel() == (is_int8 ? w.N : 0), op,

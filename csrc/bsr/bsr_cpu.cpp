@@ -133,9 +133,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bsr_pack_
     TORCH_CHECK_VALUE(total <= INT32_MAX, kPackOp, ": more than 2^31 packed blocks");
     rp[r + 1] = static_cast<int32_t>(total);
   }
-  const bool is_int8 = layout == Layout::kInt8_4x1;
+  const bool is_int8 = is_int8_layout(layout);
   at::Tensor indices = at::empty({total}, crow.options().dtype(at::kShort));
-  at::Tensor packed = is_int8 ? at::empty({total / 4, 4, 4}, values.options())
+  at::Tensor packed = is_int8 ? at::empty({total / 4, nb.rows, 4}, values.options())
                               : at::empty({total, int64_t(nb.rows) * nb.cols}, values.options());
   at::Tensor compensation = at::zeros({is_int8 ? out_features : 0}, crow.options());
   auto* idx = reinterpret_cast<uint16_t*>(indices.data_ptr<int16_t>());
@@ -264,11 +264,13 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
   a.x_scale = q.scale;
   a.x_zp = q.zp;
   if (isa >= CpuIsa::kAvx512Vnni && M <= kInt8DecodeMaxTokens) {
-    const int64_t groups = ceil_div(M, kVnniGroupTokens);
-    uint8_t* xp = scratch.get<uint8_t>(kSlotPanels, groups * K * kVnniGroupTokens);
     quantize(0, M);  // a few tokens: not worth waking the pool
-    build_groups_u8_avx512(q.xq, M, K, xp, 0, groups);
-    a.xp = xp;
+    if (w.layout == Layout::kInt8_4x1) {  // the 16x1 decode reads the quantized rows themselves
+      const int64_t groups = ceil_div(M, kVnniGroupTokens);
+      uint8_t* xp = scratch.get<uint8_t>(kSlotPanels, groups * K * kVnniGroupTokens);
+      build_groups_u8_avx512(q.xq, M, K, xp, 0, groups);
+      a.xp = xp;
+    }
     return run_tasks(w, M, 1, [&](int64_t b, int64_t e, int64_t) { return linear_int8_vnni_decode(a, b, e, 0, M); });
   }
   if (isa >= CpuIsa::kAvx512Vnni) {

@@ -12,6 +12,11 @@
 // 4 tiles; 16 dword loads fetch, for 4 tokens at once, the activations of their 16 input channels, and a
 // vpshufb per token turns them into each tile's (x[k0], x[k1], x[k2], x[k3]) dword. Weight bytes streamed
 // per non-zero: 1 + 2/4 (16-bit index per 4x1 block).
+//
+// The 16x1 layout (16x4 tiles) runs the same panel kernel on each tile's four 4-channel slices. Its decode
+// kernel has lanes = the tile's 16 output channels: one zmm load per tile, and per token one dword of the
+// tile's 4 activations, built from 4 byte loads and broadcast to every lane (4 gathered bytes per 64 weight
+// bytes instead of 16). Bytes per non-zero: 1 + 2/16.
 #include <algorithm>
 #include <vector>
 
@@ -31,13 +36,13 @@ inline int32_t weight_dword(const int8_t* tile, int c) {
 // Block-rows whose raw accumulators are staged before one finishing pass: the pass transposes them to
 // token-major order and writes 64 contiguous channels per token, instead of 16 bytes into each of 64 token
 // rows per block-row (which thrashed the TLB: output rows are out_features * 4 bytes apart).
-constexpr int kStageRows = 16;
-constexpr int kStageChannels = 4 * kStageRows;
+constexpr int kStageChannels = 64;
 
-// One block-row against one 64-token panel, of which Q groups of 16 tokens are in use; raw accumulators go
-// to stage[c][16q .. 16q + 15] for the row's channels c. The caller has checked the block-row's indices.
-template <int Q>
-void row_panel(const Weight& w, int64_t r, const uint8_t* panel, int32_t* stage) {
+// Channels [4s, 4s + 4) of one block-row (tiles of kRows channels) against one 64-token panel, of which Q
+// groups of 16 tokens are in use; raw accumulators go to stage[c][16q .. 16q + 15] for those channels c.
+// The caller has checked the block-row's indices.
+template <int kRows, int Q>
+void row_panel(const Weight& w, int64_t r, int s, const uint8_t* panel, int32_t* stage) {
   const auto* values = static_cast<const int8_t*>(w.values);
   __m512i acc[4][Q];
   for (int c = 0; c < 4; ++c)
@@ -57,10 +62,10 @@ void row_panel(const Weight& w, int64_t r, const uint8_t* panel, int32_t* stage)
       x[2] = _mm512_unpacklo_epi16(t1, t3);
       if constexpr (Q > 3) x[3] = _mm512_unpackhi_epi16(t1, t3);
     }
-    const int8_t* tile = values + b * 4;
+    const int8_t* tile = values + b * kRows;  // tile b / 4 holds 4 * kRows bytes
 #pragma GCC unroll 4
     for (int c = 0; c < 4; ++c) {
-      const __m512i wc = _mm512_set1_epi32(weight_dword(tile, c));
+      const __m512i wc = _mm512_set1_epi32(weight_dword(tile, 4 * s + c));
 #pragma GCC unroll 4
       for (int q = 0; q < Q; ++q) acc[c][q] = dpbusd(acc[c][q], x[q], wc);
     }
@@ -202,28 +207,101 @@ uint32_t rows_decode(const Int8Args& a, int64_t br_begin, int64_t br_end) {
   return max_index;
 }
 
+// Decode on the 16x1 layout for MT tokens of xq [MT, K]: per block-row, MT accumulators whose lanes are
+// its 16 channels; U independent chains per token hide the vpdpbusd latency when MT is small.
+template <int MT>
+uint32_t rows_decode_16x1(const Int8Args& a, int64_t br_begin, int64_t br_end) {
+  constexpr int U = MT >= 4 ? 1 : 4 / MT;
+  const Weight& w = a.w;
+  const auto* values = static_cast<const int8_t*>(w.values);
+  const int64_t esize = a.ep.out == DType::kBF16 ? 2 : 4;
+  uint32_t max_index = 0;
+  for (int64_t r = br_begin; r < br_end; ++r) {
+    const int64_t begin = w.rowptr[r], end = w.rowptr[r + 1];
+    const uint32_t mi = max_u16(w.indices + begin, end - begin);
+    max_index = std::max(max_index, mi);
+    if (mi >= w.K && end > begin) continue;  // corrupted: reported by the caller, never read
+    __m512i acc[MT][U];
+    for (int t = 0; t < MT; ++t)
+      for (int u = 0; u < U; ++u) acc[t][u] = _mm512_setzero_si512();
+    auto tile = [&](int64_t b, int u) {
+      const __m512i wv = _mm512_loadu_si512(values + b * 16);
+      uint64_t k4;  // the tile's four 16-bit indices in one load
+      __builtin_memcpy(&k4, w.indices + b, 8);
+      const uint32_t k0 = k4 & 0xffff, k1 = (k4 >> 16) & 0xffff, k2 = (k4 >> 32) & 0xffff, k3 = k4 >> 48;
+#pragma GCC unroll 8
+      for (int t = 0; t < MT; ++t) {
+        const uint8_t* x = a.xq + t * w.K;
+        const uint32_t d = x[k0] | uint32_t(x[k1]) << 8 | uint32_t(x[k2]) << 16 | uint32_t(x[k3]) << 24;
+        acc[t][u] = dpbusd(acc[t][u], _mm512_set1_epi32(int(d)), wv);
+      }
+    };
+    int64_t b = begin;
+    for (; b + 4 * U <= end; b += 4 * U) {
+#pragma GCC unroll 4
+      for (int u = 0; u < U; ++u) tile(b + 4 * u, u);
+    }
+    for (; b < end; b += 4) tile(b, 0);
+
+    const int64_t n0 = r * 16, rows = std::min<int64_t>(16, w.N - n0);
+    const __mmask16 cm = lanes16(rows);
+    const __m512i comp = _mm512_maskz_loadu_epi32(cm, w.compensation + n0);
+    const bool raw = a.ep.out == DType::kS32;
+    const __m512 sw = raw ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(cm, w.scale + n0);
+    const __m512 bias = a.ep.bias != nullptr ? _mm512_maskz_loadu_ps(cm, a.ep.bias + n0) : _mm512_setzero_ps();
+    for (int t = 0; t < MT; ++t) {
+      __m512i v = acc[t][0];
+      for (int u = 1; u < U; ++u) v = _mm512_add_epi32(v, acc[t][u]);
+      v = _mm512_sub_epi32(v, _mm512_mullo_epi32(_mm512_set1_epi32(a.x_zp[t]), comp));
+      char* y = static_cast<char*>(a.ep.y) + (t * a.ep.ldy + n0) * esize;
+      if (raw) {
+        _mm512_mask_storeu_epi32(y, cm, v);
+        continue;
+      }
+      const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(_mm512_set1_ps(a.x_scale[t]), sw), bias);
+      store_lanes(activate_ps(f, a.ep.act), a.ep.out, y, rows);
+    }
+  }
+  return max_index;
+}
+
 }  // namespace
 
 uint32_t linear_int8_vnni(const Int8Args& a, int64_t br_begin, int64_t br_end, int64_t p_begin, int64_t p_end) {
   const Weight& w = a.w;
   alignas(64) int32_t stage[kStageChannels * kVnniPanelTokens];
   uint32_t max_index = 0;
-  for (int64_t r0 = br_begin; r0 < br_end; r0 += kStageRows) {
-    const int64_t r1 = std::min(br_end, r0 + kStageRows);
+  const bool wide = w.layout == Layout::kInt8_16x1;
+  const int tile_rows = wide ? 16 : 4;
+  const int64_t stage_rows = kStageChannels / tile_rows;
+  for (int64_t r0 = br_begin; r0 < br_end; r0 += stage_rows) {
+    const int64_t r1 = std::min(br_end, r0 + stage_rows);
     const uint32_t mi = max_u16(w.indices + w.rowptr[r0], w.rowptr[r1] - w.rowptr[r0]);
     max_index = std::max(max_index, mi);
     if (mi >= w.K && w.rowptr[r1] > w.rowptr[r0]) continue;  // corrupted: reported by the caller, never read
-    const int64_t n0 = r0 * 4, channels = std::min(w.N, r1 * 4) - n0;
+    const int64_t n0 = r0 * tile_rows, channels = std::min(w.N, r1 * tile_rows) - n0;
     for (int64_t p = p_begin; p < p_end; ++p) {
       const int64_t m0 = p * kVnniPanelTokens, tokens = std::min<int64_t>(kVnniPanelTokens, a.M - m0);
       const uint8_t* panel = a.xp + m0 * w.K;
+      const int q = int((tokens + 15) / 16);
       for (int64_t r = r0; r < r1; ++r) {
-        int32_t* st = stage + (r - r0) * 4 * kVnniPanelTokens;
-        switch ((tokens + 15) / 16) {
-          case 1: row_panel<1>(w, r, panel, st); break;
-          case 2: row_panel<2>(w, r, panel, st); break;
-          case 3: row_panel<3>(w, r, panel, st); break;
-          default: row_panel<4>(w, r, panel, st); break;
+        for (int s = 0; s < tile_rows / 4; ++s) {
+          int32_t* st = stage + ((r - r0) * tile_rows + 4 * s) * kVnniPanelTokens;
+          if (wide) {
+            switch (q) {
+              case 1: row_panel<16, 1>(w, r, s, panel, st); break;
+              case 2: row_panel<16, 2>(w, r, s, panel, st); break;
+              case 3: row_panel<16, 3>(w, r, s, panel, st); break;
+              default: row_panel<16, 4>(w, r, s, panel, st); break;
+            }
+          } else {
+            switch (q) {
+              case 1: row_panel<4, 1>(w, r, s, panel, st); break;
+              case 2: row_panel<4, 2>(w, r, s, panel, st); break;
+              case 3: row_panel<4, 3>(w, r, s, panel, st); break;
+              default: row_panel<4, 4>(w, r, s, panel, st); break;
+            }
+          }
         }
       }
       finish_stage(a, stage, n0, channels, m0, tokens);
@@ -234,11 +312,22 @@ uint32_t linear_int8_vnni(const Int8Args& a, int64_t br_begin, int64_t br_end, i
 
 uint32_t linear_int8_vnni_decode(const Int8Args& a, int64_t br_begin, int64_t br_end, int64_t m_begin,
                                  int64_t m_end) {
-  Int8Args s = a;  // the decode kernel indexes tokens from 0
+  Int8Args s = a;  // the decode kernels index tokens from 0
   s.xp = a.xp + m_begin * a.w.K;
+  s.xq = a.xq + m_begin * a.w.K;
   s.x_scale = a.x_scale + m_begin;
   s.x_zp = a.x_zp + m_begin;
   s.ep.y = static_cast<char*>(a.ep.y) + m_begin * a.ep.ldy * (a.ep.out == DType::kBF16 ? 2 : 4);
+  if (a.w.layout == Layout::kInt8_16x1) {
+    switch (m_end - m_begin) {
+#define SPARSEFLOW_CASE(n) \
+  case n: return rows_decode_16x1<n>(s, br_begin, br_end);
+      SPARSEFLOW_CASE(1) SPARSEFLOW_CASE(2) SPARSEFLOW_CASE(3) SPARSEFLOW_CASE(4) SPARSEFLOW_CASE(5)
+      SPARSEFLOW_CASE(6) SPARSEFLOW_CASE(7) SPARSEFLOW_CASE(8)
+#undef SPARSEFLOW_CASE
+    }
+    return 0;
+  }
   switch (m_end - m_begin) {
 #define SPARSEFLOW_CASE(n) \
   case n: return rows_decode<n>(s, br_begin, br_end);

@@ -63,19 +63,20 @@ uint32_t linear_int8_portable(const Int8Args& a, int64_t br_begin, int64_t br_en
                               int64_t m_end) {
   const Weight& w = a.w;
   const auto* values = static_cast<const int8_t*>(w.values);
+  const int64_t tile_rows = native_block(w.layout).rows;  // 4x1 or 16x1: tiles of tile_rows x 4 blocks
   uint32_t max_index = 0;
   for (int64_t r = br_begin; r < br_end; ++r) {
-    const int64_t row0 = r * 4;
-    const int64_t rows = std::min<int64_t>(4, w.N - row0);
+    const int64_t row0 = r * tile_rows;
+    const int64_t rows = std::min<int64_t>(tile_rows, w.N - row0);
     for (int64_t m = m_begin; m < m_end; ++m) {
       const uint8_t* xq = a.xq + m * w.K;
-      int64_t acc[4] = {};
+      int64_t acc[16] = {};
       for (int64_t b = w.rowptr[r]; b < w.rowptr[r + 1]; ++b) {
         const uint32_t k = w.indices[b];
         max_index = std::max(max_index, k);
         const int64_t xv = xq[std::min<int64_t>(k, w.K - 1)];
-        const int8_t* tile = values + (b / 4) * 16 + (b % 4);
-        for (int c = 0; c < 4; ++c) acc[c] += xv * tile[c * 4];
+        const int8_t* tile = values + (b / 4) * 4 * tile_rows + (b % 4);
+        for (int64_t c = 0; c < tile_rows; ++c) acc[c] += xv * tile[c * 4];
       }
       for (int64_t c = 0; c < rows; ++c) {
         const int64_t comp = int64_t(a.x_zp[m]) * w.compensation[row0 + c];

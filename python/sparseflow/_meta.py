@@ -98,16 +98,23 @@ def _bsr_pack_fake(crow, col, values, out_features, in_features, kernel="auto"):
     if col.shape[0] != values.shape[0]:
         raise ValueError(f"{op}: col and values must describe the same blocks")
     is_int8 = values.dtype == torch.int8
-    if kernel not in ("auto", "4x1", "16x1", "1x16") or (kernel == "4x1") != (is_int8 and kernel != "auto"):
-        raise ValueError(f"{op}: kernel {kernel!r} does not fit {values.dtype} weights")
-    rows = 4 if is_int8 else (1 if kernel == "1x16" or (kernel == "auto" and C > R) else 16)
+    if kernel not in ("auto", "4x1", "16x1", "1x16"):
+        raise ValueError(f"{op}: kernel must be 'auto', '4x1', '16x1' or '1x16', got {kernel!r}")
+    if kernel == "4x1" and not is_int8:
+        raise ValueError(f"{op}: kernel '4x1' is the int8 VNNI layout; values are {values.dtype}")
+    if kernel == "1x16" and is_int8:
+        raise ValueError(f"{op}: int8 weights use kernel '4x1' or '16x1' (or 'auto'), got {kernel!r}")
+    if is_int8:
+        rows = 16 if kernel == "16x1" or (kernel == "auto" and R % 16 == 0) else 4
+    else:
+        rows = 1 if kernel == "1x16" or (kernel == "auto" and C > R) else 16
     ctx = torch.library.get_ctx()
     tiles = ctx.new_dynamic_size()
     nnz = tiles * 4 if is_int8 else tiles
     meta = crow.new_empty((8,), dtype=torch.int64)
     rowptr = crow.new_empty((_ceil_div(out_features, rows) + 1,))
     indices = crow.new_empty((nnz,), dtype=torch.int16)
-    packed = values.new_empty((tiles, 4, 4) if is_int8 else (nnz, 16))
+    packed = values.new_empty((tiles, rows, 4) if is_int8 else (nnz, 16))
     compensation = crow.new_empty((out_features if is_int8 else 0,))
     return meta, rowptr, indices, packed, compensation
 

@@ -256,6 +256,10 @@ BSR_CASES = (
     (13, 37, 4, 1, 0.5, torch.int8, "auto"),
     (40, 70, 1, 1, 0.3, torch.int8, "4x1"),
     (9, 21, 3, 5, 0.6, torch.int8, "auto"),
+    (37, 70, 16, 1, 0.5, torch.int8, "auto"),
+    (50, 131, 32, 2, 0.3, torch.int8, "auto"),
+    (21, 37, 2, 3, 0.5, torch.int8, "16x1"),
+    (6, 10, 16, 1, 0.0, torch.int8, "auto"),
     (33, 100, 16, 1, 0.4, torch.float32, "auto"),
     (20, 45, 1, 16, 0.5, torch.float32, "auto"),
     (17, 19, 2, 3, 0.5, torch.float32, "16x1"),
@@ -336,7 +340,8 @@ def _bsr_pack_bad(device):
     else:
         yield BadSample((crow, col, values, 8, 16, "4x1"), ValueError, r"kernel '4x1' is the int8 VNNI layout")
         yield BadSample((crow, col, values, 8, 16, "2x2"), ValueError, r"kernel must be 'auto'")
-        yield BadSample((crow, col, values.to(torch.int8), 8, 16, "16x1"), ValueError, r"int8 weights use kernel '4x1'")
+        yield BadSample((crow, col, values.to(torch.int8), 8, 16, "1x16"), ValueError,
+                        r"int8 weights use kernel '4x1' or '16x1'")
     full = random_bsr(8, 16, 4, 4, 1.0, torch.float16 if cuda else torch.float32, device)
     bad_col = full[1].clone()
     bad_col[5] = 4

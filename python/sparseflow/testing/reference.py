@@ -115,8 +115,9 @@ def nm_decompress(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -
 
 BSR_VALUE_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
 BSR_FORMAT_VERSION = 1
-BSR_LAYOUTS = {1: "4x1", 2: "16x1", 3: "1x16"}
-_BSR_NATIVE = {"4x1": (4, 1, 4), "16x1": (16, 1, 1), "1x16": (1, 16, 1)}  # rows, cols, blocks per tile
+BSR_LAYOUTS = {1: "4x1", 2: "16x1", 3: "1x16", 5: "int8 16x1"}
+_BSR_NATIVE = {"4x1": (4, 1, 4), "16x1": (16, 1, 1), "1x16": (1, 16, 1), "int8 16x1": (16, 1, 4)}  # rows, cols, blocks per tile
+_BSR_INT8_LAYOUTS = ("4x1", "int8 16x1")
 _BSR_DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 BSR_MAX_IN_FEATURES = 65536
 ACTIVATIONS = ("none", "relu", "gelu", "silu")
@@ -156,7 +157,8 @@ def _check_canonical(crow, col, values, out_features, in_features, kernel):
     if len(col) != nnz:
         raise ValueError(f"col has {len(col)} entries for {nnz} blocks")
     is_int8 = values.dtype == torch.int8
-    if kernel not in ("auto", "4x1", "16x1", "1x16") or (kernel == "4x1") != (is_int8 and kernel != "auto"):
+    if kernel not in ("auto", "4x1", "16x1", "1x16") or (kernel == "4x1" and not is_int8) or (
+            kernel == "1x16" and is_int8):
         raise ValueError(f"kernel {kernel!r} does not fit {values.dtype} weights")
     crow_l, col_l = crow.long().cpu(), col.long().cpu()
     if crow_l[0] != 0 or (crow_l.diff() < 0).any() or crow_l[-1] != nnz:
@@ -166,8 +168,8 @@ def _check_canonical(crow, col, values, out_features, in_features, kernel):
     for b in range(len(crow_l) - 1):
         if (col_l[crow_l[b]:crow_l[b + 1]].diff() <= 0).any():
             raise IndexError(f"col must be strictly ascending in block-row {b}")
-    if is_int8:
-        return "4x1"
+    if is_int8:  # int8 16x1 tiles are 16x4; 'auto' takes them when canonical blocks cover whole 16-row strips
+        return "int8 16x1" if kernel == "16x1" or (kernel == "auto" and R % 16 == 0) else "4x1"
     if kernel != "auto":
         return kernel
     return "1x16" if C > R else "16x1"
@@ -196,15 +198,15 @@ def bsr_pack(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, out_fe
         b[b == 0] = 0  # -0.0 is stored as +0.0
         rowptr.append(rowptr[-1] + count)
         indices.append(kc * cols)
-        if layout == "4x1":  # tile t: byte 4c + j = W[4r + c, k of block 4t + j]
-            vals.append(b.reshape(count // 4, 4, 4).transpose(1, 2).reshape(count // 4, 4, 4))
+        if layout in _BSR_INT8_LAYOUTS:  # tile t: byte 4c + j = W[rows * r + c, k of block 4t + j]
+            vals.append(b.reshape(count // 4, 4, rows).transpose(1, 2).contiguous())
         else:
             vals.append(b.reshape(count, 16))
     nnz = rowptr[-1]
     indices = torch.cat(indices).to(torch.int16) if indices else torch.zeros(0, dtype=torch.int16)
-    empty_shape = (0, 4, 4) if layout == "4x1" else (0, 16)
+    empty_shape = (0, rows, 4) if layout in _BSR_INT8_LAYOUTS else (0, 16)
     values_out = torch.cat(vals) if vals else torch.zeros(empty_shape, dtype=dense.dtype)
-    compensation = (dense.to(torch.int32).sum(1, dtype=torch.int32) if layout == "4x1"
+    compensation = (dense.to(torch.int32).sum(1, dtype=torch.int32) if layout in _BSR_INT8_LAYOUTS
                     else torch.zeros(0, dtype=torch.int32))
     layout_id = {v: k for k, v in BSR_LAYOUTS.items()}[layout]
     meta = torch.tensor([BSR_FORMAT_VERSION, layout_id, _BSR_DTYPE_CODE[dense.dtype], N, K, nnz, 0, 0])
@@ -311,7 +313,7 @@ def bsr_unpack(meta, rowptr, indices, packed_values, compensation, out_features:
         raise ValueError(f"the weight was packed for [{N}, {K}], not [{out_features}, {in_features}]")
     layout = BSR_LAYOUTS[layout_id]
     dtype = {v: k for k, v in _BSR_DTYPE_CODE.items()}[dcode]
-    if (dtype == torch.int8) != (layout == "4x1"):
+    if (dtype == torch.int8) != (layout in _BSR_INT8_LAYOUTS):
         raise ValueError("meta pairs an int8 layout with a float dtype or vice versa")
     if packed_values.dtype != dtype:
         raise TypeError(f"packed_values must be {dtype}, got {packed_values.dtype}")
@@ -319,9 +321,10 @@ def bsr_unpack(meta, rowptr, indices, packed_values, compensation, out_features:
         raise TypeError("rowptr must be int32, indices int16 and compensation int32")
     rows, cols, group = _BSR_NATIVE[layout]
     block_rows = _ceil_div(N, rows)
-    vshape = (nnz // 4, 4, 4) if layout == "4x1" else (nnz, 16)
+    is_int8 = layout in _BSR_INT8_LAYOUTS
+    vshape = (nnz // 4, rows, 4) if is_int8 else (nnz, 16)
     if (rowptr.shape != (block_rows + 1,) or indices.shape != (nnz,) or packed_values.shape != vshape
-            or nnz % group or compensation.shape != ((N,) if layout == "4x1" else (0,))):
+            or nnz % group or compensation.shape != ((N,) if is_int8 else (0,))):
         raise ValueError("the packed tensors' shapes do not match meta")
     rp = rowptr.long().cpu()
     counts = rp.diff()
@@ -330,8 +333,8 @@ def bsr_unpack(meta, rowptr, indices, packed_values, compensation, out_features:
     idx = indices.long().cpu() & 0xFFFF
     if nnz and idx.max() >= K:
         raise IndexError(f"a packed index is {int(idx.max())}, out of range for in_features={K}")
-    if layout == "4x1":
-        blocks = packed_values.cpu().reshape(-1, 4, 4).transpose(1, 2).reshape(nnz, 4, 1)
+    if is_int8:
+        blocks = packed_values.cpu().transpose(1, 2).reshape(nnz, rows, 1)
     else:
         blocks = packed_values.cpu().reshape(nnz, rows, cols)
     dense = torch.zeros(block_rows * rows, K + cols, dtype=torch.float64)
