@@ -19,6 +19,10 @@ namespace {
 // tokens); larger ones the panel kernel (lanes = tokens). Measured crossover on AVX512_VNNI: see
 // python/sparseflow/bench/cpu_linear.py.
 constexpr int64_t kInt8DecodeMaxTokens = 8;
+// The 16x1 layout's panel kernel interleaves each tile's activations once for 16 channels, so it wins
+// from fewer tokens: 4096^2, 2 threads, 50-70 % sparsity, panel vs decode 0.85-0.95x at M = 8, 1.1-1.2x
+// at M = 5-6 (90 %: decode faster up to 8).
+constexpr int64_t kInt8Decode16x1MaxTokens = 6;
 // Tokens per task along M: the activation panels a thread re-reads for each of its block-rows stay in L2
 // (16 tokens x K=4096 fp32 = 256 KiB per panel).
 constexpr int64_t kFloatTokensPerTask = 32;
@@ -263,7 +267,8 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
   a.xq = q.xq;
   a.x_scale = q.scale;
   a.x_zp = q.zp;
-  if (isa >= CpuIsa::kAvx512Vnni && M <= kInt8DecodeMaxTokens) {
+  const int64_t decode_max = w.layout == Layout::kInt8_16x1 ? kInt8Decode16x1MaxTokens : kInt8DecodeMaxTokens;
+  if (isa >= CpuIsa::kAvx512Vnni && M <= decode_max) {
     quantize(0, M);  // a few tokens: not worth waking the pool
     if (w.layout == Layout::kInt8_4x1) {  // the 16x1 decode reads the quantized rows themselves
       const int64_t groups = ceil_div(M, kVnniGroupTokens);

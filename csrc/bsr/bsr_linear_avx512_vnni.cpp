@@ -38,14 +38,16 @@ inline int32_t weight_dword(const int8_t* tile, int c) {
 // rows per block-row (which thrashed the TLB: output rows are out_features * 4 bytes apart).
 constexpr int kStageChannels = 64;
 
-// Channels [4s, 4s + 4) of one block-row (tiles of kRows channels) against one 64-token panel, of which Q
-// groups of 16 tokens are in use; raw accumulators go to stage[c][16q .. 16q + 15] for those channels c.
-// The caller has checked the block-row's indices.
-template <int kRows, int Q>
-void row_panel(const Weight& w, int64_t r, int s, const uint8_t* panel, int32_t* stage) {
+// Channels [c0, c0 + kCh) of one block-row (tiles of kRows channels) against one 64-token panel, of which
+// Q groups of 16 tokens are in use; raw accumulators go to stage[c - c0][16q .. 16q + 15]. kCh x Q <= 16
+// accumulators, so a 16x1 tile's activation dwords are interleaved once for all its 16 channels when
+// Q = 1 and once per 8 when Q = 2. The caller has checked the block-row's indices.
+template <int kRows, int kCh, int Q>
+void row_panel(const Weight& w, int64_t r, int c0, const uint8_t* panel, int32_t* stage) {
+  static_assert(kCh * Q <= 16 && kRows % kCh == 0);
   const auto* values = static_cast<const int8_t*>(w.values);
-  __m512i acc[4][Q];
-  for (int c = 0; c < 4; ++c)
+  __m512i acc[kCh][Q];
+  for (int c = 0; c < kCh; ++c)
     for (int q = 0; q < Q; ++q) acc[c][q] = _mm512_setzero_si512();
   for (int64_t b = w.rowptr[r]; b < w.rowptr[r + 1]; b += 4) {
     const uint16_t* k = w.indices + b;
@@ -63,15 +65,31 @@ void row_panel(const Weight& w, int64_t r, int s, const uint8_t* panel, int32_t*
       if constexpr (Q > 3) x[3] = _mm512_unpackhi_epi16(t1, t3);
     }
     const int8_t* tile = values + b * kRows;  // tile b / 4 holds 4 * kRows bytes
-#pragma GCC unroll 4
-    for (int c = 0; c < 4; ++c) {
-      const __m512i wc = _mm512_set1_epi32(weight_dword(tile, 4 * s + c));
+#pragma GCC unroll 16
+    for (int c = 0; c < kCh; ++c) {
+      const __m512i wc = _mm512_set1_epi32(weight_dword(tile, c0 + c));
 #pragma GCC unroll 4
       for (int q = 0; q < Q; ++q) acc[c][q] = dpbusd(acc[c][q], x[q], wc);
     }
   }
-  for (int c = 0; c < 4; ++c)
+  for (int c = 0; c < kCh; ++c)
     for (int q = 0; q < Q; ++q) _mm512_store_si512(stage + c * kVnniPanelTokens + 16 * q, acc[c][q]);
+}
+
+// A whole block-row against a panel with q groups of 16 tokens in use, in passes of as many channels as
+// the accumulators allow.
+template <int kRows>
+void row_panels(const Weight& w, int64_t r, int q, const uint8_t* panel, int32_t* stage) {
+  auto passes = [&]<int kCh, int Q>() {
+    for (int c0 = 0; c0 < kRows; c0 += kCh) row_panel<kRows, kCh, Q>(w, r, c0, panel, stage + c0 * kVnniPanelTokens);
+  };
+  constexpr int kCh1 = kRows, kCh2 = kRows < 8 ? kRows : 8;
+  switch (q) {
+    case 1: return passes.template operator()<kCh1, 1>();
+    case 2: return passes.template operator()<kCh2, 2>();
+    case 3: return passes.template operator()<4, 3>();
+    default: return passes.template operator()<4, 4>();
+  }
 }
 
 // Dequantizes the staged accumulators of channels [n0, n0 + channels) and tokens [m0, m0 + tokens) and
@@ -285,23 +303,11 @@ uint32_t linear_int8_vnni(const Int8Args& a, int64_t br_begin, int64_t br_end, i
       const uint8_t* panel = a.xp + m0 * w.K;
       const int q = int((tokens + 15) / 16);
       for (int64_t r = r0; r < r1; ++r) {
-        for (int s = 0; s < tile_rows / 4; ++s) {
-          int32_t* st = stage + ((r - r0) * tile_rows + 4 * s) * kVnniPanelTokens;
-          if (wide) {
-            switch (q) {
-              case 1: row_panel<16, 1>(w, r, s, panel, st); break;
-              case 2: row_panel<16, 2>(w, r, s, panel, st); break;
-              case 3: row_panel<16, 3>(w, r, s, panel, st); break;
-              default: row_panel<16, 4>(w, r, s, panel, st); break;
-            }
-          } else {
-            switch (q) {
-              case 1: row_panel<4, 1>(w, r, s, panel, st); break;
-              case 2: row_panel<4, 2>(w, r, s, panel, st); break;
-              case 3: row_panel<4, 3>(w, r, s, panel, st); break;
-              default: row_panel<4, 4>(w, r, s, panel, st); break;
-            }
-          }
+        int32_t* st = stage + (r - r0) * tile_rows * kVnniPanelTokens;
+        if (wide) {
+          row_panels<16>(w, r, q, panel, st);
+        } else {
+          row_panels<4>(w, r, q, panel, st);
         }
       }
       finish_stage(a, stage, n0, channels, m0, tokens);
@@ -323,7 +329,7 @@ uint32_t linear_int8_vnni_decode(const Int8Args& a, int64_t br_begin, int64_t br
 #define SPARSEFLOW_CASE(n) \
   case n: return rows_decode_16x1<n>(s, br_begin, br_end);
       SPARSEFLOW_CASE(1) SPARSEFLOW_CASE(2) SPARSEFLOW_CASE(3) SPARSEFLOW_CASE(4) SPARSEFLOW_CASE(5)
-      SPARSEFLOW_CASE(6) SPARSEFLOW_CASE(7) SPARSEFLOW_CASE(8)
+      SPARSEFLOW_CASE(6)  // kInt8Decode16x1MaxTokens in bsr_cpu.cpp
 #undef SPARSEFLOW_CASE
     }
     return 0;
