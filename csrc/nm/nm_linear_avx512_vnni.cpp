@@ -15,6 +15,7 @@
 
 #include "nm.h"
 #include "nm_linear_simd.h"
+#include "nm_linear_vnni.h"
 
 namespace sparseflow::nm {
 
@@ -32,8 +33,8 @@ constexpr int rows_for(int tokens) { return tokens <= 4 ? 4 : 2; }
 
 // Patterns with 32 kept bytes per 64 columns (2:4, 4:8) load a full chunk with one vbroadcasti64x4, which
 // leaves bytes 0-15 in lanes 0 and 2 and bytes 16-31 in lanes 1 and 3. So lane L works on the columns of
-// chunk lane kLaneOrder[L] (groups-of-4 4 kLaneOrder[L] ..), and run() copies the activations of full
-// chunks into the same lane order.
+// chunk lane kLaneOrder[L] (groups-of-4 4 kLaneOrder[L] ..), and vnni_order_activations puts the
+// activations of full chunks in the same lane order once per call.
 constexpr int kLaneOrder[4] = {0, 2, 1, 3};
 constexpr int kLaneOrderImm = 0 | 2 << 2 | 1 << 4 | 3 << 6;  // vshufi32x4 selector of that order
 constexpr int bcast_group(int dword) { return 4 * kLaneOrder[dword / 4] + dword % 4; }
@@ -228,22 +229,6 @@ void run(const LinearParams& p, int64_t row_begin, int64_t row_end) {
                                                   panel<N, M, 7>, panel<N, M, 8>};
   const Consts consts(N, M);
   const int64_t k = p.in_features;
-  std::vector<int8_t> permuted;
-  if constexpr (64 / M * N == 32) {  // full chunks' activations in the lanes' order (kLaneOrder)
-    permuted.resize(p.tokens * p.xq_stride);
-    for (int64_t t = 0; t < p.tokens; ++t) {
-      const int8_t* src = p.xq + t * p.xq_stride;
-      int8_t* dst = permuted.data() + t * p.xq_stride;
-      int64_t c = 0;
-      for (; c + 64 <= k; c += 64) {
-        const __m512i v = _mm512_loadu_si512(src + c);
-        _mm512_storeu_si512(dst + c, _mm512_shuffle_i32x4(v, v, kLaneOrderImm));
-      }
-      std::memcpy(dst + c, src + c, p.xq_stride - c);
-    }
-  }
-  LinearParams q = p;
-  if (!permuted.empty()) q.xq = permuted.data();
   const int64_t row_bytes = k / M * N + meta_row_bytes(k);
   const int64_t panel_rows = std::clamp<int64_t>(kPanelBytes / std::max<int64_t>(row_bytes, 1), 24, 1024);
   std::vector<int32_t> out(kMaxTokens * panel_rows);
@@ -251,13 +236,24 @@ void run(const LinearParams& p, int64_t row_begin, int64_t row_end) {
     const int64_t rows = std::min(panel_rows, row_end - j0);
     for (int64_t t0 = 0; t0 < p.tokens; t0 += kMaxTokens) {
       const int tokens = static_cast<int>(std::min<int64_t>(kMaxTokens, p.tokens - t0));
-      kPanels[tokens - 1](q, consts, j0, rows, t0, out.data(), panel_rows);
+      kPanels[tokens - 1](p, consts, j0, rows, t0, out.data(), panel_rows);
       for (int t = 0; t < tokens; ++t) store_epilogue(p, t0 + t, j0, rows, nullptr, out.data() + t * panel_rows);
     }
   }
 }
 
 }  // namespace
+
+void vnni_order_activations(int n, int m, int8_t* xq, int64_t stride, int64_t cols, int64_t begin, int64_t end) {
+  if (64 / m * n != 32) return;
+  for (int64_t t = begin; t < end; ++t) {
+    int8_t* row = xq + t * stride;
+    for (int64_t c = 0; c + 64 <= cols; c += 64) {
+      const __m512i v = _mm512_loadu_si512(row + c);
+      _mm512_storeu_si512(row + c, _mm512_shuffle_i32x4(v, v, kLaneOrderImm));
+    }
+  }
+}
 
 void linear_avx512_vnni(const LinearParams& p, int64_t row_begin, int64_t row_end) {
   switch (p.m * 16 + p.n) {
