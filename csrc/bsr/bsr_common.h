@@ -37,7 +37,7 @@ inline at::ScalarType scalar_type(DType d) {
 inline const char* layout_name(Layout l) {
   switch (l) {
     case Layout::kInt8_4x1: return "4x1";
-    case Layout::kInt8_16x1: return "16x1";
+    case Layout::kInt8_16x1: return "int8 16x1";
     case Layout::kF16x1: return "16x1";
     case Layout::kF1x16: return "1x16";
   }
@@ -168,6 +168,8 @@ inline LinearRequest check_linear_args(const at::Tensor& x, const at::Tensor& me
   TORCH_CHECK_VALUE(mp[kMetaVersion] == kFormatVersion, op, ": meta says packed-format version ", mp[kMetaVersion],
                     "; this build reads version ", kFormatVersion, " (re-pack the weight)");
   const int64_t layout = mp[kMetaLayout];
+  TORCH_CHECK_VALUE(layout != 4, op, ": meta holds layout id 4, the CUDA layout; for the CPU pack the weight with "
+                    "bsr_pack on CPU tensors");
   TORCH_CHECK_VALUE((layout >= 1 && layout <= 3) || layout == 5, op, ": meta holds an unknown layout id ", layout);
   const int64_t dcode = mp[kMetaDtype];
   TORCH_CHECK_VALUE(dcode >= 0 && dcode <= 2, op, ": meta holds an unknown dtype code ", dcode);
@@ -186,7 +188,7 @@ inline LinearRequest check_linear_args(const at::Tensor& x, const at::Tensor& me
   const int64_t nnz = mp[kMetaNnz];
   const bool is_int8 = w.dtype == DType::kS8;
   TORCH_CHECK_VALUE(is_int8 == is_int8_layout(w.layout), op, ": meta pairs layout ", layout_name(w.layout),
-                    " with dtype ", scalar_type(w.dtype));
+                    " with dtype ", scalar_type(w.dtype), " (int8 layouts: 4x1, int8 16x1; float: 16x1, 1x16)");
 
   check_dtype(op, "x", x, {at::kFloat, at::kBFloat16});
   TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have shape [..., in_features], got a 0-D tensor");

@@ -469,6 +469,18 @@ def _bsr_linear_bad(device):
                     r"out_dtype=int32 returns the raw int32 accumulator; bias and activation must be unset")
     yield BadSample((x, *q_packed, 12, 40, None, scale.double()), TypeError, r"weight_scale must have dtype")
     yield BadSample((x.to("meta"), *q_packed, 12, 40, None, scale), ValueError, r"x and rowptr must be on the same device")
+    if device.type == "cpu":  # a meta whose layout id does not match the packed tensors
+        wide, _ = _bsr_linear_weight(*random_bsr(12, 40, 16, 1, 0.5, torch.int8, device), 12, 40, "auto")
+        as_4x1 = wide[0].clone()
+        as_4x1[1] = 1
+        yield BadSample((x, as_4x1, *wide[1:], 12, 40, None, scale), ValueError,
+                        r"rowptr must be 1-D with 4 entries for out_features=12 and 4x1 blocks")
+        as_float = wide[0].clone()
+        as_float[1] = 2
+        yield BadSample((x, as_float, *wide[1:], 12, 40, None, scale), ValueError, r"meta pairs layout 16x1 with dtype")
+        cuda_id = wide[0].clone()
+        cuda_id[1] = 4
+        yield BadSample((x, cuda_id, *wide[1:], 12, 40, None, scale), ValueError, r"layout id 4, the CUDA layout")
 
 
 def _bsr_linear_fuzz(draw, device):
