@@ -92,36 +92,47 @@ void row_panels(const Weight& w, int64_t r, int q, const uint8_t* panel, int32_t
   }
 }
 
+// The int8 epilogue of output channels [n, n + count), count <= 16, one token at a time: raw accumulators
+// (sum of xq * W) in; the zero point is removed with the weights' compensation, then y gets the int32 itself
+// or act(acc * (scale_x * scale_w) + bias) in the output dtype.
+struct ChannelEpilogue {
+  int64_t n, count;
+  __mmask16 mask;
+  __m512i comp;
+  __m512 scale, bias;
+
+  ChannelEpilogue(const Int8Args& a, int64_t n, int64_t count) : n(n), count(count), mask(lanes16(count)) {
+    comp = _mm512_maskz_loadu_epi32(mask, a.w.compensation + n);
+    scale = a.ep.out == DType::kS32 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask, a.w.scale + n);
+    bias = a.ep.bias != nullptr ? _mm512_maskz_loadu_ps(mask, a.ep.bias + n) : _mm512_setzero_ps();
+  }
+
+  void store(const Int8Args& a, int64_t m, __m512i acc) const {
+    acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(_mm512_set1_epi32(a.x_zp[m]), comp));
+    char* y = static_cast<char*>(a.ep.y) + (m * a.ep.ldy + n) * (a.ep.out == DType::kBF16 ? 2 : 4);
+    if (a.ep.out == DType::kS32) {
+      _mm512_mask_storeu_epi32(y, mask, acc);
+      return;
+    }
+    const __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(_mm512_set1_ps(a.x_scale[m]), scale), bias);
+    store_lanes(activate_ps(v, a.ep.act), a.ep.out, y, count);
+  }
+};
+
 // Dequantizes the staged accumulators of channels [n0, n0 + channels) and tokens [m0, m0 + tokens) and
 // stores them to y: per 16x16 (channel, token) block, a register transpose, then lanes = channels.
 void finish_stage(const Int8Args& a, const int32_t* stage, int64_t n0, int64_t channels, int64_t m0,
                   int64_t tokens) {
-  const int64_t esize = a.ep.out == DType::kBF16 ? 2 : 4;
   for (int64_t g = 0; g < channels; g += 16) {
-    const int64_t n = n0 + g;
-    const __mmask16 cm = lanes16(channels - g);
-    const __m512i comp = _mm512_maskz_loadu_epi32(cm, a.w.compensation + n);
-    const bool raw = a.ep.out == DType::kS32;
-    const __m512 sw = raw ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(cm, a.w.scale + n);
-    const __m512 bias = a.ep.bias != nullptr ? _mm512_maskz_loadu_ps(cm, a.ep.bias + n) : _mm512_setzero_ps();
+    const ChannelEpilogue epilogue(a, n0 + g, std::min<int64_t>(16, channels - g));
     for (int64_t q = 0; q < tokens; q += 16) {
       __m512 t[16];
       for (int i = 0; i < 16; ++i) {
         t[i] = _mm512_castsi512_ps(_mm512_load_si512(stage + (g + i) * kVnniPanelTokens + q));
       }
-      transpose16x16_ps(t);  // t[j]: token m0 + q + j, lanes = channels n .. n + 15
+      transpose16x16_ps(t);  // t[j]: token m0 + q + j, lanes = channels n0 + g ..
       const int64_t count = std::min<int64_t>(16, tokens - q);
-      for (int64_t j = 0; j < count; ++j) {
-        const int64_t m = m0 + q + j;
-        const __m512i acc = _mm512_sub_epi32(_mm512_castps_si512(t[j]), _mm512_mullo_epi32(_mm512_set1_epi32(a.x_zp[m]), comp));
-        char* y = static_cast<char*>(a.ep.y) + (m * a.ep.ldy + n) * esize;
-        if (raw) {
-          _mm512_mask_storeu_epi32(y, cm, acc);
-          continue;
-        }
-        __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(_mm512_set1_ps(a.x_scale[m]), sw), bias);
-        store_lanes(activate_ps(v, a.ep.act), a.ep.out, y, channels - g);
-      }
+      for (int64_t j = 0; j < count; ++j) epilogue.store(a, m0 + q + j, _mm512_castps_si512(t[j]));
     }
   }
 }
@@ -144,7 +155,7 @@ __attribute__((always_inline)) inline __m512i gather_quad(const int* x4, const u
   return r;
 }
 
-// Decode: one block-row for MT <= 16 tokens (groups of 4 in xp); writes the compensated int32 sums of the
+// Decode: one block-row for MT <= 16 tokens (groups of 4 in xp); writes the raw int32 sums of the
 // block-row's 4 channels to acc_out[t * 4 + c]. The caller has checked the block-row's indices.
 template <int MT>
 void row_decode(const Int8Args& a, int64_t r, int32_t* acc_out) {
@@ -173,34 +184,10 @@ void row_decode(const Int8Args& a, int64_t r, int32_t* acc_out) {
   int64_t b = w.rowptr[r];
   for (; b + 16 <= end; b += 16) quad.template operator()<true>(b);
   if (b < end) quad.template operator()<false>(b);
-  const int64_t n0 = r * 4, rows = std::min<int64_t>(4, w.N - n0);
-  alignas(16) int32_t comp[4] = {};
-  for (int64_t c = 0; c < rows; ++c) comp[c] = w.compensation[n0 + c];
-  const __m128i compv = _mm_load_si128((const __m128i*)comp);
   for (int t = 0; t < MT; ++t) {
     __m512i s = _mm512_add_epi32(acc[t], _mm512_shuffle_i32x4(acc[t], acc[t], 0x4E));
     s = _mm512_add_epi32(s, _mm512_shuffle_i32x4(s, s, 0xB1));
-    const __m128i zp = _mm_set1_epi32(a.x_zp[t]);
-    _mm_storeu_si128((__m128i*)(acc_out + 4 * t),
-                     _mm_sub_epi32(_mm512_castsi512_si128(s), _mm_mullo_epi32(zp, compv)));
-  }
-}
-
-// Dequantizes and stores y[m, n0 .. n1) from compensated int32 sums.
-void store_row_decode(const Int8Args& a, int64_t m, int64_t n0, int64_t n1, const int32_t* acc) {
-  const int64_t esize = a.ep.out == DType::kBF16 ? 2 : 4;
-  char* y = static_cast<char*>(a.ep.y) + m * a.ep.ldy * esize;
-  const __m512 sx = _mm512_set1_ps(a.x_scale[m]);
-  for (int64_t n = n0; n < n1; n += 16) {
-    const __mmask16 mk = lanes16(n1 - n);
-    const __m512i v = _mm512_maskz_loadu_epi32(mk, acc + (n - n0));
-    if (a.ep.out == DType::kS32) {
-      _mm512_mask_storeu_epi32(y + n * 4, mk, v);
-      continue;
-    }
-    __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(sx, _mm512_maskz_loadu_ps(mk, a.w.scale + n)));
-    if (a.ep.bias != nullptr) f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(mk, a.ep.bias + n));
-    store_lanes(activate_ps(f, a.ep.act), a.ep.out, y + n * esize, n1 - n);
+    _mm_storeu_si128((__m128i*)(acc_out + 4 * t), _mm512_castsi512_si128(s));
   }
 }
 
@@ -221,22 +208,26 @@ uint32_t rows_decode(const Int8Args& a, int64_t br_begin, int64_t br_end) {
       for (int64_t c = 0; c < rows; ++c) sums[t * width + c0 + c] = row[4 * t + c];
     }
   }
-  for (int t = 0; t < MT; ++t) store_row_decode(a, t, n_begin, n_end, sums.data() + t * width);
+  for (int64_t n = n_begin; n < n_end; n += 16) {
+    const ChannelEpilogue epilogue(a, n, std::min<int64_t>(16, n_end - n));
+    for (int t = 0; t < MT; ++t) {
+      epilogue.store(a, t, _mm512_maskz_loadu_epi32(epilogue.mask, sums.data() + t * width + (n - n_begin)));
+    }
+  }
   return max_index;
 }
 
-// Decode on the 16x1 layout for MT tokens of xq [MT, K]: per block-row, MT accumulators whose lanes are
-// its 16 channels; U independent chains per token hide the vpdpbusd latency when MT is small.
-// The decode kernel streams weights from the LLC or DRAM faster than the hardware prefetcher alone keeps
-// up with: 4096^2 and 11008x4096, M = 1, 2 threads, A/B: 1.1-1.3x.
+// The 16x1 decode kernel streams weights from the LLC or DRAM faster than the hardware prefetcher alone
+// keeps up with: prefetching 24 tiles ahead gave 1.1-1.3x (4096^2 and 11008x4096, M = 1, 2 threads, A/B).
 constexpr int kDecodePrefetchTiles = 24;
 
+// Decode on the 16x1 layout for MT tokens of xq [MT, K]: per block-row, MT accumulators whose lanes are
+// its 16 channels; U independent chains per token hide the vpdpbusd latency when MT is small.
 template <int MT>
 uint32_t rows_decode_16x1(const Int8Args& a, int64_t br_begin, int64_t br_end) {
   constexpr int U = MT >= 4 ? 1 : 4 / MT;
   const Weight& w = a.w;
   const auto* values = static_cast<const int8_t*>(w.values);
-  const int64_t esize = a.ep.out == DType::kBF16 ? 2 : 4;
   uint32_t max_index = 0;
   for (int64_t r = br_begin; r < br_end; ++r) {
     const int64_t begin = w.rowptr[r], end = w.rowptr[r + 1];
@@ -266,23 +257,11 @@ uint32_t rows_decode_16x1(const Int8Args& a, int64_t br_begin, int64_t br_end) {
     }
     for (; b < end; b += 4) tile(b, 0);
 
-    const int64_t n0 = r * 16, rows = std::min<int64_t>(16, w.N - n0);
-    const __mmask16 cm = lanes16(rows);
-    const __m512i comp = _mm512_maskz_loadu_epi32(cm, w.compensation + n0);
-    const bool raw = a.ep.out == DType::kS32;
-    const __m512 sw = raw ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(cm, w.scale + n0);
-    const __m512 bias = a.ep.bias != nullptr ? _mm512_maskz_loadu_ps(cm, a.ep.bias + n0) : _mm512_setzero_ps();
+    const ChannelEpilogue epilogue(a, r * 16, std::min<int64_t>(16, w.N - r * 16));
     for (int t = 0; t < MT; ++t) {
       __m512i v = acc[t][0];
       for (int u = 1; u < U; ++u) v = _mm512_add_epi32(v, acc[t][u]);
-      v = _mm512_sub_epi32(v, _mm512_mullo_epi32(_mm512_set1_epi32(a.x_zp[t]), comp));
-      char* y = static_cast<char*>(a.ep.y) + (t * a.ep.ldy + n0) * esize;
-      if (raw) {
-        _mm512_mask_storeu_epi32(y, cm, v);
-        continue;
-      }
-      const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(_mm512_set1_ps(a.x_scale[t]), sw), bias);
-      store_lanes(activate_ps(f, a.ep.act), a.ep.out, y, rows);
+      epilogue.store(a, t, v);
     }
   }
   return max_index;
