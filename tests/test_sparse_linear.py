@@ -207,3 +207,15 @@ def test_nm_repacks_shared_values_on_to_and_deepcopy():
         clone.w_values.zero_()  # the copy's kernel reads its own buffer, the original's is untouched
     assert torch.equal(clone(x), clone.bias.expand(3, -1))
     assert torch.equal(sparse(x), direct(x))
+
+
+@pytest.mark.parametrize("block,layout_id", [((16, 1), 5), ((4, 1), 1)])
+def test_sparsify_auto_int8_takes_the_coarsest_block_layout_that_fits(block, layout_id):
+    """int8 weights pruned in 16x1 blocks run the 16x1 layout (faster decode); finer 4x1 zeros the 4x1 one."""
+    model = nn.Sequential(_block_linear(64, 96, block, density=0.4, seed=3))
+    x = torch.randn(5, 96)
+    expected = model(x)
+    report = sparsify_(model, SparsifyConfig(dtype=torch.int8, fallback="never", min_saving=0.0))
+    assert report["0"] == f"{block[0]}x{block[1]}"
+    assert model[0]._packed[0][1] == layout_id
+    torch.testing.assert_close(model(x), expected, rtol=5e-2, atol=5e-2)

@@ -23,7 +23,7 @@ from .nn.linear import SparseLinear, parse_format, sparse_weight_from_dense
 CHECKPOINT_FILE = "model.safetensors"
 CHECKPOINT_VERSION = 1
 # Formats "auto" tries, most constrained first; a layer takes the first whose pattern its zeros follow.
-AUTO_FORMATS = ("2:4", "4:8", "1:4", "32x32", "16x16", "4x1", "1x16")
+AUTO_FORMATS = ("2:4", "4:8", "1:4", "32x32", "16x16", "16x1", "4x1", "1x16")
 
 
 @dataclass

@@ -118,7 +118,7 @@ class PruneConfig:
         patterns (see `ignore`) to floats, where layers matched by no key are left dense; `OWL(...)` or "owl"
         for outlier-weighted ratios per block. None means 0.5, or the fraction an N:M pattern implies.
     pattern: "unstructured", "N:M" ("2:4", "4:8", grouped along input features), an (R, C) block or "RxC"
-        string (R output rows x C input columns: 4x1, 1x16, 16x16, 32x32, 64x64 match the kernels), or
+        string (R output rows x C input columns: 4x1, 16x1, 1x16, 16x16, 32x32, 64x64 match the kernels), or
         "channels" (whole output rows).
     ignore: module names not to prune: fnmatch patterns matched against the full name or any dotted suffix
         of it ("mlp.down_proj", "*.self_attn.*"), or regular expressions prefixed by "re:" (re.search).
