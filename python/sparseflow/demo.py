@@ -31,6 +31,7 @@ class Recipe:
     pattern: str = "unstructured"
     sparsity: float | None = None
     kernel_format: str | None = None  # the SparseLinear format, or None to stay on the dense path
+    dtype: torch.dtype | None = None  # the kernels' weight dtype (None: the model's fp32)
 
 
 RECIPES = [
@@ -42,6 +43,7 @@ RECIPES = [
     Recipe("wanda 2:4", "wanda", "2:4", kernel_format="2:4"),
     Recipe("sparsegpt 2:4", "sparsegpt", "2:4", kernel_format="2:4"),
     Recipe("wanda 50% 4x1 blocks", "wanda", "4x1", sparsity=0.5, kernel_format="4x1"),
+    Recipe("wanda 50% 16x1 int8", "wanda", "16x1", sparsity=0.5, kernel_format="16x1", dtype=torch.int8),
 ]
 QUICK_RECIPES = ("dense", "magnitude 2:4", "wanda 2:4")
 PROMPT = "The Python standard library"
@@ -137,13 +139,16 @@ def main(argv: list[str] | None = None) -> int:
         sparsity = report.sparsity if recipe.method is not None else 0.0
         reference_ids = None
         if recipe.kernel_format is not None:
-            reference_ids, _ = generate(model, prompt, new_tokens)  # the pruned dense model's greedy tokens
-            sparsify_(model, SparsifyConfig(format=recipe.kernel_format, fallback="measure"))
+            if recipe.dtype is None:  # int8 also quantizes, so its tokens are not expected to match
+                reference_ids, _ = generate(model, prompt, new_tokens)  # the pruned dense model's greedy tokens
+            sparsify_(model, SparsifyConfig(format=recipe.kernel_format, dtype=recipe.dtype, fallback="measure"))
         kernels = f"{sparse_layers(model, 1)}/{sparse_layers(model, prefill_len)}"
         ppl = models.perplexity(model, evals)
         prefill_tps = prefill_tokens_per_s(model, prefill, repeats)
         out, decode_tps = generate(model, prompt, new_tokens)
         same_tokens = "" if reference_ids is None else ("yes" if torch.equal(out, reference_ids) else "NO")
+        if recipe.dtype == torch.int8:
+            same_tokens = "(int8)"
         texts[recipe.label] = tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
         rows.append((recipe.label, sparsity, ppl, stored_bytes(model), resident_bytes(model), kernels, prefill_tps,
                      decode_tps, prune_s, same_tokens))
@@ -163,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
           f"some token counts). The tied embedding/lm_head (28 M parameters) stays dense. sparse layers: Linear "
           f"layers running sparseflow's kernel at decode (1 token) / prefill ({prefill_len} tokens); the others "
           f"run F.linear because it measured faster when the layer was packed. 'same greedy': the sparse-kernel "
-          f"model generates the same greedy tokens as the pruned dense model. Unstructured rows have no kernel "
+          f"model generates the same greedy tokens as the pruned dense model (not compared for int8 rows, which "
+          f"also quantize weights per channel and activations per token). Unstructured rows have no kernel "
           f"(quality only).")
     for label, text in texts.items():
         print(f"\n[{label}] {PROMPT}{text}")
