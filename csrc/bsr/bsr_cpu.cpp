@@ -15,9 +15,9 @@
 namespace sparseflow::bsr {
 namespace {
 
-// int8 batches up to this many tokens run the decode kernel (lanes = output channels, one gather per 4
-// tokens); larger ones the panel kernel (lanes = tokens). Measured crossover on AVX512_VNNI: see
-// python/sparseflow/bench/cpu_linear.py.
+// int8 4x1 batches up to this many tokens run the decode kernel (lanes = 4 tiles x 4 output channels, one
+// gather per 4 tokens); larger ones the panel kernel (lanes = tokens). Measured crossover on AVX512_VNNI
+// (`python -m sparseflow.bench cpu-linear`).
 constexpr int64_t kInt8DecodeMaxTokens = 8;
 // The 16x1 layout's panel kernel interleaves each tile's activations once for 16 channels, so it wins
 // from fewer tokens: 4096^2, 2 threads, 50-70 % sparsity, panel vs decode 0.85-0.95x at M = 8, 1.1-1.2x
