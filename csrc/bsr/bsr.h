@@ -161,8 +161,8 @@ struct Int8Args {
   Weight w;
   Epilogue ep;
   int64_t M = 0;
-  const uint8_t* xq = nullptr;  // [M, K] (portable kernel, 16x1 decode)
-  const uint8_t* xp = nullptr;  // VNNI kernels: panels (kVnniPanel...) or 4-token groups (4x1 decode)
+  const uint8_t* xq = nullptr;  // [M, K] (portable kernel, one-token 16x1 decode)
+  const uint8_t* xp = nullptr;  // VNNI kernels: panels (kVnniPanel...) or 4-token groups (decode)
   const float* x_scale = nullptr;  // [M]
   const int32_t* x_zp = nullptr;   // [M]
 };

@@ -15,14 +15,11 @@
 namespace sparseflow::bsr {
 namespace {
 
-// int8 4x1 batches up to this many tokens run the decode kernel (lanes = 4 tiles x 4 output channels, one
-// gather per 4 tokens); larger ones the panel kernel (lanes = tokens). Measured crossover on AVX512_VNNI
-// (`python -m sparseflow.bench cpu-linear`).
+// int8 batches up to this many tokens run the decode kernels (lanes = output channels, activations of 4
+// tokens per gathered dword); larger ones the panel kernel (lanes = tokens). Measured crossover on
+// AVX512_VNNI (`python -m sparseflow.bench cpu-linear`); for 16x1 at 4096^2 the decode is 1.1-1.4x faster
+// than the panel kernel at M = 8 (50-90 %).
 constexpr int64_t kInt8DecodeMaxTokens = 8;
-// The 16x1 layout's panel kernel interleaves each tile's activations once for 16 channels, so it wins
-// from fewer tokens: 4096^2, 2 threads, 50-70 % sparsity, panel vs decode 0.85-0.95x at M = 8, 1.1-1.2x
-// at M = 5-6 (90 %: decode faster up to 8).
-constexpr int64_t kInt8Decode16x1MaxTokens = 6;
 // Tokens per task along M: the activation panels a thread re-reads for each of its block-rows stay in L2
 // (16 tokens x K=4096 fp32 = 256 KiB per panel).
 constexpr int64_t kFloatTokensPerTask = 32;
@@ -267,15 +264,12 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
   a.xq = q.xq;
   a.x_scale = q.scale;
   a.x_zp = q.zp;
-  const int64_t decode_max = w.layout == Layout::kInt8_16x1 ? kInt8Decode16x1MaxTokens : kInt8DecodeMaxTokens;
-  if (isa >= CpuIsa::kAvx512Vnni && M <= decode_max) {
+  if (isa >= CpuIsa::kAvx512Vnni && M <= kInt8DecodeMaxTokens) {
     quantize(0, M);  // a few tokens: not worth waking the pool
-    if (w.layout == Layout::kInt8_4x1) {  // the 16x1 decode reads the quantized rows themselves
-      const int64_t groups = ceil_div(M, kVnniGroupTokens);
-      uint8_t* xp = scratch.get<uint8_t>(kSlotPanels, groups * K * kVnniGroupTokens);
-      build_groups_u8_avx512(q.xq, M, K, xp, 0, groups);
-      a.xp = xp;
-    }
+    const int64_t groups = ceil_div(M, kVnniGroupTokens);
+    uint8_t* xp = scratch.get<uint8_t>(kSlotPanels, groups * K * kVnniGroupTokens);
+    build_groups_u8_avx512(q.xq, M, K, xp, 0, groups);
+    a.xp = xp;
     return run_tasks(w, M, 1, [&](int64_t b, int64_t e, int64_t) { return linear_int8_vnni_decode(a, b, e, 0, M); });
   }
   if (isa >= CpuIsa::kAvx512Vnni) {
