@@ -155,7 +155,7 @@ __attribute__((always_inline)) inline __m512i gather_quad(const int* x4, const u
   return r;
 }
 
-// Decode: one block-row for MT <= 16 tokens (groups of 4 in xp); writes the raw int32 sums of the
+// Decode: one block-row for MT <= 8 tokens (groups of 4 in xp); writes the raw int32 sums of the
 // block-row's 4 channels to acc_out[t * 4 + c]. The caller has checked the block-row's indices.
 template <int MT>
 void row_decode(const Int8Args& a, int64_t r, int32_t* acc_out) {
@@ -286,6 +286,12 @@ uint32_t rows_decode_16x1(const Int8Args& a, int64_t br_begin, int64_t br_end) {
   return max_index;
 }
 
+template <int MT>
+uint32_t decode_rows(const Int8Args& a, int64_t br_begin, int64_t br_end) {
+  return a.w.layout == Layout::kInt8_16x1 ? rows_decode_16x1<MT>(a, br_begin, br_end)
+                                          : rows_decode<MT>(a, br_begin, br_end);
+}
+
 }  // namespace
 
 uint32_t linear_int8_vnni(const Int8Args& a, int64_t br_begin, int64_t br_end, int64_t p_begin, int64_t p_end) {
@@ -327,23 +333,11 @@ uint32_t linear_int8_vnni_decode(const Int8Args& a, int64_t br_begin, int64_t br
   s.x_scale = a.x_scale + m_begin;
   s.x_zp = a.x_zp + m_begin;
   s.ep.y = static_cast<char*>(a.ep.y) + m_begin * a.ep.ldy * (a.ep.out == DType::kBF16 ? 2 : 4);
-  if (a.w.layout == Layout::kInt8_16x1) {
-    switch (m_end - m_begin) {
+  switch (m_end - m_begin) {  // up to kInt8DecodeMaxTokens (bsr_cpu.cpp)
 #define SPARSEFLOW_CASE(n) \
-  case n: return rows_decode_16x1<n>(s, br_begin, br_end);
-      SPARSEFLOW_CASE(1) SPARSEFLOW_CASE(2) SPARSEFLOW_CASE(3) SPARSEFLOW_CASE(4) SPARSEFLOW_CASE(5)
-      SPARSEFLOW_CASE(6) SPARSEFLOW_CASE(7) SPARSEFLOW_CASE(8)  // kInt8DecodeMaxTokens in bsr_cpu.cpp
-#undef SPARSEFLOW_CASE
-    }
-    return 0;
-  }
-  switch (m_end - m_begin) {
-#define SPARSEFLOW_CASE(n) \
-  case n: return rows_decode<n>(s, br_begin, br_end);
+  case n: return decode_rows<n>(s, br_begin, br_end);
     SPARSEFLOW_CASE(1) SPARSEFLOW_CASE(2) SPARSEFLOW_CASE(3) SPARSEFLOW_CASE(4) SPARSEFLOW_CASE(5)
-    SPARSEFLOW_CASE(6) SPARSEFLOW_CASE(7) SPARSEFLOW_CASE(8) SPARSEFLOW_CASE(9) SPARSEFLOW_CASE(10)
-    SPARSEFLOW_CASE(11) SPARSEFLOW_CASE(12) SPARSEFLOW_CASE(13) SPARSEFLOW_CASE(14) SPARSEFLOW_CASE(15)
-    SPARSEFLOW_CASE(16)
+    SPARSEFLOW_CASE(6) SPARSEFLOW_CASE(7) SPARSEFLOW_CASE(8)
 #undef SPARSEFLOW_CASE
   }
   return 0;
