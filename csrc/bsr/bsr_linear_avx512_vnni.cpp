@@ -137,21 +137,23 @@ void finish_stage(const Int8Args& a, const int32_t* stage, int64_t n0, int64_t c
   }
 }
 
-// The activation dwords x4[k] of up to 16 blocks (4 tiles) as one vector, lane 4t + j = block 4t + j:
-// explicit loads and inserts, because vpgatherdd is several times slower on the CPUs measured.
+// The activation dwords x4[k[0..3]] of one tile's four blocks (4 tokens each): explicit loads and inserts,
+// because vpgatherdd is several times slower on the CPUs measured.
+__attribute__((always_inline)) inline __m128i gather_tile(const int* x4, const uint16_t* k) {
+  __m128i v = _mm_cvtsi32_si128(x4[k[0]]);
+  v = _mm_insert_epi32(v, x4[k[1]], 1);
+  v = _mm_insert_epi32(v, x4[k[2]], 2);
+  return _mm_insert_epi32(v, x4[k[3]], 3);
+}
+
+// The same for up to 16 blocks (4 tiles) as one vector, lane 4t + j = block 4t + j.
 template <bool kFull>
 __attribute__((always_inline)) inline __m512i gather_quad(const int* x4, const uint16_t* k, int64_t blocks) {
-  auto tile = [&](int t) {
-    __m128i v = _mm_cvtsi32_si128(x4[k[4 * t]]);
-    v = _mm_insert_epi32(v, x4[k[4 * t + 1]], 1);
-    v = _mm_insert_epi32(v, x4[k[4 * t + 2]], 2);
-    return _mm_insert_epi32(v, x4[k[4 * t + 3]], 3);
-  };
   // A ragged last quad leaves the lanes of missing tiles undefined: their weights are zero.
-  __m512i r = _mm512_castsi128_si512(tile(0));
-  if (kFull || blocks > 4) r = _mm512_inserti32x4(r, tile(1), 1);
-  if (kFull || blocks > 8) r = _mm512_inserti32x4(r, tile(2), 2);
-  if (kFull || blocks > 12) r = _mm512_inserti32x4(r, tile(3), 3);
+  __m512i r = _mm512_castsi128_si512(gather_tile(x4, k));
+  if (kFull || blocks > 4) r = _mm512_inserti32x4(r, gather_tile(x4, k + 4), 1);
+  if (kFull || blocks > 8) r = _mm512_inserti32x4(r, gather_tile(x4, k + 8), 2);
+  if (kFull || blocks > 12) r = _mm512_inserti32x4(r, gather_tile(x4, k + 12), 3);
   return r;
 }
 
@@ -244,10 +246,10 @@ uint32_t rows_decode_16x1(const Int8Args& a, int64_t br_begin, int64_t br_end) {
     auto tile = [&](int64_t b, int u) {
       prefetch_l1(values + (b + 4 * kDecodePrefetchTiles) * 16);
       const __m512i wv = _mm512_loadu_si512(values + b * 16);
-      uint64_t k4;  // the tile's four 16-bit indices in one load
-      __builtin_memcpy(&k4, w.indices + b, 8);
-      const uint32_t k0 = k4 & 0xffff, k1 = (k4 >> 16) & 0xffff, k2 = (k4 >> 32) & 0xffff, k3 = k4 >> 48;
       if constexpr (MT == 1) {  // the dword from 4 byte loads, shifts and ors
+        uint64_t k4;  // the tile's four 16-bit indices in one load
+        __builtin_memcpy(&k4, w.indices + b, 8);
+        const uint32_t k0 = k4 & 0xffff, k1 = (k4 >> 16) & 0xffff, k2 = (k4 >> 32) & 0xffff, k3 = k4 >> 48;
         const uint8_t* x = a.xq;
         const uint32_t d = x[k0] | uint32_t(x[k1]) << 8 | uint32_t(x[k2]) << 16 | uint32_t(x[k3]) << 24;
         acc[0][u] = dpbusd(acc[0][u], _mm512_set1_epi32(int(d)), wv);
@@ -255,13 +257,9 @@ uint32_t rows_decode_16x1(const Int8Args& a, int64_t br_begin, int64_t br_end) {
         const auto* x4 = reinterpret_cast<const int*>(a.xp);
 #pragma GCC unroll 2
         for (int g = 0; g < (MT + 3) / 4; ++g) {
-          const int* xg = x4 + g * w.K;
-          __m128i v = _mm_cvtsi32_si128(xg[k0]);
-          v = _mm_insert_epi32(v, xg[k1], 1);
-          v = _mm_insert_epi32(v, xg[k2], 2);
-          v = _mm_insert_epi32(v, xg[k3], 3);
           alignas(16) int32_t d[4];
-          _mm_store_si128(reinterpret_cast<__m128i*>(d), _mm_shuffle_epi8(v, kTranspose4x4));
+          _mm_store_si128(reinterpret_cast<__m128i*>(d),
+                          _mm_shuffle_epi8(gather_tile(x4 + g * w.K, w.indices + b), kTranspose4x4));
 #pragma GCC unroll 4
           for (int t = 0; t < 4; ++t) {
             if (4 * g + t < MT) acc[4 * g + t][u] = dpbusd(acc[4 * g + t][u], _mm512_set1_epi32(d[t]), wv);
@@ -299,7 +297,7 @@ uint32_t linear_int8_vnni(const Int8Args& a, int64_t br_begin, int64_t br_end, i
   alignas(64) int32_t stage[kStageChannels * kVnniPanelTokens];
   uint32_t max_index = 0;
   const bool wide = w.layout == Layout::kInt8_16x1;
-  const int tile_rows = wide ? 16 : 4;
+  const int tile_rows = native_block(w.layout).rows;
   const int64_t stage_rows = kStageChannels / tile_rows;
   for (int64_t r0 = br_begin; r0 < br_end; r0 += stage_rows) {
     const int64_t r1 = std::min(br_end, r0 + stage_rows);
