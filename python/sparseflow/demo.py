@@ -146,9 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         ppl = models.perplexity(model, evals)
         prefill_tps = prefill_tokens_per_s(model, prefill, repeats)
         out, decode_tps = generate(model, prompt, new_tokens)
-        same_tokens = "" if reference_ids is None else ("yes" if torch.equal(out, reference_ids) else "NO")
-        if recipe.dtype == torch.int8:
-            same_tokens = "(int8)"
+        if reference_ids is not None:
+            same_tokens = "yes" if torch.equal(out, reference_ids) else "NO"
+        else:
+            same_tokens = "(int8)" if recipe.dtype == torch.int8 else ""
         texts[recipe.label] = tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
         rows.append((recipe.label, sparsity, ppl, stored_bytes(model), resident_bytes(model), kernels, prefill_tps,
                      decode_tps, prune_s, same_tokens))
