@@ -69,13 +69,6 @@ inline __m512 load_bf16(const uint16_t* p) { return bf16_to_ps(_mm256_loadu_si25
 
 inline __m512 maskz_load_bf16(__mmask16 m, const uint16_t* p) { return bf16_to_ps(_mm256_maskz_loadu_epi16(m, p)); }
 
-// vpdpbusd acc += x (u8) . w (s8) per dword. Inline asm because GCC 12's intrinsic restricts the
-// accumulator to zmm0-15 and then copies 16 accumulators in and out of zmm16-31 every iteration (2x slower).
-inline __m512i dpbusd(__m512i acc, __m512i x, __m512i w) {
-  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
-  return acc;
-}
-
 // How far ahead (in blocks) the panel kernels prefetch the activation line of a block: the lines are random
 // lines of L2-resident panels, too irregular for the hardware prefetchers. 4-8 measured best on AVX-512.
 constexpr int64_t kPrefetchBlocks = 8;

@@ -154,9 +154,9 @@ SF_ALWAYS_INLINE void chunk(const Consts& consts, __m512i (&acc)[R][T], __m512i 
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
     const __m512i w = densify<N, M, kFull>(consts, meta[r] + c / 8, values[r] + c / M * N, bytes);
-    wsum[r] = _mm512_dpbusd_epi32(wsum[r], consts.ones, w);
+    wsum[r] = dpbusd(wsum[r], consts.ones, w);
 #pragma GCC unroll 16
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], _mm512_loadu_si512(x[t] + c), w);
+    for (int t = 0; t < T; ++t) acc[r][t] = dpbusd(acc[r][t], _mm512_loadu_si512(x[t] + c), w);
   }
 }
 
