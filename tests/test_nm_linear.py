@@ -61,6 +61,19 @@ def test_int8_accumulator_is_exact(isa, n, m, tokens):
     assert torch.equal(y, acc.float()), f"max diff {(y - acc.float()).abs().max() if y.numel() else 0}"
 
 
+@pytest.mark.parametrize("in_features", [4, 8, 12, 16, 24, 28, 36, 64, 100, 132])
+def test_int8_2_4_lane_layout_edges_are_exact(isa, in_features):
+    """The lane layout's edges: 1-3 full 8-column units in the last meta word, with or without the half unit
+    of in_features % 8 == 4; blocks of 16 rows with a short last one (1, 15, 17, 40 rows); 1-9 tokens."""
+    for out_features in (1, 15, 16, 17, 40):
+        for tokens in (1, 5, 9):
+            x, pv, pm, ws = _int8_exact_problem((tokens,), out_features, in_features, 2, 4,
+                                                seed=in_features * 7 + out_features + tokens)
+            acc, _ = ref.nm_linear_int8_accumulator(x, pv, pm, 2, 4, out_features, in_features)
+            y = ops.nm_linear(x, pv, pm, 2, 4, out_features, in_features, weight_scale=ws)
+            assert torch.equal(y, acc.float()), (out_features, tokens)
+
+
 def test_int8_extreme_values_do_not_overflow(isa):
     # Every product at its extreme (-127 * -128 with the u8 + 128 trick inside): still exact.
     k = 4096
@@ -227,16 +240,23 @@ def test_packed_bytes_shrink_with_sparsity(dtype, expected):
     assert stored / (64 * 1024) == expected / 2 + 0.0625  # 1:4: half the values, the same 1-bit mask
 
 
-def test_pack_matches_reference_layout_and_copies():
+_PACK_SHAPES = [(6, 200), (37, 196), (16, 64), (33, 36), (1, 4)]
+
+
+@pytest.mark.parametrize("n,m,rows,cols", [(2, 4, *s) for s in _PACK_SHAPES] + [(1, 4, *s) for s in _PACK_SHAPES]
+                         + [(4, 8, 6, 200), (4, 8, 33, 40)])
+def test_pack_matches_reference_layout_and_copies(n, m, rows, cols):
+    """int8 2:4 takes the lane layout (16-row blocks, a short last block; cols % 8 == 4 has a half unit and
+    ceil(cols / 32) odd a spare meta dword), everything else the row-major one."""
     for dtype in WEIGHT_DTYPES:
-        dense = random_nm_dense(6, 200, 2, 4, fill=0.7)
+        dense = random_nm_dense(rows, cols, n, m, fill=0.7)
         dense = dense.round().to(dtype) if dtype == torch.int8 else dense.to(dtype)
-        values, indices = ops.nm_compress(dense, 2, 4)
-        pv, pm = ops.nm_pack(values, indices, 2, 4)
-        rv, rm = ref.nm_pack(values, indices, 2, 4)
+        values, indices = ops.nm_compress(dense, n, m)
+        pv, pm = ops.nm_pack(values, indices, n, m)
+        rv, rm = ref.nm_pack(values, indices, n, m)
         assert torch.equal(pm, rm) and torch.equal(pv.view(torch.uint8), rv.view(torch.uint8))
         assert pv.data_ptr() != values.data_ptr()  # owns its storage
-        assert torch.equal(ref.nm_unpack(pv, pm, 200), dense)  # numerically: -0.0 was packed as +0.0
+        assert torch.equal(ref.nm_unpack(pv, pm, cols, n, m), dense)  # numerically: -0.0 was packed as +0.0
 
 
 class _PackedLinear(torch.nn.Module):
@@ -309,8 +329,13 @@ def test_corrupted_meta_never_reads_past_the_weight(isa, dtype):
     args = list(nm_linear_args((3,), 9, in_features, 2, 4, dtype, seed=3))
     for row, byte, value in ((8, 0, 0xFF), (7, 5, 0x00), (8, 15, 0xF0), (0, 0, 0xFF), (2, 15, 0xFF)):
         meta = args[2].clone()
-        meta[row, byte] = value
-        if meta[row, byte] == args[2][row, byte]:
+        if ref.uses_lane_layout(dtype, 2, 4):  # row `row`'s byte `byte` sits in its lane of dword byte // 4
+            flat = meta.view(-1)
+            at = (byte // 4 * 9 + row) * 4 + byte % 4  # one block of 9 rows
+        else:
+            flat, at = meta[row], byte
+        flat[at] = value
+        if flat[at] == args[2].view(-1)[flat.data_ptr() - meta.data_ptr() + at]:
             continue
         bad = args[:2] + [meta] + args[3:]
         if row < 9 - 3:

@@ -163,9 +163,12 @@ def _canonical_sparse_bytes(module: SparseLinear) -> int:
 @pytest.mark.parametrize("nm", [(2, 4), (4, 8)])
 def test_nm_cpu_holds_one_copy_of_the_sparse_weight(dtype, nm):
     # 2:4 float32 256x512: canonical 327,680 B (values 262,144 + indices 65,536); the bitmask adds 16,384.
+    # int8 2:4 packs its values in another order (the lane layout, csrc/nm/nm_lanes.h): that one copy more.
     sparse = SparseLinear.from_dense(_nm_linear(256, 512, *nm), f"{nm[0]}:{nm[1]}", dtype=dtype, fallback="never")
-    assert sparse._packed[0] is sparse.w_values
-    assert _resident_bytes(sparse) <= 1.2 * (_canonical_sparse_bytes(sparse) + sparse.bias.nbytes)
+    reordered = dtype == torch.int8 and nm == (2, 4)
+    assert (sparse._packed[0] is sparse.w_values) != reordered
+    extra = sparse.w_values.nbytes if reordered else 0
+    assert _resident_bytes(sparse) <= 1.2 * (_canonical_sparse_bytes(sparse) + sparse.bias.nbytes) + extra
 
 
 def test_nm_state_dict_format_is_unchanged():
@@ -181,7 +184,7 @@ def test_nm_state_dict_format_is_unchanged():
         # A checkpoint in that format loads into a layer built from other weights and gives the same outputs.
         other = SparseLinear.from_dense(_nm_linear(24, 40, 2, 4, seed=3), "2:4", dtype=dtype, fallback="never")
         other.load_state_dict({**old_format, "bias": sparse.bias})
-        assert other._packed[0] is other.w_values
+        assert (other._packed[0] is other.w_values) != (dtype == torch.int8)  # int8 2:4: the lane layout
         x = torch.randn(5, 40).to(torch.float32 if dtype == torch.int8 else dtype)
         assert torch.equal(other(x), sparse(x))
 

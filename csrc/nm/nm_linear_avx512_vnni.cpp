@@ -1,12 +1,13 @@
-// nm_linear for int8 weights with AVX512_VNNI (torch-free; built with this ISA's flags).
+// nm_linear for int8 weights with AVX512_VNNI (torch-free; built with this ISA's flags), every pattern but
+// 2:4, whose lane layout has its own kernel (nm_linear_lanes_avx512_vnni.cpp).
 //
 // The weight is re-densified 64 columns (one zmm of bytes) at a time from its compressed form, inside
 // registers: the meta word's 16 nibbles (one 4-bit mask per group of 4 columns) land in the 16 dword lanes
 // after a broadcast and vpsrlvd; vpermd through a 16-entry table turns each mask into a vpshufb control that
 // places the group's kept bytes (spread next to their lane by vpmovzx) at their columns and zeros the rest.
 // Then one vpdpbusd per token (u8 activations = s8 + 128) does 64 multiply-adds; the +128 is taken back with
-// 128 * sum(w), which a vpdpbusd against ones accumulates once per row. Bytes per dense weight: 2:4 0.625,
-// 1:4 0.375, 4:8 0.625 (values + 1 bit of mask per column).
+// 128 * sum(w), which a vpdpbusd against ones accumulates once per row. Bytes per dense weight: 1:4 0.375,
+// 4:8 0.625 (values + 1 bit of mask per column).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -31,7 +32,7 @@ constexpr int64_t kPanelBytes = 192 * 1024;
 // Rows per tile for T tokens: R*T + R accumulators (>= 8 for vpdpbusd's latency) and the constants in 32 zmm.
 constexpr int rows_for(int tokens) { return tokens <= 4 ? 4 : 2; }
 
-// Patterns with 32 kept bytes per 64 columns (2:4, 4:8) load a full chunk with one vbroadcasti64x4, which
+// Patterns with 32 kept bytes per 64 columns (4:8 here) load a full chunk with one vbroadcasti64x4, which
 // leaves bytes 0-15 in lanes 0 and 2 and bytes 16-31 in lanes 1 and 3. So lane L works on the columns of
 // chunk lane kLaneOrder[L] (groups-of-4 4 kLaneOrder[L] ..), and vnni_order_activations puts the
 // activations of full chunks in the same lane order once per call.
@@ -258,7 +259,6 @@ void vnni_order_activations(int n, int m, int8_t* xq, int64_t stride, int64_t co
 void linear_avx512_vnni(const LinearParams& p, int64_t row_begin, int64_t row_end) {
   switch (p.m * 16 + p.n) {
     case 4 * 16 + 1: return run<1, 4>(p, row_begin, row_end);
-    case 4 * 16 + 2: return run<2, 4>(p, row_begin, row_end);
     case 8 * 16 + 1: return run<1, 8>(p, row_begin, row_end);
     case 8 * 16 + 2: return run<2, 8>(p, row_begin, row_end);
     case 8 * 16 + 4: return run<4, 8>(p, row_begin, row_end);

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "nm_lanes.h"
 #include "nm_linear_common.h"
 #include "nm_linear_vnni.h"
 #include "sparseflow/cpu_features.h"
@@ -30,8 +31,13 @@ std::tuple<at::Tensor, at::Tensor> nm_pack_cpu(const at::Tensor& values_in, cons
   p.meta = meta.data_ptr<uint8_t>();
   std::atomic<int64_t> first_bad{INT64_MAX};
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(p.cols, 1));
+  const bool lanes = uses_lane_layout(p.int8_layout, p.n, p.m);
+  const at::Tensor values = values_in.contiguous();
+  // A copy even when values is contiguous: the packed weight owns its storage (no alias of the input).
+  at::Tensor packed = lanes ? at::empty_like(values) : values.clone();
   at::parallel_for(0, p.rows, grain, [&](int64_t begin, int64_t end) {
     const int64_t bad = build_meta_cpu(p, begin, end);
+    if (lanes) pack_lane_values(values.data_ptr<int8_t>(), p.rows, p.cols, packed.data_ptr<int8_t>(), begin, end);
     if (bad == kAllGroupsValid) return;
     int64_t seen = first_bad.load();
     while (bad < seen && !first_bad.compare_exchange_weak(seen, bad)) {
@@ -46,12 +52,27 @@ std::tuple<at::Tensor, at::Tensor> nm_pack_cpu(const at::Tensor& values_in, cons
     TORCH_CHECK_INDEX(false, "sparseflow.nm_pack: indices of row ", row, ", group ", group, " are [", got.str(),
                       "]; expected strictly ascending positions in [0, ", m, ")");
   }
-  // A copy even when values is contiguous: the packed weight owns its storage (no alias of the input).
-  return {values_in.contiguous().clone(), meta};
+  return {packed, meta};
+}
+
+// meta_row_ok for the lane layout: the row's dwords, each group's nibble at 4 * (group % 8).
+bool lane_meta_row_ok(const LinearParams& p, int64_t r) {
+  const int64_t k = p.in_features, groups = k / 4, words = meta_row_bytes(k) / 4;
+  int64_t count = 0;
+  bool beyond = false;
+  for (int64_t v = 0; v < words; ++v) {
+    uint32_t word;
+    std::memcpy(&word, p.meta + lane_meta_offset(p.out_features, k, r, v), 4);
+    count += __builtin_popcount(word);
+    const int64_t live = std::clamp<int64_t>(groups - 8 * v, 0, 8);  // groups this word covers
+    beyond |= live < 8 && (word >> (4 * live)) != 0;
+  }
+  return count == groups * 2 && !beyond;
 }
 
 // Whether packed_meta row r keeps exactly in_features / m * n columns and sets no bit past in_features.
 bool meta_row_ok(const LinearParams& p, int64_t r) {
+  if (uses_lane_layout(p.weight == Scalar::kInt8, p.n, p.m)) return lane_meta_row_ok(p, r);
   const int64_t k = p.in_features, words = meta_row_bytes(k) / 8;
   uint64_t allowed = ~uint64_t{0};
   if (k % kMetaChunk != 0) {
@@ -104,9 +125,10 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
   void (*kernel)(const LinearParams&, int64_t, int64_t) = linear_portable;
   at::Tensor xq, x_scale, xt;
   const at::Tensor w_scale = weight_scale ? weight_scale->contiguous() : at::Tensor();
+  const bool lanes = uses_lane_layout(p.weight == Scalar::kInt8, p.n, p.m);
   if (p.weight == Scalar::kInt8) {
     const bool vnni = isa >= CpuIsa::kAvx512Vnni && vnni_supports(p.n, p.m);
-    if (vnni) kernel = linear_avx512_vnni;
+    if (vnni) kernel = lanes ? linear_lanes_avx512_vnni : linear_avx512_vnni;
     QuantizeParams q;
     q.x = x2.data_ptr<float>();
     q.x_stride = x2.stride(0);
@@ -121,7 +143,7 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
     at::parallel_for(0, p.tokens, std::max<int64_t>(1, 65536 / std::max<int64_t>(in_features, 1)),
                      [&](int64_t begin, int64_t end) {
                        quantize(q, begin, end);
-                       if (vnni) vnni_order_activations(p.n, p.m, q.xq, q.xq_stride, in_features, begin, end);
+                       if (vnni && !lanes) vnni_order_activations(p.n, p.m, q.xq, q.xq_stride, in_features, begin, end);
                      });
     p.xq = q.xq;
     p.xq_stride = q.xq_stride;
@@ -153,10 +175,14 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
                       in_features / m * n, " of its ", in_features, " columns (corrupted packed weight? pack it with",
                       " nm_pack)");
   }
-  // Threads split the output features; each row's sum is computed the same way whatever the split.
-  const int64_t work_per_row = std::max<int64_t>(1, in_features * p.tokens);
-  const int64_t grain = std::max<int64_t>(1, 262144 / work_per_row);
-  at::parallel_for(0, out_features, grain, [&](int64_t begin, int64_t end) { kernel(p, begin, end); });
+  // Threads split the output features (in whole 16-row blocks for the lane layout); each row's sum is
+  // computed the same way whatever the split.
+  const int64_t step = lanes ? kLaneRows : 1;
+  const int64_t work_per_step = std::max<int64_t>(1, in_features * p.tokens * step);
+  const int64_t grain = std::max<int64_t>(1, 262144 / work_per_step);
+  at::parallel_for(0, (out_features + step - 1) / step, grain, [&](int64_t begin, int64_t end) {
+    kernel(p, begin * step, std::min(end * step, out_features));
+  });
   return y;
 }
 

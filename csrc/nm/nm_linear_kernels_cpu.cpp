@@ -1,14 +1,39 @@
 // Portable nm_linear kernels and the packed-meta builder (torch-free, any CPU). The fallback for every
 // case the AVX-512 kernels do not take, and what SPARSEFLOW_CPU_ISA=portable runs.
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "nm.h"
+#include "nm_lanes.h"
 #include "nm_linear_scalar.h"
 
 namespace sparseflow::nm {
+namespace {
+
+// The lane layout's meta (nm_lanes.h): a row's 4-bit group masks, 8 to a dword, at its lane of each unit.
+int64_t build_lane_meta(const MetaParams& p, int64_t row_begin, int64_t row_end) {
+  const int64_t groups = p.cols / 4;
+  const int64_t words = meta_row_bytes(p.cols) / 4;  // ceil(groups / 8), rounded up to even
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const uint8_t* idx = p.indices + r * groups * 2;
+    for (int64_t v = 0; v < words; ++v) {
+      uint32_t word = 0;
+      for (int64_t g = 8 * v; g < std::min(groups, 8 * v + 8); ++g) {
+        const int a = idx[2 * g], b = idx[2 * g + 1];
+        if (b >= 4 || a >= b) return r * groups + g;
+        word |= (1u << a | 1u << b) << (4 * (g - 8 * v));
+      }
+      store_u32(p.meta + lane_meta_offset(p.rows, p.cols, r, v), word);
+    }
+  }
+  return kAllGroupsValid;
+}
+
+}  // namespace
 
 int64_t build_meta_cpu(const MetaParams& p, int64_t row_begin, int64_t row_end) {
+  if (uses_lane_layout(p.int8_layout, p.n, p.m)) return build_lane_meta(p, row_begin, row_end);
   const int64_t groups = p.cols / p.m;
   const int64_t packed_cols = groups * p.n;
   const int64_t row_bytes = meta_row_bytes(p.cols);
@@ -31,7 +56,35 @@ int64_t build_meta_cpu(const MetaParams& p, int64_t row_begin, int64_t row_end) 
   return kAllGroupsValid;
 }
 
+void pack_lane_values(const int8_t* values, int64_t rows, int64_t cols, int8_t* packed, int64_t row_begin,
+                      int64_t row_end) {
+  const int64_t units = cols / 8;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const int8_t* row = values + r * (cols / 2);
+    for (int64_t u = 0; u < units; ++u) std::memcpy(packed + lane_value_offset(rows, cols, r, u), row + 4 * u, 4);
+    if (cols % 8 == 4) std::memcpy(packed + lane_half_value_offset(rows, cols, r), row + 4 * units, 2);
+  }
+}
+
 namespace {
+
+// Expands row `row` of an int8 2:4 weight in the lane layout: each group's values go to the first two kept
+// columns of its mask (the VNNI kernel's rule; only a corrupted mask keeps other than two).
+void expand_lane_row(const LinearParams& p, int64_t row, int32_t* dense) {
+  const int64_t k = p.in_features, rows = p.out_features, groups = k / 4;
+  const auto* values = static_cast<const int8_t*>(p.values);
+  for (int64_t g = 0; g < groups; ++g) {
+    const uint32_t word = load_u32(p.meta + lane_meta_offset(rows, k, row, g / 8));
+    const uint32_t mask = (word >> (4 * (g % 8))) & 0xF;
+    const int8_t* v = g / 2 < k / 8 ? values + lane_value_offset(rows, k, row, g / 2) + 2 * (g % 2)
+                                    : values + lane_half_value_offset(rows, k, row);
+    int kept = 0;
+    for (int i = 0; i < 4; ++i) {
+      const bool take = (mask >> i) & 1 && kept < 2;
+      dense[4 * g + i] = take ? int32_t{v[kept++]} : 0;
+    }
+  }
+}
 
 // Expands one packed row into dense[in_features] (zeros where nothing is kept).
 template <typename Value, typename Dense, typename Convert>
@@ -86,8 +139,13 @@ void linear_portable(const LinearParams& p, int64_t row_begin, int64_t row_end) 
   const int64_t k = p.in_features;
   if (p.weight == Scalar::kInt8) {
     std::vector<int32_t> dense(k);
+    const bool lanes = uses_lane_layout(true, p.n, p.m);
     for (int64_t j = row_begin; j < row_end; ++j) {
-      expand_row<int8_t>(p, j, dense.data(), [](int8_t v) { return int32_t{v}; });
+      if (lanes) {
+        expand_lane_row(p, j, dense.data());
+      } else {
+        expand_row<int8_t>(p, j, dense.data(), [](int8_t v) { return int32_t{v}; });
+      }
       const float bias = p.bias ? p.bias[j] : 0.0f;
       for (int64_t t = 0; t < p.tokens; ++t) {
         const int32_t acc = dot_i8(p.xq + t * p.xq_stride, dense.data(), k);

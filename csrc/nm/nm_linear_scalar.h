@@ -82,6 +82,14 @@ inline uint64_t load_u64(const uint8_t* p) {
   return w;
 }
 
+inline uint32_t load_u32(const uint8_t* p) {
+  uint32_t w;
+  std::memcpy(&w, p, 4);
+  return w;
+}
+
+inline void store_u32(uint8_t* p, uint32_t w) { std::memcpy(p, &w, 4); }
+
 // The int8 quantization of one value (see LinearParams); identical in every kernel.
 inline int8_t quantize_value(float x, float inv_scale) {
   float v = x * inv_scale;

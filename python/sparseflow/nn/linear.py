@@ -169,9 +169,10 @@ class SparseLinear(nn.Module):
         w = self.weight_sparse
         if self.kind == "nm":
             packed_values, packed_meta = torch.ops.sparseflow.nm_pack(w.values, w.indices, w.n, w.m)
-            if values.device.type == "cpu" and values.is_contiguous():
-                # CPU packed values are the canonical values bit for bit (every dtype; csrc/nm/nm.h), so the
-                # kernel reads the w_values buffer itself instead of a second copy of the sparse weight.
+            lane_layout = values.dtype == torch.int8 and (w.n, w.m) == (2, 4)  # csrc/nm/nm_lanes.h: reordered
+            if values.device.type == "cpu" and values.is_contiguous() and not lane_layout:
+                # Other CPU packed values are the canonical values bit for bit (csrc/nm/nm.h), so the kernel
+                # reads the w_values buffer itself instead of a second copy of the sparse weight.
                 packed_values = values
             self._packed = (packed_values, packed_meta)
         else:

@@ -751,7 +751,7 @@ def nm_linear_tolerance_check(actual: torch.Tensor, args: tuple) -> None:
         bad = error > rtol * exact.abs() + floor
         assert not bad.any(), f"int8 path off at {bad.nonzero()[:5].tolist()}: max error {error.max().item():.3g}"
         return
-    w = ref.nm_unpack(pv, pm, in_features)
+    w = ref.nm_unpack(pv, pm, in_features, n, m)
     low = torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
     low = ref._activate(low, activation).to(out_dtype)
     torch_error = (low.double() - exact).abs().max().item()

@@ -486,12 +486,81 @@ def _meta_bit_of_column(int8_layout: bool, device) -> torch.Tensor:
     return nibble * 4 + c % 4
 
 
+LANE_ROWS = 16
+
+
+def uses_lane_layout(dtype: torch.dtype, n: int, m: int) -> bool:
+    """int8 2:4 weights pack into the lane layout of csrc/nm/nm_lanes.h (16 rows interleaved)."""
+    return dtype == torch.int8 and (n, m) == (2, 4)
+
+
+def _lane_blocks(rows: int):
+    return [(first, min(LANE_ROWS, rows - first)) for first in range(0, rows, LANE_ROWS)]
+
+
+def _to_lanes(parts: list[torch.Tensor], rows: int) -> torch.Tensor:
+    """Per-row pieces [rows, units, width] -> the lane layout: per block, unit by unit, one piece per row."""
+    out = []
+    for first, h in _lane_blocks(rows):
+        out += [p[first:first + h].transpose(0, 1).reshape(-1) for p in parts]
+    return torch.cat(out) if out else torch.zeros(0, dtype=parts[0].dtype, device=parts[0].device)
+
+
+def _from_lanes(flat: torch.Tensor, rows: int, widths: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """Inverse of _to_lanes for pieces of (units, width) each: [rows, units, width] per piece."""
+    parts = [[] for _ in widths]
+    at = 0
+    for first, h in _lane_blocks(rows):
+        for i, (units, width) in enumerate(widths):
+            size = units * h * width
+            parts[i].append(flat[at:at + size].reshape(units, h, width).transpose(0, 1))
+            at += size
+    return [torch.cat(p) if p else flat.new_zeros(0, u, w) for p, (u, w) in zip(parts, widths)]
+
+
+def _lane_pack(values: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, in_features = kept.shape
+    units = in_features // 8
+    v = values.view(torch.uint8)
+    packed_values = _to_lanes([v[:, :4 * units].reshape(rows, units, 4), v[:, 4 * units:].reshape(rows, 1, in_features % 8 // 2)],
+                              rows)
+    words = meta_row_bytes(in_features) // 4
+    masks = (kept.reshape(rows, in_features // 4, 4).long() << torch.arange(4, device=kept.device)).sum(-1)  # [rows, groups]
+    masks = torch.nn.functional.pad(masks, (0, 8 * words - masks.shape[1]))
+    dwords = (masks.reshape(rows, words, 8) << (4 * torch.arange(8, device=kept.device))).sum(-1)
+    meta_bytes = (dwords[..., None] >> (8 * torch.arange(4, device=kept.device))) & 0xFF
+    meta = _to_lanes([meta_bytes.to(torch.uint8)], rows)
+    return (packed_values.view(torch.int8).reshape(rows, in_features // 2),
+            meta.reshape(rows, meta_row_bytes(in_features)))
+
+
+def _lane_unpack(packed_values: torch.Tensor, packed_meta: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Each group's two values go to the first two kept columns of its mask (the kernels' rule)."""
+    rows, device = packed_values.shape[0], packed_values.device
+    units, words, groups = in_features // 8, packed_meta.shape[1] // 4, in_features // 4
+    full, half = _from_lanes(packed_values.reshape(-1).view(torch.uint8), rows, [(units, 4), (1, in_features % 8 // 2)])
+    values = torch.cat([full.reshape(rows, 4 * units), half.reshape(rows, in_features % 8 // 2)], 1).view(torch.int8)
+    (meta_bytes,) = _from_lanes(packed_meta.reshape(-1), rows, [(words, 4)])
+    dwords = (meta_bytes.long() << (8 * torch.arange(4, device=device))).sum(-1)  # [rows, words]
+    masks = (dwords[..., None] >> (4 * torch.arange(8, device=device))) & 0xF
+    masks = masks.reshape(rows, 8 * words)[:, :groups]
+    bits = ((masks[..., None] >> torch.arange(4, device=device)) & 1).bool()  # [rows, groups, 4]
+    rank = bits.long().cumsum(-1)
+    take = bits & (rank <= 2)
+    index = (2 * torch.arange(groups, device=device)[:, None] + rank - 1).clamp(0, max(2 * groups - 1, 0))
+    gathered = values.gather(1, index.reshape(rows, 4 * groups)).reshape(rows, groups, 4)
+    return torch.where(take, gathered, torch.zeros((), dtype=torch.int8, device=device)).reshape(rows, in_features)
+
+
 def nm_pack(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """CPU layout: (a copy of values, a bitmask of the kept columns; see csrc/nm/nm.h)."""
+    """CPU layout: (a copy of values, a bitmask of the kept columns; see csrc/nm/nm.h), or for int8 2:4 the
+    lane layout of csrc/nm/nm_lanes.h."""
     _check_compressed(values, indices, n, m, LINEAR_WEIGHT_DTYPES)
     rows, in_features = values.shape[0], values.shape[1] // n * m
     # nm_decompress validates the positions (IndexError) and gives the kept columns.
     kept = nm_decompress(torch.ones_like(values, dtype=torch.int8), indices, n, m).bool()
+    if uses_lane_layout(values.dtype, n, m):
+        return _lane_pack(values.contiguous(), kept)
     row_bytes = meta_row_bytes(in_features)
     padded = torch.zeros(rows, row_bytes * 8, dtype=torch.bool, device=values.device)
     padded[:, :in_features] = kept
@@ -503,8 +572,10 @@ def nm_pack(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -> tupl
     return values.contiguous().clone(), meta
 
 
-def nm_unpack(packed_values: torch.Tensor, packed_meta: torch.Tensor, in_features: int) -> torch.Tensor:
+def nm_unpack(packed_values: torch.Tensor, packed_meta: torch.Tensor, in_features: int, n: int, m: int) -> torch.Tensor:
     """The dense weight [out_features, in_features] (in packed_values' dtype) of a CPU-packed N:M weight."""
+    if uses_lane_layout(packed_values.dtype, n, m):
+        return _lane_unpack(packed_values, packed_meta, in_features)
     rows = packed_values.shape[0]
     device = packed_values.device
     row_bytes = packed_meta.shape[1]
@@ -582,7 +653,7 @@ def nm_linear_int8_accumulator(x, packed_values, packed_meta, n, m, out_features
     """The exact int32 accumulator of the int8 path, acc[..., j] = sum_k q[..., k] * W[j, k], and the per-token
     activation scales; nm_linear returns act(fma(acc, x_scale * weight_scale[j], bias[j]))."""
     q, x_scale = quantize_per_token_s8(x)
-    w = nm_unpack(packed_values, packed_meta, in_features)
+    w = nm_unpack(packed_values, packed_meta, in_features, n, m)
     acc = (q.reshape(q.shape[:-1].numel(), in_features).long() @ w.long().T).to(torch.int32)  # exact in int64
     return acc.reshape(*x.shape[:-1], out_features), x_scale
 
@@ -610,7 +681,7 @@ def nm_linear_float64(x, packed_values, packed_meta, n, m, out_features, in_feat
         scale = x_scale.unsqueeze(-1) * weight_scale  # fp32 product, as in the kernel
         y = acc.double() * scale.double()
     else:
-        w = nm_unpack(packed_values, packed_meta, in_features)
+        w = nm_unpack(packed_values, packed_meta, in_features, n, m)
         y = x.double() @ w.double().T
     if bias is not None:
         y = y + bias.double()

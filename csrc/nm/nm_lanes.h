@@ -1,0 +1,62 @@
+// The lane layout of int8 2:4 weights on the CPU (torch-free; CPU files only, so nm.h and the CUDA files
+// that include it stay untouched).
+//
+// nm_linear's VNNI kernel for int8 2:4 gives each of 16 output rows one dword lane of a zmm: a lane holds
+// the 4 kept weights of two groups, and a vpshufb picks the 4 activations they multiply from the 8 columns
+// (its control comes from the two groups' masks through a 16-entry vpermd table). One vpdpbusd then does
+// 4 real multiply-adds per lane (the row-major kernel re-densifies and does 2 real ones in 4), and the
+// weights stream as one contiguous run per 16 rows.
+//
+// Rows come in blocks of kLaneRows (the last block holds the rest, h = rows - 16 * block rows); a block
+// occupies the bytes its rows have in the row-major tensors, so the tensor shapes do not change:
+//   packed_values  [rows, cols/2]: for each 8-column unit u of the block, h dwords; lane l = the 4 kept
+//                  values of row l in columns 8u .. 8u+7, in column order. When cols % 8 == 4, a last half
+//                  unit of h 16-bit words (the 2 kept values of the last group).
+//   packed_meta    [rows, meta_row_bytes(cols)]: for each 32-column unit v, h dwords; nibble j of lane l =
+//                  the kept mask of row l's group 8v + j (bit i = column 4 (8v + j) + i), 0 past cols. When
+//                  ceil(cols / 32) is odd, h zero dwords fill the rest of the block.
+// Values sit at fixed places whatever the meta says, so a corrupted meta gives wrong numbers, never a read
+// outside the weight.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "nm.h"
+
+namespace sparseflow::nm {
+
+constexpr int kLaneRows = 16;
+
+inline bool uses_lane_layout(bool int8, int n, int m) { return int8 && n == 2 && m == 4; }
+
+// Rows in the block that starts at row `first` (a multiple of kLaneRows).
+inline int lane_block_height(int64_t rows, int64_t first) {
+  return static_cast<int>(std::min<int64_t>(kLaneRows, rows - first));
+}
+
+// Byte offsets, from the start of the tensor, of row `row`'s dword in unit u (values) / v (meta).
+inline int64_t lane_value_offset(int64_t rows, int64_t cols, int64_t row, int64_t u) {
+  const int64_t first = row / kLaneRows * kLaneRows;
+  return first * (cols / 2) + (u * lane_block_height(rows, first) + row - first) * 4;
+}
+inline int64_t lane_meta_offset(int64_t rows, int64_t cols, int64_t row, int64_t v) {
+  const int64_t first = row / kLaneRows * kLaneRows;
+  return first * meta_row_bytes(cols) + (v * lane_block_height(rows, first) + row - first) * 4;
+}
+// The last half unit's 16-bit word of a row (cols % 8 == 4).
+inline int64_t lane_half_value_offset(int64_t rows, int64_t cols, int64_t row) {
+  const int64_t first = row / kLaneRows * kLaneRows;
+  const int h = lane_block_height(rows, first);
+  return first * (cols / 2) + (cols / 8) * 4 * h + (row - first) * 2;
+}
+
+// packed_values of rows [row_begin, row_end) (whole blocks) from the canonical values [rows, cols/2].
+void pack_lane_values(const int8_t* values, int64_t rows, int64_t cols, int8_t* packed, int64_t row_begin,
+                      int64_t row_end);
+
+// nm_linear for int8 2:4 weights in the lane layout, AVX512_VNNI; row_begin a multiple of kLaneRows and
+// row_end one too or out_features. Activations xq as for linear_avx512_vnni (biased, natural column order).
+void linear_lanes_avx512_vnni(const LinearParams& p, int64_t row_begin, int64_t row_end);
+
+}  // namespace sparseflow::nm
