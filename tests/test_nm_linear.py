@@ -61,16 +61,17 @@ def test_int8_accumulator_is_exact(isa, n, m, tokens):
     assert torch.equal(y, acc.float()), f"max diff {(y - acc.float()).abs().max() if y.numel() else 0}"
 
 
-@pytest.mark.parametrize("in_features", [4, 8, 12, 16, 24, 28, 36, 64, 100, 132])
-def test_int8_2_4_lane_layout_edges_are_exact(isa, in_features):
+@pytest.mark.parametrize("n,m,in_features", [(2, 4, k) for k in (4, 8, 12, 16, 24, 28, 36, 64, 100, 132)]
+                         + [(4, 8, k) for k in (8, 16, 24, 32, 40, 136)])
+def test_int8_lane_layout_edges_are_exact(isa, n, m, in_features):
     """The lane layout's edges: 1-3 full 8-column units in the last meta word, with or without the half unit
     of in_features % 8 == 4; blocks of 16 rows with a short last one (1, 15, 17, 40 rows); 1-9 tokens."""
     for out_features in (1, 15, 16, 17, 40):
         for tokens in (1, 5, 9):
-            x, pv, pm, ws = _int8_exact_problem((tokens,), out_features, in_features, 2, 4,
+            x, pv, pm, ws = _int8_exact_problem((tokens,), out_features, in_features, n, m,
                                                 seed=in_features * 7 + out_features + tokens)
-            acc, _ = ref.nm_linear_int8_accumulator(x, pv, pm, 2, 4, out_features, in_features)
-            y = ops.nm_linear(x, pv, pm, 2, 4, out_features, in_features, weight_scale=ws)
+            acc, _ = ref.nm_linear_int8_accumulator(x, pv, pm, n, m, out_features, in_features)
+            y = ops.nm_linear(x, pv, pm, n, m, out_features, in_features, weight_scale=ws)
             assert torch.equal(y, acc.float()), (out_features, tokens)
 
 

@@ -49,8 +49,8 @@ int64_t decompress_cpu(const PackParams& p, int64_t row_begin, int64_t row_end);
 //                  float weights: bit c is column c (so a 16-column piece is one 16-bit mask for vexpandps);
 //                  int8 weights:  nibble j holds the 4 columns of group-of-4 `kInt8NibbleGroup[j]` (the order
 //                                 vpsrlvd leaves the nibbles in after a 64-bit broadcast; see *_avx512_vnni.cpp).
-// int8 2:4 weights use the lane layout of nm_lanes.h instead (16 rows interleaved, one dword lane per row;
-// build_meta_cpu writes its meta when int8_layout is set and n:m is 2:4).
+// int8 2:4 and 4:8 weights use the lane layout of nm_lanes.h instead (16 rows interleaved, one dword lane per
+// row; build_meta_cpu writes its meta when int8_layout is set and n:m is one of them).
 constexpr int64_t kMetaChunk = 64;
 inline int64_t meta_row_bytes(int64_t cols) { return (cols + kMetaChunk - 1) / kMetaChunk * 8; }
 

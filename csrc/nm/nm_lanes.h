@@ -1,20 +1,22 @@
-// The lane layout of int8 2:4 weights on the CPU (torch-free; CPU files only, so nm.h and the CUDA files
-// that include it stay untouched).
+// The lane layout of int8 2:4 and 4:8 weights on the CPU (torch-free; CPU files only, so nm.h and the CUDA
+// files that include it stay untouched).
 //
-// nm_linear's VNNI kernel for int8 2:4 gives each of 16 output rows one dword lane of a zmm: a lane holds
-// the 4 kept weights of two groups, and a vpshufb picks the 4 activations they multiply from the 8 columns
-// (its control comes from the two groups' masks through a 16-entry vpermd table). One vpdpbusd then does
-// 4 real multiply-adds per lane (the row-major kernel re-densifies and does 2 real ones in 4), and the
-// weights stream as one contiguous run per 16 rows.
+// Both patterns keep 4 of every 8 columns. nm_linear's VNNI kernel gives each of 16 output rows one dword
+// lane of a zmm holding its 4 kept weights of 8 columns; a vpshufb picks the 4 activations they multiply
+// from the 8 broadcast ones (its control comes from the two 4-column masks through two 16-entry vpermd
+// tables: the first half's kept columns fill the control from byte 0, the second half's end at byte 3, which
+// is where they go when the 8 columns keep exactly 4). One vpdpbusd then does 16 rows x 4 real multiply-adds
+// (the row-major kernel re-densifies and does 2 real ones in 4), and the weights stream as one contiguous run
+// per 16 rows.
 //
 // Rows come in blocks of kLaneRows (the last block holds the rest, h = rows - 16 * block rows); a block
 // occupies the bytes its rows have in the row-major tensors, so the tensor shapes do not change:
 //   packed_values  [rows, cols/2]: for each 8-column unit u of the block, h dwords; lane l = the 4 kept
-//                  values of row l in columns 8u .. 8u+7, in column order. When cols % 8 == 4, a last half
-//                  unit of h 16-bit words (the 2 kept values of the last group).
+//                  values of row l in columns 8u .. 8u+7, in column order. When cols % 8 == 4 (2:4 only), a
+//                  last half unit of h 16-bit words (the 2 kept values of the last group of 4).
 //   packed_meta    [rows, meta_row_bytes(cols)]: for each 32-column unit v, h dwords; nibble j of lane l =
-//                  the kept mask of row l's group 8v + j (bit i = column 4 (8v + j) + i), 0 past cols. When
-//                  ceil(cols / 32) is odd, h zero dwords fill the rest of the block.
+//                  the kept mask of row l's columns 4 (8v + j) .. +3 (bit i = column 4 (8v + j) + i), 0 past
+//                  cols. When ceil(cols / 32) is odd, h zero dwords fill the rest of the block.
 // Values sit at fixed places whatever the meta says, so a corrupted meta gives wrong numbers, never a read
 // outside the weight.
 #pragma once
@@ -28,7 +30,7 @@ namespace sparseflow::nm {
 
 constexpr int kLaneRows = 16;
 
-inline bool uses_lane_layout(bool int8, int n, int m) { return int8 && n == 2 && m == 4; }
+inline bool uses_lane_layout(bool int8, int n, int m) { return int8 && ((n == 2 && m == 4) || (n == 4 && m == 8)); }
 
 // Rows in the block that starts at row `first` (a multiple of kLaneRows).
 inline int lane_block_height(int64_t rows, int64_t first) {
@@ -55,7 +57,7 @@ inline int64_t lane_half_value_offset(int64_t rows, int64_t cols, int64_t row) {
 void pack_lane_values(const int8_t* values, int64_t rows, int64_t cols, int8_t* packed, int64_t row_begin,
                       int64_t row_end);
 
-// nm_linear for int8 2:4 weights in the lane layout, AVX512_VNNI; row_begin a multiple of kLaneRows and
+// nm_linear for int8 weights in the lane layout, AVX512_VNNI; row_begin a multiple of kLaneRows and
 // row_end one too or out_features. Activations xq as for linear_avx512_vnni (biased, natural column order).
 void linear_lanes_avx512_vnni(const LinearParams& p, int64_t row_begin, int64_t row_end);
 

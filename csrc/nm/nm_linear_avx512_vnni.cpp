@@ -1,13 +1,13 @@
-// nm_linear for int8 weights with AVX512_VNNI (torch-free; built with this ISA's flags), every pattern but
-// 2:4, whose lane layout has its own kernel (nm_linear_lanes_avx512_vnni.cpp).
+// nm_linear for int8 weights with AVX512_VNNI (torch-free; built with this ISA's flags): 1:4, 2:8 and 1:8.
+// 2:4 and 4:8 pack into the lane layout, which has its own kernel (nm_linear_lanes_avx512_vnni.cpp).
 //
 // The weight is re-densified 64 columns (one zmm of bytes) at a time from its compressed form, inside
 // registers: the meta word's 16 nibbles (one 4-bit mask per group of 4 columns) land in the 16 dword lanes
 // after a broadcast and vpsrlvd; vpermd through a 16-entry table turns each mask into a vpshufb control that
 // places the group's kept bytes (spread next to their lane by vpmovzx) at their columns and zeros the rest.
 // Then one vpdpbusd per token (u8 activations = s8 + 128) does 64 multiply-adds; the +128 is taken back with
-// 128 * sum(w), which a vpdpbusd against ones accumulates once per row. Bytes per dense weight: 1:4 0.375,
-// 4:8 0.625 (values + 1 bit of mask per column).
+// 128 * sum(w), which a vpdpbusd against ones accumulates once per row. Bytes per dense weight: 1:4 and 2:8
+// 0.375, 1:8 0.25 (values + 1 bit of mask per column).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -16,7 +16,6 @@
 
 #include "nm.h"
 #include "nm_linear_simd.h"
-#include "nm_linear_vnni.h"
 
 namespace sparseflow::nm {
 
@@ -32,17 +31,8 @@ constexpr int64_t kPanelBytes = 192 * 1024;
 // Rows per tile for T tokens: R*T + R accumulators (>= 8 for vpdpbusd's latency) and the constants in 32 zmm.
 constexpr int rows_for(int tokens) { return tokens <= 4 ? 4 : 2; }
 
-// Patterns with 32 kept bytes per 64 columns (4:8 here) load a full chunk with one vbroadcasti64x4, which
-// leaves bytes 0-15 in lanes 0 and 2 and bytes 16-31 in lanes 1 and 3. So lane L works on the columns of
-// chunk lane kLaneOrder[L] (groups-of-4 4 kLaneOrder[L] ..), and vnni_order_activations puts the
-// activations of full chunks in the same lane order once per call.
-constexpr int kLaneOrder[4] = {0, 2, 1, 3};
-constexpr int kLaneOrderImm = 0 | 2 << 2 | 1 << 4 | 3 << 6;  // vshufi32x4 selector of that order
-constexpr int bcast_group(int dword) { return 4 * kLaneOrder[dword / 4] + dword % 4; }
-
 struct Consts {
   __m512i shifts;    // lanes 2i and 2i+1 shift by 4i: nibble i -> lane 2i, nibble 8+i -> lane 2i+1
-  __m512i shifts_bcast;  // full chunks of 32-byte patterns: dword l takes group-of-4 bcast_group(l)
   __m512i rank_lut;  // mask -> control: byte i = rank of column i among the kept ones, or 0x80 (zero)
   __m512i pop_lut;   // mask -> popcount in every byte
   __m512i base;        // byte offset (within the 128-bit lane) of the dword's group's spread values
@@ -50,7 +40,7 @@ struct Consts {
   __m512i ones;
 
   Consts(int n, int m) {
-    alignas(64) int32_t shift[16], shift_bcast[16], rank[16], pop[16], lane_base[16], bcast_base[16];
+    alignas(64) int32_t shift[16], rank[16], pop[16], lane_base[16], bcast_base[16];
     for (int l = 0; l < 16; ++l) {
       shift[l] = 4 * (l / 2);
       uint32_t control = 0;
@@ -63,24 +53,15 @@ struct Consts {
       pop[l] = kept * 0x01010101;
       const int b = m == 4 ? 4 * (l % 4) : 8 * ((l / 2) % 2);
       lane_base[l] = b * 0x01010101;
-      // Where the broadcast loads of spread_bcast leave a group's kept bytes (group g starts at chunk byte
-      // n * g); 32-byte chunks also take their groups in kLaneOrder.
-      const int lane = l / 4, chunk_bytes = 64 / m * n;
-      if (chunk_bytes == 32) {  // vbroadcasti64x4: lane L holds bytes 16 * (L % 2) .. + 15
-        const int g4 = bcast_group(l), group = m == 4 ? g4 : g4 / 2;
-        shift_bcast[l] = 4 * (g4 / 2);
-        bcast_base[l] = (n * group - 16 * (lane % 2)) * 0x01010101;
-      } else {  // vbroadcasti32x4: every lane holds bytes 0 .. 15
-        shift_bcast[l] = shift[l];
-        bcast_base[l] = n * (m == 4 ? l : l / 2) * 0x01010101;
-      }
+      // Where spread_bcast (every 128-bit lane holds chunk bytes 0-15) leaves a group's kept bytes: group g
+      // starts at chunk byte n * g.
+      bcast_base[l] = n * (m == 4 ? l : l / 2) * 0x01010101;
     }
     shifts = _mm512_load_si512(shift);
     rank_lut = _mm512_load_si512(rank);
     pop_lut = _mm512_load_si512(pop);
     base = _mm512_load_si512(lane_base);
     base_bcast = _mm512_load_si512(bcast_base);
-    shifts_bcast = _mm512_load_si512(shift_bcast);
     ones = _mm512_set1_epi8(1);
   }
 };
@@ -88,18 +69,10 @@ struct Consts {
 // The kept bytes of 64 columns, each group's next to its dword lane (64/m*n bytes; `bytes` in a tail chunk).
 template <int N, int M, bool kFull>
 SF_ALWAYS_INLINE __m512i spread(const int8_t* v, int bytes) {
-  if constexpr (M == 4 && N == 2) {
-    const __m256i raw = kFull ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v))
-                              : _mm256_maskz_loadu_epi8(static_cast<__mmask32>((1ull << bytes) - 1), v);
-    return _mm512_cvtepu16_epi32(raw);
-  } else if constexpr (M == 4 && N == 1) {
+  if constexpr (M == 4 && N == 1) {
     const __m128i raw = kFull ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(v))
                               : _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << bytes) - 1), v);
     return _mm512_cvtepu8_epi32(raw);
-  } else if constexpr (M == 8 && N == 4) {
-    const __m256i raw = kFull ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v))
-                              : _mm256_maskz_loadu_epi8(static_cast<__mmask32>((1ull << bytes) - 1), v);
-    return _mm512_cvtepu32_epi64(raw);
   } else if constexpr (M == 8 && N == 2) {
     const __m128i raw = kFull ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(v))
                               : _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << bytes) - 1), v);
@@ -113,19 +86,13 @@ SF_ALWAYS_INLINE __m512i spread(const int8_t* v, int bytes) {
 }
 
 // Whether full chunks of N:M load their kept bytes with one lane broadcast (load port only) instead of a
-// vpmovzx (shuffle port, the kernel's bottleneck): every pattern with 16 or 32 bytes per 64 columns.
+// vpmovzx (shuffle port, the kernel's bottleneck): the patterns with 16 bytes per 64 columns (1:4, 2:8).
 template <int N, int M>
-constexpr bool kBroadcastSpread = 64 / M * N == 16 || 64 / M * N == 32;
+constexpr bool kBroadcastSpread = 64 / M * N == 16;
 
-// The kept bytes of a full 64-column chunk by one broadcast: 32 bytes -> lane L holds bytes 16 * (L % 2) ..
-// + 15 (see kLaneOrder); 16 bytes -> every lane holds all of them.
-template <int N, int M>
+// The 16 kept bytes of a full 64-column chunk in every 128-bit lane.
 SF_ALWAYS_INLINE __m512i spread_bcast(const int8_t* v) {
-  if constexpr (64 / M * N == 32) {
-    return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v)));
-  } else {
-    return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v)));
-  }
+  return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v)));
 }
 
 // 64 dense int8 weights of one row from its meta word and kept bytes.
@@ -134,14 +101,14 @@ SF_ALWAYS_INLINE __m512i densify(const Consts& k, const uint8_t* meta, const int
   long long word;
   std::memcpy(&word, meta, 8);
   constexpr bool kBcast = kFull && kBroadcastSpread<N, M>;
-  const __m512i nibbles = _mm512_srlv_epi32(_mm512_set1_epi64(word), kBcast ? k.shifts_bcast : k.shifts);
+  const __m512i nibbles = _mm512_srlv_epi32(_mm512_set1_epi64(word), k.shifts);
   __m512i control = _mm512_add_epi32(_mm512_permutexvar_epi32(nibbles, k.rank_lut), kBcast ? k.base_bcast : k.base);
   if constexpr (M == 8) {
     // The upper half of a group of 8 starts after the kept bytes of its lower half.
     control = _mm512_add_epi32(control, _mm512_slli_epi64(_mm512_permutexvar_epi32(nibbles, k.pop_lut), 32));
   }
   if constexpr (kBcast) {
-    return _mm512_shuffle_epi8(spread_bcast<N, M>(values), control);
+    return _mm512_shuffle_epi8(spread_bcast(values), control);
   } else {
     return _mm512_shuffle_epi8(spread<N, M, kFull>(values, bytes), control);
   }
@@ -245,25 +212,13 @@ void run(const LinearParams& p, int64_t row_begin, int64_t row_end) {
 
 }  // namespace
 
-void vnni_order_activations(int n, int m, int8_t* xq, int64_t stride, int64_t cols, int64_t begin, int64_t end) {
-  if (64 / m * n != 32) return;
-  for (int64_t t = begin; t < end; ++t) {
-    int8_t* row = xq + t * stride;
-    for (int64_t c = 0; c + 64 <= cols; c += 64) {
-      const __m512i v = _mm512_loadu_si512(row + c);
-      _mm512_storeu_si512(row + c, _mm512_shuffle_i32x4(v, v, kLaneOrderImm));
-    }
-  }
-}
-
 void linear_avx512_vnni(const LinearParams& p, int64_t row_begin, int64_t row_end) {
   switch (p.m * 16 + p.n) {
     case 4 * 16 + 1: return run<1, 4>(p, row_begin, row_end);
     case 8 * 16 + 1: return run<1, 8>(p, row_begin, row_end);
     case 8 * 16 + 2: return run<2, 8>(p, row_begin, row_end);
-    case 8 * 16 + 4: return run<4, 8>(p, row_begin, row_end);
   }
-  // The wrapper checks vnni_supports() first.
+  // The wrapper sends 2:4 and 4:8 to linear_lanes_avx512_vnni and checks vnni_supports() first.
 }
 
 }  // namespace sparseflow::nm

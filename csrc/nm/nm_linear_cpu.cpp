@@ -10,7 +10,6 @@
 
 #include "nm_lanes.h"
 #include "nm_linear_common.h"
-#include "nm_linear_vnni.h"
 #include "sparseflow/cpu_features.h"
 
 namespace sparseflow::nm {
@@ -141,10 +140,7 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
     q.biased = vnni;
     auto quantize = isa >= CpuIsa::kAvx512 ? quantize_rows_avx512 : quantize_rows_portable;
     at::parallel_for(0, p.tokens, std::max<int64_t>(1, 65536 / std::max<int64_t>(in_features, 1)),
-                     [&](int64_t begin, int64_t end) {
-                       quantize(q, begin, end);
-                       if (vnni && !lanes) vnni_order_activations(p.n, p.m, q.xq, q.xq_stride, in_features, begin, end);
-                     });
+                     [&](int64_t begin, int64_t end) { quantize(q, begin, end); });
     p.xq = q.xq;
     p.xq_stride = q.xq_stride;
     p.x_scale = q.scale;

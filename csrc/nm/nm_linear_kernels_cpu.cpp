@@ -11,21 +11,25 @@
 namespace sparseflow::nm {
 namespace {
 
-// The lane layout's meta (nm_lanes.h): a row's 4-bit group masks, 8 to a dword, at its lane of each unit.
+// The lane layout's meta (nm_lanes.h): a row's 4-column masks, 8 to a dword, at its lane of each unit.
 int64_t build_lane_meta(const MetaParams& p, int64_t row_begin, int64_t row_end) {
-  const int64_t groups = p.cols / 4;
-  const int64_t words = meta_row_bytes(p.cols) / 4;  // ceil(groups / 8), rounded up to even
+  const int64_t groups = p.cols / p.m;
+  const int64_t words = meta_row_bytes(p.cols) / 4;  // ceil(cols / 32), rounded up to even
+  std::vector<uint32_t> row_words(words);
   for (int64_t r = row_begin; r < row_end; ++r) {
-    const uint8_t* idx = p.indices + r * groups * 2;
-    for (int64_t v = 0; v < words; ++v) {
-      uint32_t word = 0;
-      for (int64_t g = 8 * v; g < std::min(groups, 8 * v + 8); ++g) {
-        const int a = idx[2 * g], b = idx[2 * g + 1];
-        if (b >= 4 || a >= b) return r * groups + g;
-        word |= (1u << a | 1u << b) << (4 * (g - 8 * v));
+    std::fill(row_words.begin(), row_words.end(), 0u);
+    const uint8_t* idx = p.indices + r * groups * p.n;
+    for (int64_t g = 0; g < groups; ++g) {
+      int previous = -1;
+      for (int i = 0; i < p.n; ++i) {
+        const int pos = idx[g * p.n + i];
+        if (pos >= p.m || pos <= previous) return r * groups + g;
+        previous = pos;
+        const int64_t col = g * p.m + pos;
+        row_words[col / 32] |= 1u << (col % 32);  // nibble j of word v = columns 32 v + 4 j .. +3
       }
-      store_u32(p.meta + lane_meta_offset(p.rows, p.cols, r, v), word);
     }
+    for (int64_t v = 0; v < words; ++v) store_u32(p.meta + lane_meta_offset(p.rows, p.cols, r, v), row_words[v]);
   }
   return kAllGroupsValid;
 }
@@ -68,24 +72,6 @@ void pack_lane_values(const int8_t* values, int64_t rows, int64_t cols, int8_t* 
 
 namespace {
 
-// Expands row `row` of an int8 2:4 weight in the lane layout: each group's values go to the first two kept
-// columns of its mask (the VNNI kernel's rule; only a corrupted mask keeps other than two).
-void expand_lane_row(const LinearParams& p, int64_t row, int32_t* dense) {
-  const int64_t k = p.in_features, rows = p.out_features, groups = k / 4;
-  const auto* values = static_cast<const int8_t*>(p.values);
-  for (int64_t g = 0; g < groups; ++g) {
-    const uint32_t word = load_u32(p.meta + lane_meta_offset(rows, k, row, g / 8));
-    const uint32_t mask = (word >> (4 * (g % 8))) & 0xF;
-    const int8_t* v = g / 2 < k / 8 ? values + lane_value_offset(rows, k, row, g / 2) + 2 * (g % 2)
-                                    : values + lane_half_value_offset(rows, k, row);
-    int kept = 0;
-    for (int i = 0; i < 4; ++i) {
-      const bool take = (mask >> i) & 1 && kept < 2;
-      dense[4 * g + i] = take ? int32_t{v[kept++]} : 0;
-    }
-  }
-}
-
 // Expands one packed row into dense[in_features] (zeros where nothing is kept).
 template <typename Value, typename Dense, typename Convert>
 void expand_row(const LinearParams& p, int64_t row, Dense* dense, Convert convert) {
@@ -101,6 +87,23 @@ void expand_row(const LinearParams& p, int64_t row, Dense* dense, Convert conver
     for (int c = 0; c < width; ++c) {
       const bool kept = (word >> meta_bit(c, int8_layout)) & 1;
       dense[c0 + c] = kept ? convert(values[next++]) : Dense(0);
+    }
+  }
+}
+
+// Expands row `row` of an int8 weight in the lane layout: the kept columns of each 8-column unit, in order,
+// take its values in order (what the VNNI kernel's tables do when a unit keeps 4, as nm_pack's always do).
+void expand_lane_row(const LinearParams& p, int64_t row, int32_t* dense) {
+  const int64_t k = p.in_features, rows = p.out_features;
+  const auto* values = static_cast<const int8_t*>(p.values);
+  for (int64_t u = 0; 8 * u < k; ++u) {
+    const bool half = 8 * u + 8 > k;  // cols % 8 == 4: the last unit has 4 columns and 2 values
+    const uint32_t mask = (load_u32(p.meta + lane_meta_offset(rows, k, row, u / 4)) >> (8 * (u % 4))) & 0xFF;
+    const int8_t* v = half ? values + lane_half_value_offset(rows, k, row) : values + lane_value_offset(rows, k, row, u);
+    const int width = half ? 4 : 8;
+    for (int c = 0, kept = 0; c < width; ++c) {
+      const bool take = (mask >> c) & 1 && kept < width / 2;
+      dense[8 * u + c] = take ? int32_t{v[kept++]} : 0;
     }
   }
 }

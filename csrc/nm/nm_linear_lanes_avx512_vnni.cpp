@@ -1,9 +1,9 @@
-// nm_linear for int8 2:4 weights in the lane layout (nm_lanes.h), AVX512_VNNI (torch-free; built with this
-// ISA's flags).
+// nm_linear for int8 2:4 and 4:8 weights in the lane layout (nm_lanes.h), AVX512_VNNI (torch-free; built
+// with this ISA's flags).
 //
-// A zmm lane is an output row. Per 8 columns (two groups) a lane holds its row's 4 kept weights; vpermd
-// turns each group's 4-bit mask into the vpshufb control that picks, from the 8 activations broadcast to
-// every 128-bit lane, the 4 that those weights multiply; one vpdpbusd then does 16 rows x 4 real
+// A zmm lane is an output row. Per 8 columns a lane holds its row's 4 kept weights; two vpermd turn the two
+// 4-column masks into the vpshufb control that picks, from the 8 activations broadcast to every 128-bit
+// lane, the 4 that those weights multiply; one vpdpbusd then does 16 rows x 4 real
 // multiply-adds. The controls are made once per unit and serve every token. Activations are u8 (s8 + 128);
 // the +128 is taken back with 128 * sum(w), which a vpdpbusd against ones accumulates per lane.
 #include <immintrin.h>
@@ -19,20 +19,21 @@ namespace {
 constexpr int kMaxTokens = 8;
 
 struct LaneConsts {
-  __m512i lut_lo;  // mask -> control bytes 0, 1: the columns (0-3) of its first two kept entries (0x80: none)
-  __m512i lut_hi;  // mask -> control bytes 2, 3: the same for the unit's second group (columns 4-7)
+  __m512i lut_lo;  // mask of columns 0-3 -> their indices, from control byte 0 on
+  __m512i lut_hi;  // mask of columns 4-7 -> their indices (4-7), ending at control byte 3
   __m512i ones;
 
   LaneConsts() {
+    // Each table sets only the bytes its half fills and leaves the others 0, so one vpord merges them. A byte
+    // neither fills (only the half unit of 2:4, whose weights there are 0) picks column 0: a product of 0.
     alignas(64) uint32_t lo[16], hi[16];
     for (int mask = 0; mask < 16; ++mask) {
-      uint32_t c[2] = {0x80, 0x80};
-      for (int i = 0, kept = 0; i < 4 && kept < 2; ++i) {
-        if ((mask >> i) & 1) c[kept++] = static_cast<uint32_t>(i);
+      lo[mask] = hi[mask] = 0;
+      for (int i = 0, lo_byte = 0, hi_byte = 4 - __builtin_popcount(mask); i < 4; ++i) {
+        if (!((mask >> i) & 1)) continue;
+        lo[mask] |= static_cast<uint32_t>(i) << (8 * lo_byte++);
+        hi[mask] |= static_cast<uint32_t>(4 + i) << (8 * hi_byte++);
       }
-      // Each table leaves the other's two bytes 0, so one vpord merges them.
-      lo[mask] = c[1] << 8 | c[0];
-      hi[mask] = (c[1] == 0x80 ? 0x80u : c[1] + 4) << 24 | (c[0] == 0x80 ? 0x80u : c[0] + 4) << 16;
     }
     lut_lo = _mm512_load_si512(lo);
     lut_hi = _mm512_load_si512(hi);
@@ -46,8 +47,8 @@ inline __m512i broadcast8(const uint8_t* p) {
   return _mm512_set1_epi64(v);
 }
 
-// One unit (8 columns) of a block: weights w (4 per lane), its meta word mw with the unit's two masks at
-// bits 8q .. 8q+7. Accumulator set S (units alternate between two sets for vpdpbusd's latency).
+// One unit (8 columns) of a block: weights w (4 per lane), its meta word mw with the unit's two 4-column
+// masks at bits 8q .. 8q+7. Accumulator set S (units alternate between two sets for vpdpbusd's latency).
 template <int T, int Q>
 SF_ALWAYS_INLINE void unit(const LaneConsts& k, __m512i mw, __m512i w, const uint8_t* const (&x)[T], int64_t col,
                            __m512i (&acc)[2][T], __m512i (&wsum)[2]) {
@@ -75,7 +76,7 @@ SF_ALWAYS_INLINE void full_units(const LaneConsts& k, __m512i mw, const int8_t* 
 // Tokens [t0, t0 + T) of the block of h rows that starts at row `first`; int32 results to out[t * 16 + lane].
 template <int T>
 void block(const LinearParams& p, const LaneConsts& k, int64_t first, int h, int64_t t0, int32_t* out) {
-  const int64_t cols = p.in_features, groups = cols / 4, full = groups / 2;
+  const int64_t cols = p.in_features, quads = cols / 4, full = quads / 2;  // 4-column pieces, full units
   const int8_t* values = static_cast<const int8_t*>(p.values) + first * (cols / 2);
   const uint8_t* meta = p.meta + first * meta_row_bytes(cols);
   const __mmask16 lanes = static_cast<__mmask16>((1u << h) - 1);
@@ -91,11 +92,11 @@ void block(const LinearParams& p, const LaneConsts& k, int64_t first, int h, int
     const __m512i mw = _mm512_maskz_loadu_epi32(lanes, meta + u0 * h);  // meta word u0 / 4: 4 * h bytes each
     full_units<0, T>(k, mw, values, h, lanes, x, u0, 4, acc, wsum);
   }
-  if (u0 < (groups + 1) / 2) {  // the last meta word: up to 3 full units and the half unit of cols % 8 == 4
+  if (u0 < (quads + 1) / 2) {  // the last meta word: up to 3 full units and the half unit of cols % 8 == 4
     const __m512i mw = _mm512_maskz_loadu_epi32(lanes, meta + u0 * h);
     const int count = static_cast<int>(full - u0);
     full_units<0, T>(k, mw, values, h, lanes, x, u0, count, acc, wsum);
-    if (groups % 2 == 1) {
+    if (quads % 2 == 1) {
       const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, values + full * 4 * h));
       switch (count) {  // the half unit's mask sits at bits 8 * count; its second mask is 0 (no column)
         case 0: unit<T, 0>(k, mw, w, x, 8 * full, acc, wsum); break;

@@ -490,8 +490,8 @@ LANE_ROWS = 16
 
 
 def uses_lane_layout(dtype: torch.dtype, n: int, m: int) -> bool:
-    """int8 2:4 weights pack into the lane layout of csrc/nm/nm_lanes.h (16 rows interleaved)."""
-    return dtype == torch.int8 and (n, m) == (2, 4)
+    """int8 2:4 and 4:8 weights pack into the lane layout of csrc/nm/nm_lanes.h (16 rows interleaved)."""
+    return dtype == torch.int8 and (n, m) in ((2, 4), (4, 8))
 
 
 def _lane_blocks(rows: int):
@@ -535,21 +535,25 @@ def _lane_pack(values: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def _lane_unpack(packed_values: torch.Tensor, packed_meta: torch.Tensor, in_features: int) -> torch.Tensor:
-    """Each group's two values go to the first two kept columns of its mask (the kernels' rule)."""
+    """The kept columns of each 8-column unit, in order, take its 4 values in order (the last unit of 2:4 with
+    in_features % 8 == 4: 4 columns, 2 values); the kernels' rule for meta that keeps 4 per unit."""
     rows, device = packed_values.shape[0], packed_values.device
-    units, words, groups = in_features // 8, packed_meta.shape[1] // 4, in_features // 4
+    units, words = in_features // 8, packed_meta.shape[1] // 4
     full, half = _from_lanes(packed_values.reshape(-1).view(torch.uint8), rows, [(units, 4), (1, in_features % 8 // 2)])
     values = torch.cat([full.reshape(rows, 4 * units), half.reshape(rows, in_features % 8 // 2)], 1).view(torch.int8)
     (meta_bytes,) = _from_lanes(packed_meta.reshape(-1), rows, [(words, 4)])
     dwords = (meta_bytes.long() << (8 * torch.arange(4, device=device))).sum(-1)  # [rows, words]
-    masks = (dwords[..., None] >> (4 * torch.arange(8, device=device))) & 0xF
-    masks = masks.reshape(rows, 8 * words)[:, :groups]
-    bits = ((masks[..., None] >> torch.arange(4, device=device)) & 1).bool()  # [rows, groups, 4]
-    rank = bits.long().cumsum(-1)
-    take = bits & (rank <= 2)
-    index = (2 * torch.arange(groups, device=device)[:, None] + rank - 1).clamp(0, max(2 * groups - 1, 0))
-    gathered = values.gather(1, index.reshape(rows, 4 * groups)).reshape(rows, groups, 4)
-    return torch.where(take, gathered, torch.zeros((), dtype=torch.int8, device=device)).reshape(rows, in_features)
+    bits = ((dwords[..., None] >> torch.arange(32, device=device)) & 1).bool().reshape(rows, 32 * words)
+    padded = 8 * ((in_features + 7) // 8)
+    # rank: how many kept columns of its unit a column is (itself included)
+    rank = bits[:, :padded].long().reshape(rows, padded // 8, 8).cumsum(-1).reshape(rows, padded)[:, :in_features]
+    bits = bits[:, :in_features]
+    unit_of = torch.arange(in_features, device=device) // 8
+    per_unit = torch.where(8 * unit_of + 8 > in_features, 2, 4)  # values the column's unit holds
+    take = bits & (rank <= per_unit)
+    index = (4 * unit_of + rank - 1).clamp(0, max(values.shape[1] - 1, 0))
+    gathered = values.gather(1, index.expand(rows, in_features))
+    return torch.where(take, gathered, torch.zeros((), dtype=torch.int8, device=device))
 
 
 def nm_pack(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
