@@ -3,8 +3,8 @@
 //
 // A zmm lane is an output row. Per 8 columns a lane holds its row's 4 kept weights; two vpermd turn the two
 // 4-column masks into the vpshufb control that picks, from the 8 activations broadcast to every 128-bit
-// lane, the 4 that those weights multiply; one vpdpbusd then does 16 rows x 4 real
-// multiply-adds. The controls are made once per unit and serve every token. Activations are u8 (s8 + 128);
+// lane, the 4 that those weights multiply; one vpdpbusd then does 16 rows x 4 real multiply-adds. The
+// controls are made once per unit and serve every token. Activations are u8 (s8 + 128);
 // the +128 is taken back with 128 * sum(w), which a vpdpbusd against ones accumulates per lane.
 #include <immintrin.h>
 
