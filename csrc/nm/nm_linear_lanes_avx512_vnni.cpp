@@ -64,11 +64,11 @@ SF_ALWAYS_INLINE void multiply(__m512i w, __m512i control, const uint8_t* const 
 // kSave: also store the control at `save`, for later token passes over the same block (planned_block).
 template <int T, int Q, bool kSave>
 SF_ALWAYS_INLINE void unit(const LaneConsts& k, __m512i mw, __m512i w, const uint8_t* const (&x)[T], int64_t col,
-                           __m512i (&acc)[2][T], __m512i (&wsum)[2], __m512i* save) {
+                           __m512i (&acc)[2][T], __m512i (&wsum)[2], int32_t* save) {
   const __m512i lo = Q == 0 ? mw : _mm512_srli_epi32(mw, 8 * Q);
   const __m512i control = _mm512_or_si512(_mm512_permutexvar_epi32(lo, k.lut_lo),
                                           _mm512_permutexvar_epi32(_mm512_srli_epi32(mw, 8 * Q + 4), k.lut_hi));
-  if constexpr (kSave) _mm512_store_si512(save, control);
+  if constexpr (kSave) _mm512_storeu_si512(save, control);
   wsum[Q % 2] = dpbusd(wsum[Q % 2], k.ones, w);
   multiply<Q % 2>(w, control, x, col, acc);
 }
@@ -76,11 +76,11 @@ SF_ALWAYS_INLINE void unit(const LaneConsts& k, __m512i mw, __m512i w, const uin
 template <int Q, int T, bool kSave>
 SF_ALWAYS_INLINE void full_units(const LaneConsts& k, __m512i mw, const int8_t* values, int h, __mmask16 lanes,
                                  const uint8_t* const (&x)[T], int64_t u0, int count, __m512i (&acc)[2][T],
-                                 __m512i (&wsum)[2], __m512i* controls) {
+                                 __m512i (&wsum)[2], int32_t* controls) {
   if constexpr (Q < 4) {
     if (Q >= count) return;
     const __m512i w = _mm512_maskz_loadu_epi32(lanes, values + (u0 + Q) * 4 * h);
-    unit<T, Q, kSave>(k, mw, w, x, 8 * (u0 + Q), acc, wsum, controls + u0 + Q);
+    unit<T, Q, kSave>(k, mw, w, x, 8 * (u0 + Q), acc, wsum, controls + kLaneRows * (u0 + Q));
     full_units<Q + 1, T, kSave>(k, mw, values, h, lanes, x, u0, count, acc, wsum, controls);
   }
 }
@@ -98,7 +98,7 @@ SF_ALWAYS_INLINE void finish(const __m512i (&acc)[2][T], __m512i correction, int
 // kSave: also store every unit's control in controls[] and the block's 128 * sum(w) in *saved_correction.
 template <int T, bool kSave>
 void block(const LinearParams& p, const LaneConsts& k, int64_t first, int h, int64_t t0, int32_t* out,
-           __m512i* controls, __m512i* saved_correction) {
+           int32_t* controls, __m512i* saved_correction) {
   const int64_t cols = p.in_features, quads = cols / 4, full = quads / 2;  // 4-column pieces, full units
   const int8_t* values = static_cast<const int8_t*>(p.values) + first * (cols / 2);
   const uint8_t* meta = p.meta + first * meta_row_bytes(cols);
@@ -124,7 +124,7 @@ void block(const LinearParams& p, const LaneConsts& k, int64_t first, int h, int
     full_units<0, T, kSave>(k, mw, values, h, lanes, x, u0, count, acc, wsum, controls);
     if (quads % 2 == 1) {
       const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, values + full * 4 * h));
-      __m512i* save = controls + full;
+      int32_t* save = controls + kLaneRows * full;
       switch (count) {  // the half unit's mask sits at bits 8 * count; its second mask is 0 (no column)
         case 0: unit<T, 0, kSave>(k, mw, w, x, 8 * full, acc, wsum, save); break;
         case 1: unit<T, 1, kSave>(k, mw, w, x, 8 * full, acc, wsum, save); break;
@@ -142,7 +142,7 @@ void block(const LinearParams& p, const LaneConsts& k, int64_t first, int h, int
 // block() for a later token pass over a block whose controls and correction block<8, true> saved: per unit
 // and token one vpshufb and one vpdpbusd, nothing else.
 template <int T>
-void planned_block(const LinearParams& p, int64_t first, int h, int64_t t0, const __m512i* controls,
+void planned_block(const LinearParams& p, int64_t first, int h, int64_t t0, const int32_t* controls,
                    __m512i correction, int32_t* out) {
   const int64_t cols = p.in_features, full = cols / 8;
   const int8_t* values = static_cast<const int8_t*>(p.values) + first * (cols / 2);
@@ -153,15 +153,17 @@ void planned_block(const LinearParams& p, int64_t first, int h, int64_t t0, cons
   __m512i acc[2][T];
 #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) acc[0][t] = acc[1][t] = _mm512_setzero_si512();
+  const auto control = [&](int64_t u) { return _mm512_loadu_si512(controls + kLaneRows * u); };
+  const auto weights = [&](int64_t u) { return _mm512_maskz_loadu_epi32(lanes, values + u * 4 * h); };
   int64_t u = 0;
   for (; u + 2 <= full; u += 2) {
-    multiply<0>(_mm512_maskz_loadu_epi32(lanes, values + u * 4 * h), controls[u], x, 8 * u, acc);
-    multiply<1>(_mm512_maskz_loadu_epi32(lanes, values + (u + 1) * 4 * h), controls[u + 1], x, 8 * u + 8, acc);
+    multiply<0>(weights(u), control(u), x, 8 * u, acc);
+    multiply<1>(weights(u + 1), control(u + 1), x, 8 * u + 8, acc);
   }
-  if (u < full) multiply<0>(_mm512_maskz_loadu_epi32(lanes, values + u * 4 * h), controls[u], x, 8 * u, acc);
+  if (u < full) multiply<0>(weights(u), control(u), x, 8 * u, acc);
   if (cols % 8 == 4) {
     const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, values + full * 4 * h));
-    multiply<1>(w, controls[full], x, 8 * full, acc);
+    multiply<1>(w, control(full), x, 8 * full, acc);
   }
   finish<T>(acc, correction, out);
 }
@@ -169,12 +171,12 @@ void planned_block(const LinearParams& p, int64_t first, int h, int64_t t0, cons
 }  // namespace
 
 void linear_lanes_avx512_vnni(const LinearParams& p, int64_t row_begin, int64_t row_end) {
-  using BlockFn = void (*)(const LinearParams&, const LaneConsts&, int64_t, int, int64_t, int32_t*, __m512i*,
+  using BlockFn = void (*)(const LinearParams&, const LaneConsts&, int64_t, int, int64_t, int32_t*, int32_t*,
                            __m512i*);
   static constexpr BlockFn kBlocks[kMaxTokens] = {block<1, false>, block<2, false>, block<3, false>,
                                                   block<4, false>, block<5, false>, block<6, false>,
                                                   block<7, false>, block<8, false>};
-  using PlannedFn = void (*)(const LinearParams&, int64_t, int, int64_t, const __m512i*, __m512i, int32_t*);
+  using PlannedFn = void (*)(const LinearParams&, int64_t, int, int64_t, const int32_t*, __m512i, int32_t*);
   static constexpr PlannedFn kPlanned[kMaxTokens] = {planned_block<1>, planned_block<2>, planned_block<3>,
                                                      planned_block<4>, planned_block<5>, planned_block<6>,
                                                      planned_block<7>, planned_block<8>};
@@ -182,7 +184,7 @@ void linear_lanes_avx512_vnni(const LinearParams& p, int64_t row_begin, int64_t 
   alignas(64) int32_t out[kMaxTokens * kLaneRows];
   // More than one token pass: the first saves each unit's control (64 bytes per 8 columns, L1/L2-resident
   // while the block is worked on) and the later ones reuse them.
-  std::vector<__m512i> controls(p.tokens > kMaxTokens ? (p.in_features + 7) / 8 : 0);
+  std::vector<int32_t> controls(p.tokens > kMaxTokens ? (p.in_features + 7) / 8 * kLaneRows : 0);
   __m512i correction;
   for (int64_t first = row_begin; first < row_end; first += kLaneRows) {
     const int h = lane_block_height(p.out_features, first);
