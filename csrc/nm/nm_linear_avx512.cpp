@@ -170,7 +170,9 @@ template <int B, Scalar kW>
 SF_ALWAYS_INLINE void wide_row_span(const LinearParams& p, const WideSpan& sp, int64_t j, int64_t& next, float* partial,
                                     bool first) {
   using Value = ValueOf<kW>;
-  uint64_t word = load_u64(p.meta + j * meta_row_bytes(p.in_features) + sp.c0 / 8);
+  // Spans never cross a 64-column meta word (the span width divides 64): one aligned word, shifted. (An
+  // 8-byte load at byte c0 / 8 read 4 bytes past the last row's meta for spans at c0 % 64 == 32.)
+  uint64_t word = load_u64(p.meta + j * meta_row_bytes(p.in_features) + sp.c0 / 64 * 8) >> (sp.c0 % 64);
   if (sp.width < 64) word &= (uint64_t{1} << sp.width) - 1;
   const int count = __builtin_popcountll(word);
   const Value* src = static_cast<const Value*>(p.values) + j * (p.in_features / p.m * p.n) + next;
@@ -227,6 +229,7 @@ template <int B, Scalar kW>
 void wide_pass(const LinearParams& p, int64_t j0, int64_t rows, int64_t block0, float* partial, int64_t* next) {
   constexpr int kSpan = B > 4 ? 32 : 64;
   constexpr int64_t kBlockCols = 512, kPanelRows = 16, kRowFloats = kMaxBlocks * 16;
+  static_assert(64 % kSpan == 0 && kBlockCols % 64 == 0, "wide_row_span reads a span from one meta word");
   alignas(64) float block_sum[kPanelRows * kRowFloats];
   const int64_t k = p.in_features;
   const int64_t blocks = (p.tokens + 15) / 16;
