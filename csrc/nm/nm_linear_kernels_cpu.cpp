@@ -11,24 +11,33 @@
 namespace sparseflow::nm {
 namespace {
 
+// Calls keep(column) for each kept column of row r, after checking the row's positions; returns the flat
+// index of its first bad group or kAllGroupsValid.
+template <typename Keep>
+int64_t walk_row(const MetaParams& p, int64_t r, Keep keep) {
+  const int64_t groups = p.cols / p.m;
+  const uint8_t* idx = p.indices + r * groups * p.n;
+  for (int64_t g = 0; g < groups; ++g) {
+    int previous = -1;
+    for (int i = 0; i < p.n; ++i) {
+      const int pos = idx[g * p.n + i];
+      if (pos >= p.m || pos <= previous) return r * groups + g;
+      previous = pos;
+      keep(g * p.m + pos);
+    }
+  }
+  return kAllGroupsValid;
+}
+
 // The lane layout's meta (nm_lanes.h): a row's 4-column masks, 8 to a dword, at its lane of each unit.
 int64_t build_lane_meta(const MetaParams& p, int64_t row_begin, int64_t row_end) {
-  const int64_t groups = p.cols / p.m;
   const int64_t words = meta_row_bytes(p.cols) / 4;  // ceil(cols / 32), rounded up to even
   std::vector<uint32_t> row_words(words);
   for (int64_t r = row_begin; r < row_end; ++r) {
     std::fill(row_words.begin(), row_words.end(), 0u);
-    const uint8_t* idx = p.indices + r * groups * p.n;
-    for (int64_t g = 0; g < groups; ++g) {
-      int previous = -1;
-      for (int i = 0; i < p.n; ++i) {
-        const int pos = idx[g * p.n + i];
-        if (pos >= p.m || pos <= previous) return r * groups + g;
-        previous = pos;
-        const int64_t col = g * p.m + pos;
-        row_words[col / 32] |= 1u << (col % 32);  // nibble j of word v = columns 32 v + 4 j .. +3
-      }
-    }
+    // nibble j of word v = columns 32 v + 4 j .. +3
+    const int64_t bad = walk_row(p, r, [&](int64_t col) { row_words[col / 32] |= 1u << (col % 32); });
+    if (bad != kAllGroupsValid) return bad;
     for (int64_t v = 0; v < words; ++v) store_u32(p.meta + lane_meta_offset(p.rows, p.cols, r, v), row_words[v]);
   }
   return kAllGroupsValid;
@@ -38,24 +47,15 @@ int64_t build_lane_meta(const MetaParams& p, int64_t row_begin, int64_t row_end)
 
 int64_t build_meta_cpu(const MetaParams& p, int64_t row_begin, int64_t row_end) {
   if (uses_lane_layout(p.int8_layout, p.n, p.m)) return build_lane_meta(p, row_begin, row_end);
-  const int64_t groups = p.cols / p.m;
-  const int64_t packed_cols = groups * p.n;
   const int64_t row_bytes = meta_row_bytes(p.cols);
   for (int64_t r = row_begin; r < row_end; ++r) {
     uint8_t* meta = p.meta + r * row_bytes;
     std::fill(meta, meta + row_bytes, uint8_t{0});
-    const uint8_t* idx = p.indices + r * packed_cols;
-    for (int64_t g = 0; g < groups; ++g) {
-      int previous = -1;
-      for (int i = 0; i < p.n; ++i) {
-        const int pos = idx[g * p.n + i];
-        if (pos >= p.m || pos <= previous) return r * groups + g;
-        previous = pos;
-        const int64_t col = g * p.m + pos;
-        const int bit = meta_bit(static_cast<int>(col % kMetaChunk), p.int8_layout);
-        meta[col / kMetaChunk * 8 + bit / 8] |= static_cast<uint8_t>(1u << (bit % 8));
-      }
-    }
+    const int64_t bad = walk_row(p, r, [&](int64_t col) {
+      const int bit = meta_bit(static_cast<int>(col % kMetaChunk), p.int8_layout);
+      meta[col / kMetaChunk * 8 + bit / 8] |= static_cast<uint8_t>(1u << (bit % 8));
+    });
+    if (bad != kAllGroupsValid) return bad;
   }
   return kAllGroupsValid;
 }
