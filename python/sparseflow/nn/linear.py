@@ -169,11 +169,10 @@ class SparseLinear(nn.Module):
         w = self.weight_sparse
         if self.kind == "nm":
             packed_values, packed_meta = torch.ops.sparseflow.nm_pack(w.values, w.indices, w.n, w.m)
-            # int8 2:4 / 4:8 pack into the lane layout (csrc/nm/nm_lanes.h): their values are reordered.
-            lane_layout = values.dtype == torch.int8 and (w.n, w.m) in ((2, 4), (4, 8))
-            if values.device.type == "cpu" and values.is_contiguous() and not lane_layout:
-                # Other CPU packed values are the canonical values bit for bit (csrc/nm/nm.h), so the kernel
-                # reads the w_values buffer itself instead of a second copy of the sparse weight.
+            if (values.device.type == "cpu" and values.is_contiguous()
+                    and torch.equal(packed_values.view(torch.uint8), values.view(torch.uint8))):
+                # CPU packed values are the canonical values bit for bit (csrc/nm/nm.h) except in int8 2:4 / 4:8's
+                # lane layout (nm_lanes.h): then the kernel reads the w_values buffer itself, not a second copy.
                 packed_values = values
             self._packed = (packed_values, packed_meta)
         else:
