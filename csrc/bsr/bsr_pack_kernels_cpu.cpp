@@ -81,7 +81,7 @@ void fill_rows(const CanonicalBsr& w, Layout layout, int64_t begin, int64_t end,
   for (int64_t r = begin; r < end; ++r) {
     const int64_t row0 = r * nb.rows, row1 = std::min(w.out_features, row0 + nb.rows);
     const int64_t first = rowptr[r], count = rowptr[r + 1] - rowptr[r];
-    std::memset(values + first * block_elems, 0, count * block_elems * sizeof(Bits));
+    if (count > 0) std::memset(values + first * block_elems, 0, count * block_elems * sizeof(Bits));  // values may be null
     if (row0 >= row1) continue;
     cols.collect<Bits>(w, nb, row0, row1);
     const int64_t real = static_cast<int64_t>(cols.list.size());
