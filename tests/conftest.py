@@ -21,3 +21,11 @@ def _seed():
 def fuzz_examples(default: int) -> int:
     """Hypothesis examples per op: a few hundred in CI, thousands with SPARSEFLOW_FUZZ_EXAMPLES."""
     return int(os.environ.get("SPARSEFLOW_FUZZ_EXAMPLES", default))
+
+
+def toolchain_env() -> dict:
+    """The environment for compilers and host test programs started by a test: without the sanitizer runtime
+    that scripts/asan_tests.sh preloads into the Python process (nvcc and its children would load it too)."""
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    return env

@@ -20,6 +20,7 @@ from torch.sparse._semi_structured_conversions import (
 )
 
 import sparseflow
+from conftest import toolchain_env
 from sparseflow import _meta, ops
 from sparseflow.testing import reference as ref
 from sparseflow.testing.cuda_graphs import capture_and_replay
@@ -108,11 +109,12 @@ def cutlass_meta_layouts(tmp_path_factory):
     source = tmp / "cutlass_library" / "source"
     exe = tmp / "meta_layouts"
     subprocess.run([nvcc, "-std=c++17", "-O1", "-w", f"-I{source / 'include'}", f"-I{source / 'tools/util/include'}",
-                    "-o", str(exe), str(ROOT / "tests" / "cutlass" / "meta_layouts.cu")], check=True, timeout=600)
+                    "-o", str(exe), str(ROOT / "tests" / "cutlass" / "meta_layouts.cu")], check=True, timeout=600,
+                   env=toolchain_env())
 
     def run(target, rows, cols):
         out = subprocess.run([str(exe), str(target), str(rows), str(cols)], check=True, capture_output=True,
-                             text=True).stdout
+                             text=True, env=toolchain_env()).stdout
         return torch.tensor([int(v) for v in out.split()]).view(-1, 3)
 
     return run

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from conftest import toolchain_env
 from sparseflow import _C, ops
 from sparseflow.testing import reference as ref
 from sparseflow.testing.op_db import assert_bitwise_equal
@@ -189,7 +190,8 @@ def test_cuda_tile_logic_on_the_host(tmp_path):
     root = Path(__file__).resolve().parents[1]
     exe = tmp_path / "prune_tiles"
     subprocess.run([nvcc, "-std=c++20", "-O1", "-arch=sm_80", f"-I{root / 'csrc'}", f"-I{root / 'csrc' / 'include'}",
-                    "-o", str(exe), str(root / "tests" / "cuda_host" / "prune_tiles.cu")], check=True, timeout=600)
-    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+                    "-o", str(exe), str(root / "tests" / "cuda_host" / "prune_tiles.cu")], check=True, timeout=600,
+                   env=toolchain_env())
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60, env=toolchain_env())
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count(" ok") == 15 and "all tiles match" in out.stdout
