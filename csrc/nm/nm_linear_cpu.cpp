@@ -54,19 +54,19 @@ std::tuple<at::Tensor, at::Tensor> nm_pack_cpu(const at::Tensor& values_in, cons
   return {packed, meta};
 }
 
-// meta_row_ok for the lane layout: the row's dwords, each group's nibble at 4 * (group % 8).
+// meta_row_ok for the lane layout: the row's dwords, the mask of 4-column piece q at nibble q % 8 of word q / 8.
 bool lane_meta_row_ok(const LinearParams& p, int64_t r) {
-  const int64_t k = p.in_features, groups = k / 4, words = meta_row_bytes(k) / 4;
+  const int64_t k = p.in_features, quads = k / 4, words = meta_row_bytes(k) / 4;
   int64_t count = 0;
   bool beyond = false;
   for (int64_t v = 0; v < words; ++v) {
     uint32_t word;
     std::memcpy(&word, p.meta + lane_meta_offset(p.out_features, k, r, v), 4);
     count += __builtin_popcount(word);
-    const int64_t live = std::clamp<int64_t>(groups - 8 * v, 0, 8);  // groups this word covers
+    const int64_t live = std::clamp<int64_t>(quads - 8 * v, 0, 8);  // pieces this word covers
     beyond |= live < 8 && (word >> (4 * live)) != 0;
   }
-  return count == groups * 2 && !beyond;
+  return count == k / p.m * p.n && !beyond;
 }
 
 // Whether packed_meta row r keeps exactly in_features / m * n columns and sets no bit past in_features.
