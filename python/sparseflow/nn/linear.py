@@ -171,8 +171,8 @@ class SparseLinear(nn.Module):
             packed_values, packed_meta = torch.ops.sparseflow.nm_pack(w.values, w.indices, w.n, w.m)
             if (values.device.type == "cpu" and values.is_contiguous()
                     and torch.equal(packed_values.view(torch.uint8), values.view(torch.uint8))):
-                # CPU packed values are the canonical values bit for bit (csrc/nm/nm.h) except in int8 2:4 / 4:8's
-                # lane layout (nm_lanes.h): then the kernel reads the w_values buffer itself, not a second copy.
+                # nm_pack left the values bit for bit (every CPU layout but the lane layout of int8 2:4 / 4:8,
+                # csrc/nm/nm_lanes.h): the kernel reads the w_values buffer itself instead of a second copy.
                 packed_values = values
             self._packed = (packed_values, packed_meta)
         else:
