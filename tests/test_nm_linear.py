@@ -188,6 +188,21 @@ def test_non_contiguous_x(isa, dtype, layout):
 
 
 @pytest.mark.parametrize("dtype", WEIGHT_DTYPES)
+def test_odd_strides_of_contiguous_or_small_arguments(isa, dtype):
+    # x is contiguous but its size-1 dimension has an odd stride (the kernel must step rows by in_features,
+    # not by that stride); bias and weight_scale are every other element of a longer tensor.
+    args = list(nm_linear_args((3, 1), 30, 136, 2, 4, dtype, bias=True))
+    x = args[0]
+    odd = torch.empty(3 * 136 + 5, dtype=x.dtype).as_strided((3, 1, 136), (136, 5, 1))
+    odd.copy_(x)
+    assert odd.is_contiguous() and odd.stride(1) == 5
+    spread = lambda t: torch.stack([t, torch.full_like(t, 99)], 1).view(-1)[::2]  # noqa: E731
+    strided = [odd] + args[1:7] + [spread(args[7]), None if args[8] is None else spread(args[8])] + args[9:]
+    assert not strided[7].is_contiguous()
+    assert torch.equal(torch.ops.sparseflow.nm_linear(*strided), torch.ops.sparseflow.nm_linear(*args))
+
+
+@pytest.mark.parametrize("dtype", WEIGHT_DTYPES)
 @pytest.mark.parametrize("tokens", [2, 40])
 def test_large_k(isa, dtype, tokens):
     # K past several 64-column chunks, spans and column blocks; rows not a multiple of any tile size. Long

@@ -10,6 +10,7 @@
 
 #include "nm_lanes.h"
 #include "nm_linear_common.h"
+#include "sparseflow/bit_count.h"
 #include "sparseflow/cpu_features.h"
 
 namespace sparseflow::nm {
@@ -62,7 +63,7 @@ bool lane_meta_row_ok(const LinearParams& p, int64_t r) {
   for (int64_t v = 0; v < words; ++v) {
     uint32_t word;
     std::memcpy(&word, p.meta + lane_meta_offset(p.out_features, k, r, v), 4);
-    count += __builtin_popcount(word);
+    count += popcount_u64(word);
     const int64_t live = std::clamp<int64_t>(quads - 8 * v, 0, 8);  // pieces this word covers
     beyond |= live < 8 && (word >> (4 * live)) != 0;
   }
@@ -82,7 +83,7 @@ bool meta_row_ok(const LinearParams& p, int64_t r) {
   uint64_t word = 0;
   for (int64_t w = 0; w < words; ++w) {
     std::memcpy(&word, p.meta + (r * words + w) * 8, 8);
-    count += __builtin_popcountll(word);
+    count += popcount_u64(word);
   }
   return count == k / p.m * p.n && (word & ~allowed) == 0;
 }
@@ -112,31 +113,39 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
   p.y = y.data_ptr();
   p.y_stride = out_features;
 
-  // Activations as fp32 rows with unit column stride (bf16 is widened once here, never per weight).
-  at::Tensor x2 = x.reshape({p.tokens, in_features});
-  if (x2.scalar_type() != at::kFloat || (in_features > 1 && x2.stride(1) != 1)) {
-    x2 = x2.to(at::kFloat).contiguous();
+  // Activations as fp32 rows with unit column stride (bf16 is widened once here, never per weight). A
+  // contiguous fp32 x is used in place: no view or copy, which costs a microsecond per call at one token.
+  at::Tensor x2 = x;
+  int64_t x_stride = in_features;
+  if (x.scalar_type() != at::kFloat || !x.is_contiguous()) {
+    x2 = x.reshape({p.tokens, in_features});
+    if (x2.scalar_type() != at::kFloat || (in_features > 1 && x2.stride(1) != 1)) x2 = x2.to(at::kFloat).contiguous();
+    x_stride = x2.stride(0);
   }
-  const at::Tensor bias32 = bias ? bias->to(at::kFloat).contiguous() : at::Tensor();
-  p.bias = bias ? bias32.data_ptr<float>() : nullptr;
+  const c10::MaybeOwned<at::Tensor> bias32 =
+      !bias ? c10::MaybeOwned<at::Tensor>::owned(at::Tensor())
+      : bias->scalar_type() == at::kFloat ? bias->expect_contiguous()
+                                          : c10::MaybeOwned<at::Tensor>::owned(bias->to(at::kFloat).contiguous());
+  p.bias = bias ? bias32->data_ptr<float>() : nullptr;
 
   const CpuIsa isa = selected_cpu_isa();
   void (*kernel)(const LinearParams&, int64_t, int64_t) = linear_portable;
-  at::Tensor xq, x_scale, xt;
-  const at::Tensor w_scale = weight_scale ? weight_scale->contiguous() : at::Tensor();
+  at::Tensor xq, xt;
+  const c10::MaybeOwned<at::Tensor> w_scale =
+      weight_scale ? weight_scale->expect_contiguous() : c10::MaybeOwned<at::Tensor>::owned(at::Tensor());
   const bool lanes = uses_lane_layout(p.weight == Scalar::kInt8, p.n, p.m);
   if (p.weight == Scalar::kInt8) {
     const bool vnni = isa >= CpuIsa::kAvx512Vnni && vnni_supports(p.n, p.m);
     if (vnni) kernel = lanes ? linear_lanes_avx512_vnni : linear_avx512_vnni;
     QuantizeParams q;
     q.x = x2.data_ptr<float>();
-    q.x_stride = x2.stride(0);
+    q.x_stride = x_stride;
     q.cols = in_features;
     q.xq_stride = std::max<int64_t>(64, (in_features + 63) / 64 * 64);
-    xq = at::empty({p.tokens, q.xq_stride}, x.options().dtype(at::kChar));
-    x_scale = at::empty({p.tokens}, x.options().dtype(at::kFloat));
+    // One buffer: the quantized rows (64-byte multiples), then the per-token scales.
+    xq = at::empty({p.tokens * (q.xq_stride + 4)}, x.options().dtype(at::kChar));
     q.xq = xq.data_ptr<int8_t>();
-    q.scale = x_scale.data_ptr<float>();
+    q.scale = reinterpret_cast<float*>(q.xq + p.tokens * q.xq_stride);
     q.biased = vnni;
     auto quantize = isa >= CpuIsa::kAvx512 ? quantize_rows_avx512 : quantize_rows_portable;
     at::parallel_for(0, p.tokens, std::max<int64_t>(1, 65536 / std::max<int64_t>(in_features, 1)),
@@ -144,10 +153,10 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
     p.xq = q.xq;
     p.xq_stride = q.xq_stride;
     p.x_scale = q.scale;
-    p.weight_scale = w_scale.data_ptr<float>();
+    p.weight_scale = w_scale->data_ptr<float>();
   } else {
     p.x = x2.data_ptr<float>();
-    p.x_stride = x2.stride(0);
+    p.x_stride = x_stride;
     if (isa >= CpuIsa::kAvx512) {
       kernel = linear_avx512;
       const int64_t blocks = (p.tokens + 15) / 16;
