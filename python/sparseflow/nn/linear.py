@@ -32,9 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _loader  # noqa: F401  (registers the ops)
 from ..formats import BlockSparseWeight, NMWeight, SparseWeight
 
 ACTIVATIONS = ("none", "relu", "gelu", "silu")
+# The overloads themselves: calling the packet resolves the overload on every call (~0.7 us at one token).
+_NM_LINEAR = torch.ops.sparseflow.nm_linear.default
+_BSR_LINEAR = torch.ops.sparseflow.bsr_linear.default
 _ACTIVATION_FNS = {"none": lambda y: y, "relu": F.relu, "gelu": F.gelu, "silu": F.silu}
 
 # Token-count buckets for the sparse/dense decision: (upper bound of M, M used to measure).
@@ -243,10 +247,10 @@ class SparseLinear(nn.Module):
         scale = self.w_scale if "w_scale" in self._buffers else None
         if self.kind == "nm":
             n, m = self.pattern
-            return torch.ops.sparseflow.nm_linear(x, *self._packed, n, m, self.out_features, self.in_features,
-                                                  self.bias, scale, self.activation, self.out_dtype)
-        return torch.ops.sparseflow.bsr_linear(x, *self._packed, self.out_features, self.in_features,
-                                               self.bias, scale, self.activation, self.out_dtype)
+            return _NM_LINEAR(x, *self._packed, n, m, self.out_features, self.in_features, self.bias, scale,
+                              self.activation, self.out_dtype)
+        return _BSR_LINEAR(x, *self._packed, self.out_features, self.in_features, self.bias, scale, self.activation,
+                           self.out_dtype)
 
     def runs_sparse(self, m_tokens: int) -> bool:
         """Whether an input of m_tokens rows runs the sparse kernel (False: the measured dense fallback)."""
