@@ -6,6 +6,10 @@ import torch
 
 from . import _loader  # noqa: F401  (loads the kernels)
 
+# The per-call ops as overloads: calling the packet resolves the overload each time (~0.7 us at one token).
+_NM_LINEAR = torch.ops.sparseflow.nm_linear.default
+_BSR_LINEAR = torch.ops.sparseflow.bsr_linear.default
+
 
 def nm_compress(dense: torch.Tensor, n: int = 2, m: int = 4, prune: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Pack a dense ``[rows, cols]`` matrix whose every group of ``m`` columns has at most ``n`` non-zeros.
@@ -72,8 +76,8 @@ def bsr_linear(x: torch.Tensor, meta: torch.Tensor, rowptr: torch.Tensor, indice
     ``activation``: "none", "relu", "gelu" (exact, erf) or "silu". On CUDA: float16/bfloat16, ``out_dtype``
     x's dtype or float32, in_features % 8; never synchronises (meta stays on the CPU), CUDA-graph safe.
     """
-    return torch.ops.sparseflow.bsr_linear(x, meta, rowptr, indices, packed_values, compensation, out_features,
-                                           in_features, bias, weight_scale, activation, out_dtype)
+    return _BSR_LINEAR(x, meta, rowptr, indices, packed_values, compensation, out_features, in_features, bias,
+                       weight_scale, activation, out_dtype)
 def nm_pack(values: torch.Tensor, indices: torch.Tensor, n: int = 2, m: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn a canonical N:M weight (the output of :func:`nm_compress`) into the kernel layout of its device.
 
@@ -123,8 +127,8 @@ def nm_linear(
 
     The packed tensors are trusted: pass them as :func:`nm_pack` returned them.
     """
-    return torch.ops.sparseflow.nm_linear(x, packed_values, packed_meta, n, m, out_features, in_features, bias,
-                                          weight_scale, activation, out_dtype)
+    return _NM_LINEAR(x, packed_values, packed_meta, n, m, out_features, in_features, bias, weight_scale, activation,
+                      out_dtype)
 
 
 # ---- CUDA 2:4 layout (branch cuda)

@@ -32,13 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _loader  # noqa: F401  (registers the ops)
 from ..formats import BlockSparseWeight, NMWeight, SparseWeight
+from ..ops import _BSR_LINEAR, _NM_LINEAR
 
 ACTIVATIONS = ("none", "relu", "gelu", "silu")
-# The overloads themselves: calling the packet resolves the overload on every call (~0.7 us at one token).
-_NM_LINEAR = torch.ops.sparseflow.nm_linear.default
-_BSR_LINEAR = torch.ops.sparseflow.bsr_linear.default
 _ACTIVATION_FNS = {"none": lambda y: y, "relu": F.relu, "gelu": F.gelu, "silu": F.silu}
 
 # Token-count buckets for the sparse/dense decision: (upper bound of M, M used to measure).
