@@ -304,16 +304,22 @@ void quantize_rows_avx512(const QuantizeParams& q, int64_t t_begin, int64_t t_en
   const __m128i bias = _mm_set1_epi8(q.biased ? char(0x80) : char(0));
   for (int64_t t = t_begin; t < t_end; ++t) {
     const float* row = q.x + t * q.x_stride;
-    __m512 amax = _mm512_setzero_ps();
-    for (int64_t i = 0; i < q.cols; i += 16) {
-      const __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask16(q.cols - i), row + i));
-      amax = _mm512_max_ps(a, amax);  // NaN -> amax: NaN is ignored, as in quantize_rows_portable
+    // Four running maxima (vmaxps latency); max(a, amax) returns amax for a NaN a: NaN is ignored, as in
+    // quantize_rows_portable.
+    __m512 amax[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 64 <= q.cols; i += 64) {
+      for (int j = 0; j < 4; ++j) amax[j] = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(row + i + 16 * j)), amax[j]);
     }
-    const float m = _mm512_reduce_max_ps(amax);
+    for (; i < q.cols; i += 16) {
+      amax[0] = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask16(q.cols - i), row + i)), amax[0]);
+    }
+    const float m =
+        _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(amax[0], amax[1]), _mm512_max_ps(amax[2], amax[3])));
     const __m512 inv = _mm512_set1_ps(quantize_inv_scale(m));
     q.scale[t] = m / 127.0f;
     int8_t* out = q.xq + t * q.xq_stride;
-    for (int64_t i = 0; i < q.xq_stride; i += 16) {
+    for (i = 0; i < q.xq_stride; i += 16) {
       const __mmask16 mask = tail_mask16(q.cols - i);  // zero past cols: q = 0 there
       __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, row + i), inv);
       v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);  // max returns lo on NaN, like quantize_value
