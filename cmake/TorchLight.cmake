@@ -37,6 +37,7 @@ function(_sf_torch_lib var name)
 endfunction()
 _sf_torch_lib(TORCH_C10_LIB c10)
 _sf_torch_lib(TORCH_CPU_LIB torch_cpu)
+_sf_torch_lib(TORCH_PYTHON_LIB torch_python)
 
 add_library(torch_light INTERFACE)
 target_include_directories(torch_light SYSTEM INTERFACE ${TORCH_INCLUDE_DIRS})

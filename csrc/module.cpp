@@ -1,6 +1,7 @@
-// sparseflow._C: build information and CPU feature queries. No tensors pass through pybind11: every op
-// is a torch custom op (csrc/ops.cpp). Importing this module also registers the CPU kernels, which are
-// linked into the same shared object.
+// sparseflow._C: build information and CPU feature queries. Every op is a torch custom op (csrc/ops.cpp);
+// the only tensors that pass through pybind11 are the arguments of the direct bindings of the per-call ops
+// (csrc/op_bindings.cpp), which call those same ops through the dispatcher. Importing this module also
+// registers the CPU kernels, which are linked into the same shared object.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -11,6 +12,10 @@
 
 namespace py = pybind11;
 using sparseflow::CpuIsa;
+
+namespace sparseflow {
+void bind_ops(py::module_& m);  // csrc/op_bindings.cpp
+}
 
 namespace {
 
@@ -72,6 +77,7 @@ PYBIND11_MODULE(_C, m) {
         "ISA level the CPU kernels use now (SPARSEFLOW_CPU_ISA or set_cpu_isa lower it).");
   m.def("set_cpu_isa", &set_cpu_isa, py::arg("isa"),
         "Select the CPU ISA level (clamped to what the CPU supports); returns the level in force.");
+  sparseflow::bind_ops(m);
   m.def("request_amx_permission", &sparseflow::request_amx_permission,
         "Ask Linux for AMX tile data (once per process); returns whether AMX may be used.");
 }

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops
 from ..formats import BlockSparseWeight, NMWeight, SparseWeight
-from ..ops import _BSR_LINEAR, _NM_LINEAR
 
 ACTIVATIONS = ("none", "relu", "gelu", "silu")
 _ACTIVATION_FNS = {"none": lambda y: y, "relu": F.relu, "gelu": F.gelu, "silu": F.silu}
@@ -244,10 +244,10 @@ class SparseLinear(nn.Module):
         scale = self.w_scale if "w_scale" in self._buffers else None
         if self.kind == "nm":
             n, m = self.pattern
-            return _NM_LINEAR(x, *self._packed, n, m, self.out_features, self.in_features, self.bias, scale,
-                              self.activation, self.out_dtype)
-        return _BSR_LINEAR(x, *self._packed, self.out_features, self.in_features, self.bias, scale, self.activation,
-                           self.out_dtype)
+            return ops.nm_linear(x, *self._packed, n, m, self.out_features, self.in_features, self.bias, scale,
+                                 self.activation, self.out_dtype)
+        return ops.bsr_linear(x, *self._packed, self.out_features, self.in_features, self.bias, scale, self.activation,
+                              self.out_dtype)
 
     def runs_sparse(self, m_tokens: int) -> bool:
         """Whether an input of m_tokens rows runs the sparse kernel (False: the measured dense fallback)."""

@@ -1,0 +1,83 @@
+"""The direct bindings of the per-call ops (sparseflow._C.nm_linear / bsr_linear, csrc/op_bindings.cpp) and the
+rule in sparseflow.ops that routes calls to them or to torch.ops."""
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+from sparseflow import _C, ops
+from sparseflow.testing.op_db import OP_DB, nm_linear_args
+
+PER_CALL_OPS = ("nm_linear", "bsr_linear")
+
+
+def _bits(t):
+    return t.view(torch.int16) if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
+@pytest.mark.parametrize("name", PER_CALL_OPS)
+def test_binding_matches_torch_ops_bit_for_bit(name):
+    for sample in OP_DB[name].samples(torch.device("cpu")):
+        direct = getattr(_C, name)(*sample.args)
+        through_torch_ops = OP_DB[name].op(*sample.args)
+        assert direct.dtype == through_torch_ops.dtype and direct.shape == through_torch_ops.shape, sample.note
+        assert torch.equal(_bits(direct), _bits(through_torch_ops)), sample.note
+
+
+@pytest.mark.parametrize("name", PER_CALL_OPS)
+def test_binding_raises_the_errors_of_torch_ops(name):
+    # Same Python exception types and messages: the binding translates c10 errors as torch does.
+    for bad in OP_DB[name].bad_samples(torch.device("cpu")):
+        with pytest.raises(bad.error, match=bad.match):
+            getattr(_C, name)(*bad.args)
+        with pytest.raises(bad.error, match=bad.match):
+            getattr(ops, name)(*bad.args)
+
+
+def test_eager_calls_take_the_binding_and_torch_function_modes_see_torch_ops():
+    args = nm_linear_args((3,), 16, 64, 2, 4, torch.float32, bias=True)
+    assert ops._direct_call_ok(*args[:3], args[7], args[8])
+
+    seen = []
+
+    class Record(TorchFunctionMode):
+        def __torch_function__(self, func, types, a=(), kwargs=None):
+            seen.append(func)
+            return func(*a, **(kwargs or {}))
+
+    with Record():
+        y = ops.nm_linear(*args)
+    assert seen == [torch.ops.sparseflow.nm_linear.default]
+    assert torch.equal(y, _C.nm_linear(*args))
+
+
+def test_tensor_subclass_with_torch_function_goes_through_torch_ops():
+    calls = []
+
+    class Traced(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            calls.append(func)
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    args = list(nm_linear_args((2,), 16, 64, 2, 4, torch.float32))
+    args[0] = args[0].as_subclass(Traced)
+    ops.nm_linear(*args)
+    assert torch.ops.sparseflow.nm_linear.default in calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
+def test_compiled_calls_trace_torch_ops_in_one_graph(dtype):
+    args = nm_linear_args((3,), 16, 64, 2, 4, dtype, bias=True)
+    compiled = torch.compile(lambda *a: ops.nm_linear(*a), backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(*args), ops.nm_linear(*args), rtol=0, atol=0)
+
+
+def test_inputs_that_require_grad_get_the_autograd_fallback_as_through_torch_ops():
+    args = list(nm_linear_args((2,), 16, 64, 2, 4, torch.float32))
+    args[0] = args[0].clone().requires_grad_()
+    for call in (ops.nm_linear, torch.ops.sparseflow.nm_linear.default):
+        y = call(*args)
+        assert y.requires_grad
+        with pytest.warns(UserWarning, match="sparseflow::nm_linear: an autograd kernel was not registered"):
+            y.sum().backward()
