@@ -16,4 +16,4 @@ pip install -q --disable-pip-version-check --no-build-isolation --no-deps \
   --config-settings=build-dir=build/torch-cpu . 2>&1 | grep -v "^WARNING: Location" || true
 cd tests
 python -c "import sparseflow, torch; b = sparseflow.BUILD_INFO; print('torch', torch.__version__, 'cuda kernels built:', b['cuda_enabled']); assert not b['cuda_enabled']"
-python -m pytest -q -p no:cacheprovider test_registry.py test_op_samples.py test_info.py "$@"
+python -m pytest -q -p no:cacheprovider test_registry.py test_op_samples.py test_op_bindings.py test_info.py "$@"
