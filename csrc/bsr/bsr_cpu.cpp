@@ -300,37 +300,44 @@ at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& meta, const at:
   const LinearRequest req = check_linear_args(x, meta, rowptr_in, indices_in, values_in, compensation_in,
                                               out_features, in_features, bias, weight_scale,
                                               std::string(activation), out_dtype);
-  const at::Tensor rowptr = rowptr_in.contiguous(), indices = indices_in.contiguous();
-  const at::Tensor values = values_in.contiguous(), compensation = compensation_in.contiguous();
+  // Borrowed when already contiguous (as bsr_pack returns them): no dispatcher call per tensor and call.
+  const c10::MaybeOwned<at::Tensor> rowptr = rowptr_in.expect_contiguous(), indices = indices_in.expect_contiguous();
+  const c10::MaybeOwned<at::Tensor> values = values_in.expect_contiguous();
+  const c10::MaybeOwned<at::Tensor> compensation = compensation_in.expect_contiguous();
   Weight w = req.w;
-  w.rowptr = rowptr.data_ptr<int32_t>();
-  w.indices = reinterpret_cast<const uint16_t*>(indices.data_ptr<int16_t>());
-  w.values = values.data_ptr();
-  w.compensation = compensation.data_ptr<int32_t>();
-  check_rowptr(w, indices.numel());
-  at::Tensor scale;
+  w.rowptr = rowptr->data_ptr<int32_t>();
+  w.indices = reinterpret_cast<const uint16_t*>(indices->data_ptr<int16_t>());
+  w.values = values->data_ptr();
+  w.compensation = compensation->data_ptr<int32_t>();
+  check_rowptr(w, indices->numel());
+  c10::MaybeOwned<at::Tensor> scale;
   if (weight_scale.has_value()) {
-    scale = weight_scale->contiguous();
-    w.scale = scale.data_ptr<float>();
+    scale = weight_scale->expect_contiguous();
+    w.scale = scale->data_ptr<float>();
   }
 
-  at::Tensor x2 = x.reshape({c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1), in_features});
+  // x as [M, in_features] rows with unit column stride; a 2-D x that already is one is used as it is.
+  const bool rows_ready = x.dim() == 2 && (in_features <= 1 || x.stride(1) == 1) &&
+                          (x.size(0) <= 1 || x.stride(0) >= in_features);
+  const int64_t rows = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
+  at::Tensor x2 = rows_ready ? x : x.reshape({rows, in_features});
   if (x2.stride(-1) != 1 || (x2.size(0) > 1 && x2.stride(0) < in_features)) x2 = x2.contiguous();
   const int64_t M = x2.size(0);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = out_features;
-  at::Tensor y = at::empty({M, out_features}, x.options().dtype(scalar_type(req.out)));
+  at::Tensor y = at::empty(out_shape, x.options().dtype(scalar_type(req.out)));  // rows of out_features
   if (M == 0 || out_features == 0) {  // no kernel runs to check the indices on the way
     const uint16_t* idx = w.indices;
-    check_max_index(w, indices.numel() == 0 ? 0 : *std::max_element(idx, idx + indices.numel()));
-    return y.view(out_shape);
+    check_max_index(w, indices->numel() == 0 ? 0 : *std::max_element(idx, idx + indices->numel()));
+    return y;
   }
 
-  at::Tensor bias_f;
+  c10::MaybeOwned<at::Tensor> bias_f;
   Epilogue ep;
   if (bias.has_value()) {
-    bias_f = bias->to(at::kFloat).contiguous();
-    ep.bias = bias_f.data_ptr<float>();
+    bias_f = bias->scalar_type() == at::kFloat ? bias->expect_contiguous()
+                                               : c10::MaybeOwned<at::Tensor>::owned(bias->to(at::kFloat).contiguous());
+    ep.bias = bias_f->data_ptr<float>();
   }
   ep.act = req.act;
   ep.out = req.out;
@@ -340,7 +347,7 @@ at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& meta, const at:
   const uint32_t max_index = w.dtype == DType::kS8 ? run_int8(w, ep, x2, isa) : run_float(w, ep, x2, isa);
   thread_scratch().release_temporaries();
   check_max_index(w, max_index);
-  return y.view(out_shape);
+  return y;
 }
 
 }  // namespace

@@ -412,6 +412,8 @@ def _bsr_x(M, K, dtype, device, seed=0, layout="contiguous"):
         return torch.randn(M, 2 * K, generator=g).to(dtype).to(device)[:, ::2]
     if layout == "3d":
         return torch.randn(2, M, K, generator=g).to(dtype).to(device)
+    if layout == "row-padded":  # the first K columns of a wider matrix: unit column stride, row stride K + 5
+        return torch.randn(M, K + 5, generator=g).to(dtype).to(device)[:, :K]
     return torch.randn(M, K, generator=g).to(dtype).to(device)
 
 
@@ -422,7 +424,7 @@ def _bsr_linear_samples(device):
         packed, scale = _bsr_linear_weight(crow, col, values, N, K, kernel, seed=i)
         x_dtypes = (torch.float32, torch.bfloat16) if dtype == torch.int8 else (dtype,)
         for j, (M, layout) in enumerate(((1, "contiguous"), (3, "transposed"), (17, "strided"), (129, "contiguous"),
-                                         (5, "3d"), (0, "contiguous"))):
+                                         (5, "3d"), (0, "contiguous"), (9, "row-padded"))):
             x_dtype = x_dtypes[j % len(x_dtypes)]
             x = _bsr_x(M, K, x_dtype, device, seed=i * 10 + j, layout=layout)
             bias = torch.randn(N, device=device).to(x_dtype if j % 2 else torch.float32) if j % 3 else None
