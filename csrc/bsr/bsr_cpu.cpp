@@ -266,10 +266,12 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
   a.x_zp = q.zp;
   if (isa >= CpuIsa::kAvx512Vnni && M <= kInt8DecodeMaxTokens) {
     quantize(0, M);  // a few tokens: not worth waking the pool
-    const int64_t groups = ceil_div(M, kVnniGroupTokens);
-    uint8_t* xp = scratch.get<uint8_t>(kSlotPanels, groups * K * kVnniGroupTokens);
-    build_groups_u8_avx512(q.xq, M, K, xp, 0, groups);
-    a.xp = xp;
+    if (M > 1 || w.layout != Layout::kInt8_16x1) {  // the 16x1 kernel reads a single token straight from xq
+      const int64_t groups = ceil_div(M, kVnniGroupTokens);
+      uint8_t* xp = scratch.get<uint8_t>(kSlotPanels, groups * K * kVnniGroupTokens);
+      build_groups_u8_avx512(q.xq, M, K, xp, 0, groups);
+      a.xp = xp;
+    }
     return run_tasks(w, M, 1, [&](int64_t b, int64_t e, int64_t) { return linear_int8_vnni_decode(a, b, e, 0, M); });
   }
   if (isa >= CpuIsa::kAvx512Vnni) {
