@@ -15,7 +15,7 @@ def _direct_call_ok(*tensors: torch.Tensor | None) -> bool:
     the same op through the same dispatcher, ~5 us less per call than torch.ops' generic argument
     conversion. Not while torch.compile traces (it must see the torch.ops call) and not when a tensor subclass
     or a mode has __torch_function__ (only torch.ops calls it)."""
-    return not torch.compiler.is_compiling() and not torch._C._has_torch_function(tensors)
+    return not torch.compiler.is_compiling() and not torch.overrides.has_torch_function(tensors)
 
 
 def nm_compress(dense: torch.Tensor, n: int = 2, m: int = 4, prune: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,6 +87,8 @@ def bsr_linear(x: torch.Tensor, meta: torch.Tensor, rowptr: torch.Tensor, indice
     call = _C.bsr_linear if _direct_call_ok(*tensors) else _BSR_LINEAR
     return call(x, meta, rowptr, indices, packed_values, compensation, out_features, in_features, bias, weight_scale,
                 activation, out_dtype)
+
+
 def nm_pack(values: torch.Tensor, indices: torch.Tensor, n: int = 2, m: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn a canonical N:M weight (the output of :func:`nm_compress`) into the kernel layout of its device.
 
