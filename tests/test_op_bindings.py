@@ -34,9 +34,21 @@ def test_binding_raises_the_errors_of_torch_ops(name):
             getattr(ops, name)(*bad.args)
 
 
-def test_eager_calls_take_the_binding_and_torch_function_modes_see_torch_ops():
+def test_arguments_of_the_wrong_python_type_get_torch_ops_message():
+    args = list(nm_linear_args((2,), 16, 64, 2, 4, torch.float32))
+    for position, value, expected in ((9, None, "str"), (3, 2.5, "int"), (8, "scale", "Optional\\[Tensor\\]")):
+        bad = args[:position] + [value] + args[position + 1:]
+        with pytest.raises(RuntimeError, match=f"Expected a value of type '{expected}' for argument"):
+            ops.nm_linear(*bad)
+
+
+def test_eager_calls_take_the_binding_and_torch_function_modes_see_torch_ops(monkeypatch):
     args = nm_linear_args((3,), 16, 64, 2, 4, torch.float32, bias=True)
-    assert ops._direct_call_ok(*args[:3], args[7], args[8])
+    taken = []
+    binding = _C.nm_linear
+    monkeypatch.setattr(_C, "nm_linear", lambda *a: taken.append(True) or binding(*a))
+    ops.nm_linear(*args)
+    assert taken == [True]
 
     seen = []
 

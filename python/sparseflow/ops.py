@@ -10,12 +10,19 @@ _NM_LINEAR = torch.ops.sparseflow.nm_linear.default
 _BSR_LINEAR = torch.ops.sparseflow.bsr_linear.default
 
 
-def _direct_call_ok(*tensors: torch.Tensor | None) -> bool:
-    """Whether a per-call op may go through its direct binding in ``sparseflow._C`` (csrc/op_bindings.cpp):
-    the same op through the same dispatcher, ~5 us less per call than torch.ops' generic argument
-    conversion. Not while torch.compile traces (it must see the torch.ops call) and not when a tensor subclass
-    or a mode has __torch_function__ (only torch.ops calls it)."""
-    return not torch.compiler.is_compiling() and not torch.overrides.has_torch_function(tensors)
+def _call(direct, overload, tensors: tuple, *args):
+    """A per-call op through its direct binding in ``sparseflow._C`` (csrc/op_bindings.cpp) where it may: the
+    same op through the same dispatcher, ~5 us less per call than torch.ops' generic argument conversion.
+    torch.ops takes the call while torch.compile traces (it must see the torch.ops call), when a tensor
+    subclass or a mode has __torch_function__ (only torch.ops calls it), and after a TypeError: pybind11's
+    message for an argument of the wrong Python type lists every argument's value, torch's names the argument
+    (and a TypeError the op itself raised, e.g. for x's dtype, comes again)."""
+    if not torch.compiler.is_compiling() and not torch.overrides.has_torch_function(tensors):
+        try:
+            return direct(*args)
+        except TypeError:
+            pass
+    return overload(*args)
 
 
 def nm_compress(dense: torch.Tensor, n: int = 2, m: int = 4, prune: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,9 +91,8 @@ def bsr_linear(x: torch.Tensor, meta: torch.Tensor, rowptr: torch.Tensor, indice
     x's dtype or float32, in_features % 8; never synchronises (meta stays on the CPU), CUDA-graph safe.
     """
     tensors = (x, meta, rowptr, indices, packed_values, compensation, bias, weight_scale)
-    call = _C.bsr_linear if _direct_call_ok(*tensors) else _BSR_LINEAR
-    return call(x, meta, rowptr, indices, packed_values, compensation, out_features, in_features, bias, weight_scale,
-                activation, out_dtype)
+    return _call(_C.bsr_linear, _BSR_LINEAR, tensors, x, meta, rowptr, indices, packed_values, compensation,
+                 out_features, in_features, bias, weight_scale, activation, out_dtype)
 
 
 def nm_pack(values: torch.Tensor, indices: torch.Tensor, n: int = 2, m: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,9 +144,9 @@ def nm_linear(
 
     The packed tensors are trusted: pass them as :func:`nm_pack` returned them.
     """
-    call = _C.nm_linear if _direct_call_ok(x, packed_values, packed_meta, bias, weight_scale) else _NM_LINEAR
-    return call(x, packed_values, packed_meta, n, m, out_features, in_features, bias, weight_scale, activation,
-                out_dtype)
+    return _call(_C.nm_linear, _NM_LINEAR, (x, packed_values, packed_meta, bias, weight_scale),
+                 x, packed_values, packed_meta, n, m, out_features, in_features, bias, weight_scale, activation,
+                 out_dtype)
 
 
 # ---- CUDA 2:4 layout (branch cuda)
