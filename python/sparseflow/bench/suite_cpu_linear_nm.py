@@ -10,6 +10,9 @@ Baselines, measured in the same run:
   weight, activations quantized per call, fp32 out): the same job as nm_linear's int8 path, dense.
 - ``csr`` (fp32, M <= 8): ``torch.sparse.mm`` with the weight in CSR (torch's general sparse path).
 - ``reference`` (nm_pack): the plain-torch reference of the packing.
+- ``torch.ops`` ("call cost" rows, a 16x64 weight at one token): the same op called through
+  ``torch.ops.sparseflow.nm_linear`` instead of ``sparseflow.ops.nm_linear``'s direct binding; with so little
+  work the times are the per-call cost of each path.
 
 Weights bigger than the last-level cache (11008x4096 and 4096x11008 at every dtype but int8) stream from DRAM;
 the smaller ones stay in the LLC when the cache is hot: use ``--cold-cache`` for decode (M = 1) figures.
@@ -45,12 +48,15 @@ def _weight(rows: int, cols: int, n: int, m: int, dtype: torch.dtype):
     return dense.to(dtype), packed_values, packed_meta, scale
 
 
-def _linear_setup(tokens: int, rows: int, cols: int, n: int, m: int, dtype: torch.dtype) -> Prepared:
+def _linear_setup(tokens: int, rows: int, cols: int, n: int, m: int, dtype: torch.dtype,
+                  via_torch_ops: bool = False) -> Prepared:
     dense, pv, pm, scale = _weight(rows, cols, n, m, dtype)
     g = torch.Generator().manual_seed(tokens + rows)
     x = torch.randn(tokens, cols, generator=g).to(torch.float32 if dtype == torch.int8 else dtype)
     args = (x, pv, pm, n, m, rows, cols, None, scale, "none", None)
     baselines, skipped = {}, {}
+    if via_torch_ops:  # the same op called through torch.ops instead of sparseflow.ops' direct binding
+        baselines["torch.ops"] = lambda: torch.ops.sparseflow.nm_linear.default(*args)
     if dtype == torch.int8:
         w_fp32 = dense.float() * scale[:, None]
         baselines["F.linear fp32"] = lambda: F.linear(x, w_fp32)
@@ -114,6 +120,13 @@ def cpu_linear(ctx: SuiteContext):
                        setup=functools.partial(_linear_setup, tokens, rows, cols, n, m, dtype),
                        sparsity=1 - n / m, flops=2.0 * tokens * rows * cols, bytes=weight_bytes + io_bytes,
                        family=f"nm_linear {SHORT[dtype]} {rows}x{cols} M={tokens}")
+    # Per-call cost: a weight so small that the call is mostly argument conversion, allocation and checks.
+    for dtype in (torch.float32, torch.int8):
+        yield Case(f"nm_linear 2:4 {SHORT[dtype]} M=1 16x64 call cost", "nm_linear",
+                   {"M": 1, "N": 16, "K": 64, "n": 2, "m": 4}, dtype,
+                   setup=functools.partial(_linear_setup, 1, 16, 64, 2, 4, dtype, True), sparsity=0.5,
+                   flops=2.0 * 16 * 64, bytes=_packed_bytes(16, 64, 2, 4, dtype),
+                   family=f"nm_linear {SHORT[dtype]} call cost")
     rows, cols = shapes[0]
     for dtype in (torch.float32, torch.bfloat16, torch.int8):
         yield Case(f"nm_pack 2:4 {SHORT[dtype]} {rows}x{cols}", "nm_pack",
