@@ -51,6 +51,18 @@ inline __m512i broadcast8(const uint8_t* p) {
   return _mm512_set1_epi64(v);
 }
 
+// The quantized rows of tokens [t0, t0 + T).
+template <int T>
+SF_ALWAYS_INLINE void token_rows(const LinearParams& p, int64_t t0, const uint8_t* (&x)[T]) {
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) x[t] = reinterpret_cast<const uint8_t*>(p.xq) + (t0 + t) * p.xq_stride;
+}
+
+// The weights of the half unit of cols % 8 == 4 (2:4 only): h 16-bit words, the 2 kept values of each row.
+SF_ALWAYS_INLINE __m512i half_unit_weights(const int8_t* values, int64_t full, int h, __mmask16 lanes) {
+  return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, values + full * 4 * h));
+}
+
 // The tokens' products of one unit: x[t] columns col .. col+7 picked by `control`, times weights w.
 template <int S, int T>
 SF_ALWAYS_INLINE void multiply(__m512i w, __m512i control, const uint8_t* const (&x)[T], int64_t col,
@@ -104,8 +116,7 @@ void block(const LinearParams& p, const LaneConsts& k, int64_t first, int h, int
   const uint8_t* meta = p.meta + first * meta_row_bytes(cols);
   const __mmask16 lanes = static_cast<__mmask16>((1u << h) - 1);
   const uint8_t* x[T];
-#pragma GCC unroll 8
-  for (int t = 0; t < T; ++t) x[t] = reinterpret_cast<const uint8_t*>(p.xq) + (t0 + t) * p.xq_stride;
+  token_rows(p, t0, x);
   __m512i acc[2][T], wsum[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
 #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) acc[0][t] = acc[1][t] = _mm512_setzero_si512();
@@ -123,7 +134,7 @@ void block(const LinearParams& p, const LaneConsts& k, int64_t first, int h, int
     const int count = static_cast<int>(full - u0);
     full_units<0, T, kSave>(k, mw, values, h, lanes, x, u0, count, acc, wsum, controls);
     if (quads % 2 == 1) {
-      const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, values + full * 4 * h));
+      const __m512i w = half_unit_weights(values, full, h, lanes);
       int32_t* save = controls + kLaneRows * full;
       switch (count) {  // the half unit's mask sits at bits 8 * count; its second mask is 0 (no column)
         case 0: unit<T, 0, kSave>(k, mw, w, x, 8 * full, acc, wsum, save); break;
@@ -148,8 +159,7 @@ void planned_block(const LinearParams& p, int64_t first, int h, int64_t t0, cons
   const int8_t* values = static_cast<const int8_t*>(p.values) + first * (cols / 2);
   const __mmask16 lanes = static_cast<__mmask16>((1u << h) - 1);
   const uint8_t* x[T];
-#pragma GCC unroll 8
-  for (int t = 0; t < T; ++t) x[t] = reinterpret_cast<const uint8_t*>(p.xq) + (t0 + t) * p.xq_stride;
+  token_rows(p, t0, x);
   __m512i acc[2][T];
 #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) acc[0][t] = acc[1][t] = _mm512_setzero_si512();
@@ -162,7 +172,7 @@ void planned_block(const LinearParams& p, int64_t first, int h, int64_t t0, cons
   }
   if (u < full) multiply<0>(weights(u), control(u), x, 8 * u, acc);
   if (cols % 8 == 4) {
-    const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, values + full * 4 * h));
+    const __m512i w = half_unit_weights(values, full, h, lanes);
     multiply<1>(w, control(full), x, 8 * full, acc);
   }
   finish<T>(acc, correction, out);
