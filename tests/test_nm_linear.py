@@ -75,6 +75,26 @@ def test_int8_lane_layout_edges_are_exact(isa, n, m, in_features):
             assert torch.equal(y, acc.float()), (out_features, tokens)
 
 
+@pytest.mark.parametrize("in_features", [4, 8, 28, 32, 36, 60, 64, 68, 100, 132, 1028])
+def test_bf16_lane_layout_edges_are_exact(isa, in_features):
+    """bf16 2:4's lane layout (csrc/nm/nm_lanes.h): 1-257 groups (a partial last meta unit, an odd count of
+    32-column units, spans across the wide kernel's 512-column blocks), blocks of 16 rows with a short last one,
+    1-9 tokens (lane kernel, token passes of 8) and 33 / 130 (the wide kernel, 3 and 9 token blocks). Integer
+    values keep every fp32 sum exact whatever the order."""
+    for out_features in (1, 15, 16, 17, 40):
+        for tokens in (1, 5, 9, 33, 130):
+            if tokens == 130 and in_features < 1000 or in_features == 1028 and out_features < 40:
+                continue
+            g = torch.Generator().manual_seed(in_features * 7 + out_features + tokens)
+            dense = (random_nm_dense(out_features, in_features, 2, 4, seed=tokens) * 8).round().to(torch.bfloat16)
+            values, indices = ops.nm_compress(dense, 2, 4)
+            pv, pm = ops.nm_pack(values, indices, 2, 4)
+            assert torch.equal(ref.nm_unpack(pv, pm, in_features, 2, 4), dense)
+            x = torch.randint(-8, 9, (tokens, in_features), generator=g).to(torch.bfloat16)
+            y = ops.nm_linear(x, pv, pm, 2, 4, out_features, in_features, out_dtype=torch.float32)
+            assert torch.equal(y, (x.double() @ dense.double().T).float()), (out_features, tokens)
+
+
 def test_int8_extreme_values_do_not_overflow(isa):
     # Every product at its extreme (-127 * -128 with the u8 + 128 trick inside): still exact.
     k = 4096
@@ -341,8 +361,8 @@ def test_corrupted_meta_never_reads_past_the_weight(isa, dtype):
     """The row-major kernels step through a row's values by its meta's popcount; a corrupted meta in one of
     the last m / n + 1 rows (the only ones that could reach past the values buffer) is rejected on every path,
     one earlier in the weight gives wrong numbers without reading out of bounds (like corrupted values). The
-    lane layout (int8) reads its values at fixed places whatever the meta says: never rejected, never out of
-    bounds (the ASAN run checks the reads)."""
+    lane layouts (int8, bf16 2:4) read their values at fixed places whatever the meta says: never rejected, never
+    out of bounds (the ASAN run checks the reads); bf16's 2-bit positions give what the reference computes."""
     in_features = 100  # the last meta word covers 36 columns
     args = list(nm_linear_args((3,), 9, in_features, 2, 4, dtype, seed=3))
     for row, byte, value in ((8, 0, 0xFF), (7, 5, 0x00), (8, 15, 0xF0), (0, 0, 0xFF), (2, 15, 0xFF)):
@@ -356,7 +376,10 @@ def test_corrupted_meta_never_reads_past_the_weight(isa, dtype):
             continue
         bad = args[:2] + [meta] + args[3:]
         if row < 9 - 3 or ref.uses_lane_layout(dtype, 2, 4):
-            assert torch.ops.sparseflow.nm_linear(*bad).shape == (3, 9)
+            y = torch.ops.sparseflow.nm_linear(*bad)
+            assert y.shape == (3, 9)
+            if dtype == torch.bfloat16:  # the positions the corrupted meta names, as the reference reads them
+                nm_linear_tolerance_check(y, tuple(bad))
             continue
         with pytest.raises(IndexError, match=rf"sparseflow.nm_linear: packed_meta row {row} does not keep exactly 50 "
                                              rf"of its 100 columns"):

@@ -8,6 +8,7 @@ import sparseflow
 from sparseflow.formats import BlockSparseWeight, NMWeight
 from sparseflow.nn import SparseLinear
 from sparseflow.sparsify import SparsifyConfig, densify_, load_pretrained, save_pretrained, sparsify_
+from sparseflow.testing import reference as ref
 from sparseflow.testing.op_db import random_nm_dense
 
 
@@ -163,9 +164,10 @@ def _canonical_sparse_bytes(module: SparseLinear) -> int:
 @pytest.mark.parametrize("nm", [(2, 4), (4, 8)])
 def test_nm_cpu_holds_one_copy_of_the_sparse_weight(dtype, nm):
     # 2:4 float32 256x512: canonical 327,680 B (values 262,144 + indices 65,536); the bitmask adds 16,384.
-    # int8 2:4 and 4:8 pack their values in another order (the lane layout, csrc/nm/nm_lanes.h): one copy more.
+    # int8 2:4 / 4:8 and bf16 2:4 pack their values in another order (the lane layouts, csrc/nm/nm_lanes.h): one
+    # copy more.
     sparse = SparseLinear.from_dense(_nm_linear(256, 512, *nm), f"{nm[0]}:{nm[1]}", dtype=dtype, fallback="never")
-    reordered = dtype == torch.int8
+    reordered = ref.uses_lane_layout(dtype, *nm)
     assert (sparse._packed[0] is sparse.w_values) != reordered
     extra = sparse.w_values.nbytes if reordered else 0
     assert _resident_bytes(sparse) <= 1.2 * (_canonical_sparse_bytes(sparse) + sparse.bias.nbytes) + extra
@@ -184,7 +186,7 @@ def test_nm_state_dict_format_is_unchanged():
         # A checkpoint in that format loads into a layer built from other weights and gives the same outputs.
         other = SparseLinear.from_dense(_nm_linear(24, 40, 2, 4, seed=3), "2:4", dtype=dtype, fallback="never")
         other.load_state_dict({**old_format, "bias": sparse.bias})
-        assert (other._packed[0] is other.w_values) != (dtype == torch.int8)  # int8 2:4: the lane layout
+        assert (other._packed[0] is other.w_values) != ref.uses_lane_layout(dtype, 2, 4)
         x = torch.randn(5, 40).to(torch.float32 if dtype == torch.int8 else dtype)
         assert torch.equal(other(x), sparse(x))
 
@@ -196,10 +198,10 @@ def test_nm_repacks_shared_values_on_to_and_deepcopy():
     sparse = SparseLinear.from_dense(lin, "2:4", fallback="never")
     sparse.to(device="cpu")
     assert sparse._packed[0] is sparse.w_values
-    sparse.to(torch.bfloat16)
-    assert sparse._packed[0] is sparse.w_values and sparse.w_values.dtype == torch.bfloat16
-    direct = SparseLinear.from_dense(lin, "2:4", dtype=torch.bfloat16, fallback="never")
-    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    sparse.to(torch.float16)
+    assert sparse._packed[0] is sparse.w_values and sparse.w_values.dtype == torch.float16
+    direct = SparseLinear.from_dense(lin, "2:4", dtype=torch.float16, fallback="never")
+    x = torch.randn(3, 64, dtype=torch.float16)
     assert torch.equal(sparse(x), direct(x))
     assert torch.equal(sparse._packed[1], direct._packed[1])
 

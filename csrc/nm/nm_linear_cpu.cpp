@@ -31,13 +31,20 @@ std::tuple<at::Tensor, at::Tensor> nm_pack_cpu(const at::Tensor& values_in, cons
   p.meta = meta.data_ptr<uint8_t>();
   std::atomic<int64_t> first_bad{INT64_MAX};
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(p.cols, 1));
-  const bool lanes = uses_lane_layout(p.int8_layout, p.n, p.m);
+  const Scalar weight = to_scalar(values_in.scalar_type());
+  const bool lanes = uses_lane_layout(weight, p.n, p.m);
   const at::Tensor values = values_in.contiguous();
   // A copy even when values is contiguous: the packed weight owns its storage (no alias of the input).
   at::Tensor packed = lanes ? at::empty_like(values) : values.clone();
   at::parallel_for(0, p.rows, grain, [&](int64_t begin, int64_t end) {
-    const int64_t bad = build_meta_cpu(p, begin, end);
-    if (lanes) pack_lane_values(values.data_ptr<int8_t>(), p.rows, p.cols, packed.data_ptr<int8_t>(), begin, end);
+    int64_t bad;
+    if (lanes && weight == Scalar::kBFloat16) {
+      bad = pack_bf16_lanes(p, static_cast<const uint16_t*>(values.const_data_ptr()),
+                            static_cast<uint16_t*>(packed.mutable_data_ptr()), begin, end);
+    } else {
+      bad = build_meta_cpu(p, begin, end);
+      if (lanes) pack_lane_values(values.data_ptr<int8_t>(), p.rows, p.cols, packed.data_ptr<int8_t>(), begin, end);
+    }
     if (bad == kAllGroupsValid) return;
     int64_t seen = first_bad.load();
     while (bad < seen && !first_bad.compare_exchange_weak(seen, bad)) {
@@ -118,7 +125,7 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
   at::Tensor xq, xt;
   const c10::MaybeOwned<at::Tensor> w_scale =
       weight_scale ? weight_scale->expect_contiguous() : c10::MaybeOwned<at::Tensor>::owned(at::Tensor());
-  const bool lanes = uses_lane_layout(p.weight == Scalar::kInt8, p.n, p.m);
+  const bool lanes = uses_lane_layout(p.weight, p.n, p.m);
   if (p.weight == Scalar::kInt8) {
     const bool vnni = isa >= CpuIsa::kAvx512Vnni && vnni_supports(p.n, p.m);
     if (vnni) kernel = lanes ? linear_lanes_avx512_vnni : linear_avx512_vnni;

@@ -46,7 +46,7 @@ int64_t build_lane_meta(const MetaParams& p, int64_t row_begin, int64_t row_end)
 }  // namespace
 
 int64_t build_meta_cpu(const MetaParams& p, int64_t row_begin, int64_t row_end) {
-  if (uses_lane_layout(p.int8_layout, p.n, p.m)) return build_lane_meta(p, row_begin, row_end);
+  if (p.int8_layout && uses_lane_layout(Scalar::kInt8, p.n, p.m)) return build_lane_meta(p, row_begin, row_end);
   const int64_t row_bytes = meta_row_bytes(p.cols);
   for (int64_t r = row_begin; r < row_end; ++r) {
     uint8_t* meta = p.meta + r * row_bytes;
@@ -68,6 +68,30 @@ void pack_lane_values(const int8_t* values, int64_t rows, int64_t cols, int8_t* 
     for (int64_t u = 0; u < units; ++u) std::memcpy(packed + lane_value_offset(rows, cols, r, u), row + 4 * u, 4);
     if (cols % 8 == 4) std::memcpy(packed + lane_half_value_offset(rows, cols, r), row + 4 * units, 2);
   }
+}
+
+int64_t pack_bf16_lanes(const MetaParams& p, const uint16_t* values, uint16_t* packed, int64_t row_begin,
+                        int64_t row_end) {
+  const int64_t groups = p.cols / 4, words = meta_row_bytes(p.cols) / 4;
+  auto* packed_bytes = reinterpret_cast<uint8_t*>(packed);
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const uint8_t* idx = p.indices + r * groups * 2;
+    const uint16_t* v = values + r * groups * 2;
+    for (int64_t v_unit = 0; v_unit < words; ++v_unit) {
+      uint32_t word = 0;  // nibble j: the positions in group 8 v_unit + j
+      for (int64_t g = 8 * v_unit; g < std::min(groups, 8 * v_unit + 8); ++g) {
+        const int first = idx[2 * g], second = idx[2 * g + 1];
+        if (first >= second || second >= 4) return r * groups + g;
+        word |= static_cast<uint32_t>(first | second << 2) << (4 * (g % 8));
+      }
+      store_u32(p.meta + lane_meta_offset(p.rows, p.cols, r, v_unit), word);
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      const uint32_t pair = v[2 * g] | static_cast<uint32_t>(v[2 * g + 1]) << 16;
+      store_u32(packed_bytes + lane_group_offset(p.rows, p.cols, r, g), pair);
+    }
+  }
+  return kAllGroupsValid;
 }
 
 namespace {
@@ -108,6 +132,20 @@ void expand_lane_row(const LinearParams& p, int64_t row, int32_t* dense) {
   }
 }
 
+// Expands row `row` of a bf16 2:4 weight in the lane layout: each group's 2 values added at their positions
+// (what the AVX-512 kernel computes, also for a corrupted meta that names one position twice).
+void expand_bf16_lane_row(const LinearParams& p, int64_t row, float* dense) {
+  const int64_t k = p.in_features, rows = p.out_features;
+  const auto* values = static_cast<const uint8_t*>(p.values);
+  std::fill(dense, dense + k, 0.0f);
+  for (int64_t g = 0; g < k / 4; ++g) {
+    const uint32_t at = load_u32(p.meta + lane_meta_offset(rows, k, row, g / 8)) >> (4 * (g % 8));
+    const uint32_t pair = load_u32(values + lane_group_offset(rows, k, row, g));
+    dense[4 * g + (at & 3)] += bf16_to_float(static_cast<uint16_t>(pair));
+    dense[4 * g + (at >> 2 & 3)] += bf16_to_float(static_cast<uint16_t>(pair >> 16));
+  }
+}
+
 // Dot product with 16 independent partial sums so the compiler can vectorize it without reassociating.
 inline float dot_f32(const float* a, const float* b, int64_t k) {
   float partial[16] = {};
@@ -142,7 +180,7 @@ void linear_portable(const LinearParams& p, int64_t row_begin, int64_t row_end) 
   const int64_t k = p.in_features;
   if (p.weight == Scalar::kInt8) {
     std::vector<int32_t> dense(k);
-    const bool lanes = uses_lane_layout(true, p.n, p.m);
+    const bool lanes = uses_lane_layout(Scalar::kInt8, p.n, p.m);
     for (int64_t j = row_begin; j < row_end; ++j) {
       if (lanes) {
         expand_lane_row(p, j, dense.data());
@@ -161,6 +199,8 @@ void linear_portable(const LinearParams& p, int64_t row_begin, int64_t row_end) 
   for (int64_t j = row_begin; j < row_end; ++j) {
     if (p.weight == Scalar::kFloat32) {
       expand_row<float>(p, j, dense.data(), [](float v) { return v; });
+    } else if (p.weight == Scalar::kBFloat16 && uses_lane_layout(p.weight, p.n, p.m)) {
+      expand_bf16_lane_row(p, j, dense.data());
     } else if (p.weight == Scalar::kBFloat16) {
       expand_row<uint16_t>(p, j, dense.data(), bf16_to_float);
     } else {

@@ -490,8 +490,9 @@ LANE_ROWS = 16
 
 
 def uses_lane_layout(dtype: torch.dtype, n: int, m: int) -> bool:
-    """int8 2:4 and 4:8 weights pack into the lane layout of csrc/nm/nm_lanes.h (16 rows interleaved)."""
-    return dtype == torch.int8 and (n, m) in ((2, 4), (4, 8))
+    """int8 2:4 / 4:8 and bf16 2:4 weights pack into the lane layouts of csrc/nm/nm_lanes.h (16 rows
+    interleaved)."""
+    return (dtype == torch.int8 and (n, m) in ((2, 4), (4, 8))) or (dtype == torch.bfloat16 and (n, m) == (2, 4))
 
 
 def _lane_blocks(rows: int):
@@ -518,20 +519,31 @@ def _from_lanes(flat: torch.Tensor, rows: int, widths: list[tuple[int, int]]) ->
     return [torch.cat(p) if p else flat.new_zeros(0, u, w) for p, (u, w) in zip(parts, widths)]
 
 
+def _nibble_meta(nibbles: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Per-row nibbles [rows, groups] -> lane-layout meta: 8 nibbles to a dword, one dword per row per unit."""
+    rows, words = nibbles.shape[0], meta_row_bytes(in_features) // 4
+    nibbles = torch.nn.functional.pad(nibbles.long(), (0, 8 * words - nibbles.shape[1]))
+    dwords = (nibbles.reshape(rows, words, 8) << (4 * torch.arange(8, device=nibbles.device))).sum(-1)
+    meta_bytes = (dwords[..., None] >> (8 * torch.arange(4, device=nibbles.device))) & 0xFF
+    return _to_lanes([meta_bytes.to(torch.uint8)], rows).reshape(rows, meta_row_bytes(in_features))
+
+
+def _meta_nibbles(packed_meta: torch.Tensor) -> torch.Tensor:
+    """Inverse of _nibble_meta: [rows, 8 * dwords per row] nibbles (int64)."""
+    rows, words, device = packed_meta.shape[0], packed_meta.shape[1] // 4, packed_meta.device
+    (meta_bytes,) = _from_lanes(packed_meta.reshape(-1), rows, [(words, 4)])
+    dwords = (meta_bytes.long() << (8 * torch.arange(4, device=device))).sum(-1)  # [rows, words]
+    return ((dwords[..., None] >> (4 * torch.arange(8, device=device))) & 0xF).reshape(rows, 8 * words)
+
+
 def _lane_pack(values: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows, in_features = kept.shape
     units = in_features // 8
     v = values.view(torch.uint8)
     packed_values = _to_lanes([v[:, :4 * units].reshape(rows, units, 4), v[:, 4 * units:].reshape(rows, 1, in_features % 8 // 2)],
                               rows)
-    words = meta_row_bytes(in_features) // 4
     masks = (kept.reshape(rows, in_features // 4, 4).long() << torch.arange(4, device=kept.device)).sum(-1)  # [rows, groups]
-    masks = torch.nn.functional.pad(masks, (0, 8 * words - masks.shape[1]))
-    dwords = (masks.reshape(rows, words, 8) << (4 * torch.arange(8, device=kept.device))).sum(-1)
-    meta_bytes = (dwords[..., None] >> (8 * torch.arange(4, device=kept.device))) & 0xFF
-    meta = _to_lanes([meta_bytes.to(torch.uint8)], rows)
-    return (packed_values.view(torch.int8).reshape(rows, in_features // 2),
-            meta.reshape(rows, meta_row_bytes(in_features)))
+    return packed_values.view(torch.int8).reshape(rows, in_features // 2), _nibble_meta(masks, in_features)
 
 
 def _lane_unpack(packed_values: torch.Tensor, packed_meta: torch.Tensor, in_features: int) -> torch.Tensor:
@@ -541,9 +553,8 @@ def _lane_unpack(packed_values: torch.Tensor, packed_meta: torch.Tensor, in_feat
     units, words = in_features // 8, packed_meta.shape[1] // 4
     full, half = _from_lanes(packed_values.reshape(-1).view(torch.uint8), rows, [(units, 4), (1, in_features % 8 // 2)])
     values = torch.cat([full.reshape(rows, 4 * units), half.reshape(rows, in_features % 8 // 2)], 1).view(torch.int8)
-    (meta_bytes,) = _from_lanes(packed_meta.reshape(-1), rows, [(words, 4)])
-    dwords = (meta_bytes.long() << (8 * torch.arange(4, device=device))).sum(-1)  # [rows, words]
-    bits = ((dwords[..., None] >> torch.arange(32, device=device)) & 1).bool().reshape(rows, 32 * words)
+    nibbles = _meta_nibbles(packed_meta)
+    bits = ((nibbles[..., None] >> torch.arange(4, device=device)) & 1).bool().reshape(rows, 32 * words)
     padded = 8 * ((in_features + 7) // 8)
     # rank: how many kept columns of its unit a column is (itself included)
     rank = bits[:, :padded].long().reshape(rows, padded // 8, 8).cumsum(-1).reshape(rows, padded)[:, :in_features]
@@ -556,13 +567,38 @@ def _lane_unpack(packed_values: torch.Tensor, packed_meta: torch.Tensor, in_feat
     return torch.where(take, gathered, torch.zeros((), dtype=torch.int8, device=device))
 
 
+def _bf16_lane_pack(values: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """bf16 2:4: per group one dword of the 2 kept values; the meta nibble holds their 2-bit positions."""
+    rows, groups = values.shape[0], values.shape[1] // 2
+    pairs = values.view(torch.uint8).reshape(rows, groups, 4)
+    packed_values = _to_lanes([pairs], rows).view(torch.bfloat16).reshape(rows, 2 * groups)
+    positions = indices.long().reshape(rows, groups, 2)
+    return packed_values, _nibble_meta(positions[..., 0] | positions[..., 1] << 2, 4 * groups)
+
+
+def _bf16_lane_unpack(packed_values: torch.Tensor, packed_meta: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Each group's 2 values added at their positions (the kernels' rule, also for a corrupted meta)."""
+    rows, groups, device = packed_values.shape[0], in_features // 4, packed_values.device
+    if groups == 0:
+        return packed_values.new_zeros(rows, 0)
+    (pairs,) = _from_lanes(packed_values.reshape(-1).view(torch.uint8), rows, [(groups, 4)])
+    values = pairs.reshape(rows, groups * 4).view(torch.bfloat16).float()  # [rows, 2 * groups], column order
+    nibbles = _meta_nibbles(packed_meta)[:, :groups]
+    positions = torch.stack([nibbles & 3, nibbles >> 2 & 3], -1).reshape(rows, 2 * groups)
+    columns = positions + 4 * (torch.arange(2 * groups, device=device) // 2)
+    dense = torch.zeros(rows, in_features, device=device).scatter_add_(1, columns, values)
+    return dense.to(torch.bfloat16)
+
+
 def nm_pack(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """CPU layout: (a copy of values, a bitmask of the kept columns; see csrc/nm/nm.h), or for int8 2:4 the
-    lane layout of csrc/nm/nm_lanes.h."""
+    """CPU layout: (a copy of values, a bitmask of the kept columns; see csrc/nm/nm.h), or for int8 2:4 / 4:8
+    and bf16 2:4 the lane layouts of csrc/nm/nm_lanes.h."""
     _check_compressed(values, indices, n, m, LINEAR_WEIGHT_DTYPES)
     rows, in_features = values.shape[0], values.shape[1] // n * m
     # nm_decompress validates the positions (IndexError) and gives the kept columns.
     kept = nm_decompress(torch.ones_like(values, dtype=torch.int8), indices, n, m).bool()
+    if values.dtype == torch.bfloat16 and uses_lane_layout(values.dtype, n, m):
+        return _bf16_lane_pack(values.contiguous(), indices)
     if uses_lane_layout(values.dtype, n, m):
         return _lane_pack(values.contiguous(), kept)
     row_bytes = meta_row_bytes(in_features)
@@ -578,6 +614,8 @@ def nm_pack(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -> tupl
 
 def nm_unpack(packed_values: torch.Tensor, packed_meta: torch.Tensor, in_features: int, n: int, m: int) -> torch.Tensor:
     """The dense weight [out_features, in_features] (in packed_values' dtype) of a CPU-packed N:M weight."""
+    if packed_values.dtype == torch.bfloat16 and uses_lane_layout(packed_values.dtype, n, m):
+        return _bf16_lane_unpack(packed_values, packed_meta, in_features)
     if uses_lane_layout(packed_values.dtype, n, m):
         return _lane_unpack(packed_values, packed_meta, in_features)
     rows = packed_values.shape[0]
