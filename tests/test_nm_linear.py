@@ -78,9 +78,9 @@ def test_int8_lane_layout_edges_are_exact(isa, n, m, in_features):
 @pytest.mark.parametrize("in_features", [4, 8, 28, 32, 36, 60, 64, 68, 100, 132, 1028])
 def test_bf16_lane_layout_edges_are_exact(isa, in_features):
     """bf16 2:4's lane layout (csrc/nm/nm_lanes.h): 1-257 groups (a partial last meta unit, an odd count of
-    32-column units, spans across the wide kernel's 512-column blocks), blocks of 16 rows with a short last one,
-    1-9 tokens (lane kernel, token passes of 8) and 33 / 130 (the wide kernel, 3 and 9 token blocks). Integer
-    values keep every fp32 sum exact whatever the order."""
+    32-column units), blocks of 16 rows with a short last one, 1-130 tokens (passes of 8 and a partial last one,
+    past the token count where the row-major layout changes kernels). Integer values keep every fp32 sum exact
+    whatever the order."""
     for out_features in (1, 15, 16, 17, 40):
         for tokens in (1, 5, 9, 33, 130):
             if tokens == 130 and in_features < 1000 or in_features == 1028 and out_features < 40:

@@ -88,8 +88,9 @@ void linear_lanes_avx512_vnni(const LinearParams& p, int64_t row_begin, int64_t 
 int64_t pack_bf16_lanes(const MetaParams& p, const uint16_t* values, uint16_t* packed, int64_t row_begin,
                         int64_t row_end);
 
-// nm_linear for bf16 2:4 weights in the lane layout, AVX-512F, up to kWideTokens - 1 tokens (the wide kernel of
-// linear_avx512 takes more); rows as for linear_lanes_avx512_vnni.
+// nm_linear for bf16 2:4 weights in the lane layout, AVX-512F, any token count (passes of up to 8 tokens; it beats
+// the broadcast-based wide kernel of the row-major layout from 1 to 128 tokens); rows as for
+// linear_lanes_avx512_vnni.
 void linear_lanes_bf16_avx512(const LinearParams& p, int64_t row_begin, int64_t row_end);
 
 }  // namespace sparseflow::nm

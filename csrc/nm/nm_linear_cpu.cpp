@@ -152,8 +152,9 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
     if (isa >= CpuIsa::kAvx512) {
       kernel = linear_avx512;
       const int64_t blocks = (p.tokens + 15) / 16;
-      // interleave_tokens_avx512 gathers 16 rows with 32-bit indices.
-      if (p.tokens >= kWideTokens && in_features > 0 && p.x_stride < INT32_MAX / 16) {
+      // interleave_tokens_avx512 gathers 16 rows with 32-bit indices. The lane layout (bf16 2:4) has no wide
+      // kernel: its own is faster at every token count.
+      if (!lanes && p.tokens >= kWideTokens && in_features > 0 && p.x_stride < INT32_MAX / 16) {
         xt = at::empty({in_features, blocks, 16}, x2.options());
         float* dst = xt.data_ptr<float>();
         at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {

@@ -1,5 +1,5 @@
-// nm_linear for bf16 2:4 weights in the lane layout (nm_lanes.h), AVX-512F, up to kWideTokens - 1 tokens
-// (torch-free; built with this ISA's flags).
+// nm_linear for bf16 2:4 weights in the lane layout (nm_lanes.h), AVX-512F, any token count (torch-free; built
+// with this ISA's flags).
 //
 // A zmm lane is an output row. Per group of 4 columns: one load of the 16 rows' dwords, a shift and an and
 // make the first and the second kept weights fp32, and per token the group's 4 activations are broadcast to
