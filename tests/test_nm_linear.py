@@ -75,9 +75,10 @@ def test_int8_lane_layout_edges_are_exact(isa, n, m, in_features):
             assert torch.equal(y, acc.float()), (out_features, tokens)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("in_features", [4, 8, 28, 32, 36, 60, 64, 68, 100, 132, 1028])
-def test_bf16_lane_layout_edges_are_exact(isa, in_features):
-    """bf16 2:4's lane layout (csrc/nm/nm_lanes.h): 1-257 groups (a partial last meta unit, an odd count of
+def test_float_lane_layout_edges_are_exact(isa, dtype, in_features):
+    """bf16 / fp32 2:4's lane layout (csrc/nm/nm_lanes.h): 1-257 groups (a partial last meta unit, an odd count of
     32-column units), blocks of 16 rows with a short last one, 1-130 tokens (passes of 8 and a partial last one,
     past the token count where the row-major layout changes kernels). Integer values keep every fp32 sum exact
     whatever the order."""
@@ -86,11 +87,11 @@ def test_bf16_lane_layout_edges_are_exact(isa, in_features):
             if tokens == 130 and in_features < 1000 or in_features == 1028 and out_features < 40:
                 continue
             g = torch.Generator().manual_seed(in_features * 7 + out_features + tokens)
-            dense = (random_nm_dense(out_features, in_features, 2, 4, seed=tokens) * 8).round().to(torch.bfloat16)
+            dense = (random_nm_dense(out_features, in_features, 2, 4, seed=tokens) * 8).round().to(dtype)
             values, indices = ops.nm_compress(dense, 2, 4)
             pv, pm = ops.nm_pack(values, indices, 2, 4)
             assert torch.equal(ref.nm_unpack(pv, pm, in_features, 2, 4), dense)
-            x = torch.randint(-8, 9, (tokens, in_features), generator=g).to(torch.bfloat16)
+            x = torch.randint(-8, 9, (tokens, in_features), generator=g).to(dtype)
             y = ops.nm_linear(x, pv, pm, 2, 4, out_features, in_features, out_dtype=torch.float32)
             assert torch.equal(y, (x.double() @ dense.double().T).float()), (out_features, tokens)
 
@@ -361,8 +362,9 @@ def test_corrupted_meta_never_reads_past_the_weight(isa, dtype):
     """The row-major kernels step through a row's values by its meta's popcount; a corrupted meta in one of
     the last m / n + 1 rows (the only ones that could reach past the values buffer) is rejected on every path,
     one earlier in the weight gives wrong numbers without reading out of bounds (like corrupted values). The
-    lane layouts (int8, bf16 2:4) read their values at fixed places whatever the meta says: never rejected, never
-    out of bounds (the ASAN run checks the reads); bf16's 2-bit positions give what the reference computes."""
+    lane layouts (int8, bf16 / fp32 2:4) read their values at fixed places whatever the meta says: never rejected,
+    never out of bounds (the ASAN run checks the reads); the float ones' 2-bit positions give what the reference
+    computes."""
     in_features = 100  # the last meta word covers 36 columns
     args = list(nm_linear_args((3,), 9, in_features, 2, 4, dtype, seed=3))
     for row, byte, value in ((8, 0, 0xFF), (7, 5, 0x00), (8, 15, 0xF0), (0, 0, 0xFF), (2, 15, 0xFF)):
@@ -378,7 +380,7 @@ def test_corrupted_meta_never_reads_past_the_weight(isa, dtype):
         if row < 9 - 3 or ref.uses_lane_layout(dtype, 2, 4):
             y = torch.ops.sparseflow.nm_linear(*bad)
             assert y.shape == (3, 9)
-            if dtype == torch.bfloat16:  # the positions the corrupted meta names, as the reference reads them
+            if dtype != torch.int8 and ref.uses_lane_layout(dtype, 2, 4):  # the positions it names, as in the reference
                 nm_linear_tolerance_check(y, tuple(bad))
             continue
         with pytest.raises(IndexError, match=rf"sparseflow.nm_linear: packed_meta row {row} does not keep exactly 50 "

@@ -194,14 +194,15 @@ def test_nm_state_dict_format_is_unchanged():
 def test_nm_repacks_shared_values_on_to_and_deepcopy():
     import copy
 
-    lin = _nm_linear(32, 64, 2, 4)
-    sparse = SparseLinear.from_dense(lin, "2:4", fallback="never")
+    # 4:8: a row-major layout for float32 and bfloat16 (2:4 takes the lane layout, a reordered copy)
+    lin = _nm_linear(32, 64, 4, 8)
+    sparse = SparseLinear.from_dense(lin, "4:8", fallback="never")
     sparse.to(device="cpu")
     assert sparse._packed[0] is sparse.w_values
-    sparse.to(torch.float16)
-    assert sparse._packed[0] is sparse.w_values and sparse.w_values.dtype == torch.float16
-    direct = SparseLinear.from_dense(lin, "2:4", dtype=torch.float16, fallback="never")
-    x = torch.randn(3, 64, dtype=torch.float16)
+    sparse.to(torch.bfloat16)
+    assert sparse._packed[0] is sparse.w_values and sparse.w_values.dtype == torch.bfloat16
+    direct = SparseLinear.from_dense(lin, "4:8", dtype=torch.bfloat16, fallback="never")
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
     assert torch.equal(sparse(x), direct(x))
     assert torch.equal(sparse._packed[1], direct._packed[1])
 

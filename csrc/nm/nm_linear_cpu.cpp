@@ -38,9 +38,9 @@ std::tuple<at::Tensor, at::Tensor> nm_pack_cpu(const at::Tensor& values_in, cons
   at::Tensor packed = lanes ? at::empty_like(values) : values.clone();
   at::parallel_for(0, p.rows, grain, [&](int64_t begin, int64_t end) {
     int64_t bad;
-    if (lanes && weight == Scalar::kBFloat16) {
-      bad = pack_bf16_lanes(p, static_cast<const uint16_t*>(values.const_data_ptr()),
-                            static_cast<uint16_t*>(packed.mutable_data_ptr()), begin, end);
+    if (lanes && weight != Scalar::kInt8) {
+      bad = pack_float_lanes(p, values.const_data_ptr(), static_cast<int>(values.element_size()),
+                             packed.mutable_data_ptr(), begin, end);
     } else {
       bad = build_meta_cpu(p, begin, end);
       if (lanes) pack_lane_values(values.data_ptr<int8_t>(), p.rows, p.cols, packed.data_ptr<int8_t>(), begin, end);
@@ -152,8 +152,8 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
     if (isa >= CpuIsa::kAvx512) {
       kernel = linear_avx512;
       const int64_t blocks = (p.tokens + 15) / 16;
-      // interleave_tokens_avx512 gathers 16 rows with 32-bit indices. The lane layout (bf16 2:4) has no wide
-      // kernel: its own is faster at every token count.
+      // interleave_tokens_avx512 gathers 16 rows with 32-bit indices. The lane layout (bf16 / fp32 2:4) has no
+      // wide kernel: its own is faster at every token count.
       if (!lanes && p.tokens >= kWideTokens && in_features > 0 && p.x_stride < INT32_MAX / 16) {
         xt = at::empty({in_features, blocks, 16}, x2.options());
         float* dst = xt.data_ptr<float>();

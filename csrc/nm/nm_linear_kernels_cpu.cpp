@@ -70,25 +70,25 @@ void pack_lane_values(const int8_t* values, int64_t rows, int64_t cols, int8_t* 
   }
 }
 
-int64_t pack_bf16_lanes(const MetaParams& p, const uint16_t* values, uint16_t* packed, int64_t row_begin,
-                        int64_t row_end) {
-  const int64_t groups = p.cols / 4, words = meta_row_bytes(p.cols) / 4;
-  auto* packed_bytes = reinterpret_cast<uint8_t*>(packed);
+int64_t pack_float_lanes(const MetaParams& p, const void* values, int value_bytes, void* packed, int64_t row_begin,
+                         int64_t row_end) {
+  const int64_t groups = p.cols / 4, words = meta_row_bytes(p.cols) / 4, row_bytes = p.cols / 2 * value_bytes;
+  const auto* in = static_cast<const uint8_t*>(values);
+  auto* out = static_cast<uint8_t*>(packed);
   for (int64_t r = row_begin; r < row_end; ++r) {
     const uint8_t* idx = p.indices + r * groups * 2;
-    const uint16_t* v = values + r * groups * 2;
-    for (int64_t v_unit = 0; v_unit < words; ++v_unit) {
-      uint32_t word = 0;  // nibble j: the positions in group 8 v_unit + j
-      for (int64_t g = 8 * v_unit; g < std::min(groups, 8 * v_unit + 8); ++g) {
+    for (int64_t v = 0; v < words; ++v) {
+      uint32_t word = 0;  // nibble j: the positions in group 8 v + j
+      for (int64_t g = 8 * v; g < std::min(groups, 8 * v + 8); ++g) {
         const int first = idx[2 * g], second = idx[2 * g + 1];
         if (first >= second || second >= 4) return r * groups + g;
         word |= static_cast<uint32_t>(first | second << 2) << (4 * (g % 8));
       }
-      store_u32(p.meta + lane_meta_offset(p.rows, p.cols, r, v_unit), word);
+      store_u32(p.meta + lane_meta_offset(p.rows, p.cols, r, v), word);
     }
-    for (int64_t g = 0; g < groups; ++g) {
-      const uint32_t pair = v[2 * g] | static_cast<uint32_t>(v[2 * g + 1]) << 16;
-      store_u32(packed_bytes + lane_group_offset(p.rows, p.cols, r, g), pair);
+    // bf16: a group's 2 values are one dword unit; fp32: each value is one.
+    for (int64_t u = 0; u < row_bytes / 4; ++u) {
+      std::memcpy(out + lane_dword_offset(p.rows, row_bytes, r, u), in + r * row_bytes + 4 * u, 4);
     }
   }
   return kAllGroupsValid;
@@ -132,17 +132,22 @@ void expand_lane_row(const LinearParams& p, int64_t row, int32_t* dense) {
   }
 }
 
-// Expands row `row` of a bf16 2:4 weight in the lane layout: each group's 2 values added at their positions
-// (what the AVX-512 kernel computes, also for a corrupted meta that names one position twice).
-void expand_bf16_lane_row(const LinearParams& p, int64_t row, float* dense) {
-  const int64_t k = p.in_features, rows = p.out_features;
+// Expands row `row` of a bf16 / fp32 2:4 weight in the lane layout: each group's 2 values added at their
+// positions (what the AVX-512 kernel computes, also for a corrupted meta that names one position twice).
+template <typename Value, typename Convert>
+void expand_float_lane_row(const LinearParams& p, int64_t row, float* dense, Convert convert) {
+  const int64_t k = p.in_features, rows = p.out_features, row_bytes = k / 2 * int64_t{sizeof(Value)};
   const auto* values = static_cast<const uint8_t*>(p.values);
   std::fill(dense, dense + k, 0.0f);
   for (int64_t g = 0; g < k / 4; ++g) {
     const uint32_t at = load_u32(p.meta + lane_meta_offset(rows, k, row, g / 8)) >> (4 * (g % 8));
-    const uint32_t pair = load_u32(values + lane_group_offset(rows, k, row, g));
-    dense[4 * g + (at & 3)] += bf16_to_float(static_cast<uint16_t>(pair));
-    dense[4 * g + (at >> 2 & 3)] += bf16_to_float(static_cast<uint16_t>(pair >> 16));
+    Value pair[2];
+    for (int s = 0; s < 2; ++s) {  // value 2g + s of the row-major row: in its dword unit, at its byte
+      const int64_t byte = (2 * g + s) * int64_t{sizeof(Value)};
+      std::memcpy(&pair[s], values + lane_dword_offset(rows, row_bytes, row, byte / 4) + byte % 4, sizeof(Value));
+    }
+    dense[4 * g + (at & 3)] += convert(pair[0]);
+    dense[4 * g + (at >> 2 & 3)] += convert(pair[1]);
   }
 }
 
@@ -197,10 +202,15 @@ void linear_portable(const LinearParams& p, int64_t row_begin, int64_t row_end) 
   }
   std::vector<float> dense(k);
   for (int64_t j = row_begin; j < row_end; ++j) {
+    const bool lanes = uses_lane_layout(p.weight, p.n, p.m);
     if (p.weight == Scalar::kFloat32) {
-      expand_row<float>(p, j, dense.data(), [](float v) { return v; });
-    } else if (p.weight == Scalar::kBFloat16 && uses_lane_layout(p.weight, p.n, p.m)) {
-      expand_bf16_lane_row(p, j, dense.data());
+      if (lanes) {
+        expand_float_lane_row<float>(p, j, dense.data(), [](float v) { return v; });
+      } else {
+        expand_row<float>(p, j, dense.data(), [](float v) { return v; });
+      }
+    } else if (p.weight == Scalar::kBFloat16 && lanes) {
+      expand_float_lane_row<uint16_t>(p, j, dense.data(), bf16_to_float);
     } else if (p.weight == Scalar::kBFloat16) {
       expand_row<uint16_t>(p, j, dense.data(), bf16_to_float);
     } else {

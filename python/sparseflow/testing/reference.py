@@ -490,9 +490,11 @@ LANE_ROWS = 16
 
 
 def uses_lane_layout(dtype: torch.dtype, n: int, m: int) -> bool:
-    """int8 2:4 / 4:8 and bf16 2:4 weights pack into the lane layouts of csrc/nm/nm_lanes.h (16 rows
+    """int8 2:4 / 4:8 and bf16 / fp32 2:4 weights pack into the lane layouts of csrc/nm/nm_lanes.h (16 rows
     interleaved)."""
-    return (dtype == torch.int8 and (n, m) in ((2, 4), (4, 8))) or (dtype == torch.bfloat16 and (n, m) == (2, 4))
+    if dtype == torch.int8:
+        return (n, m) in ((2, 4), (4, 8))
+    return dtype in (torch.bfloat16, torch.float32) and (n, m) == (2, 4)
 
 
 def _lane_blocks(rows: int):
@@ -567,38 +569,40 @@ def _lane_unpack(packed_values: torch.Tensor, packed_meta: torch.Tensor, in_feat
     return torch.where(take, gathered, torch.zeros((), dtype=torch.int8, device=device))
 
 
-def _bf16_lane_pack(values: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """bf16 2:4: per group one dword of the 2 kept values; the meta nibble holds their 2-bit positions."""
+def _float_lane_pack(values: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """bf16 / fp32 2:4: the row-major values in dword units (bf16: a group's 2 values; fp32: one value), lane by
+    lane; the meta nibble of a group holds its 2 positions."""
     rows, groups = values.shape[0], values.shape[1] // 2
-    pairs = values.view(torch.uint8).reshape(rows, groups, 4)
-    packed_values = _to_lanes([pairs], rows).view(torch.bfloat16).reshape(rows, 2 * groups)
+    units = values.view(torch.uint8).reshape(rows, values.shape[1] * values.element_size() // 4, 4)
+    packed_values = _to_lanes([units], rows).view(values.dtype).reshape(rows, 2 * groups)
     positions = indices.long().reshape(rows, groups, 2)
     return packed_values, _nibble_meta(positions[..., 0] | positions[..., 1] << 2, 4 * groups)
 
 
-def _bf16_lane_unpack(packed_values: torch.Tensor, packed_meta: torch.Tensor, in_features: int) -> torch.Tensor:
+def _float_lane_unpack(packed_values: torch.Tensor, packed_meta: torch.Tensor, in_features: int) -> torch.Tensor:
     """Each group's 2 values added at their positions (the kernels' rule, also for a corrupted meta)."""
     rows, groups, device = packed_values.shape[0], in_features // 4, packed_values.device
     if groups == 0:
         return packed_values.new_zeros(rows, 0)
-    (pairs,) = _from_lanes(packed_values.reshape(-1).view(torch.uint8), rows, [(groups, 4)])
-    values = pairs.reshape(rows, groups * 4).view(torch.bfloat16).float()  # [rows, 2 * groups], column order
+    units = groups * 2 * packed_values.element_size() // 4
+    (pieces,) = _from_lanes(packed_values.reshape(-1).view(torch.uint8), rows, [(units, 4)])
+    values = pieces.reshape(rows, 4 * units).view(packed_values.dtype).float()  # [rows, 2 * groups], column order
     nibbles = _meta_nibbles(packed_meta)[:, :groups]
     positions = torch.stack([nibbles & 3, nibbles >> 2 & 3], -1).reshape(rows, 2 * groups)
     columns = positions + 4 * (torch.arange(2 * groups, device=device) // 2)
     dense = torch.zeros(rows, in_features, device=device).scatter_add_(1, columns, values)
-    return dense.to(torch.bfloat16)
+    return dense.to(packed_values.dtype)
 
 
 def nm_pack(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """CPU layout: (a copy of values, a bitmask of the kept columns; see csrc/nm/nm.h), or for int8 2:4 / 4:8
-    and bf16 2:4 the lane layouts of csrc/nm/nm_lanes.h."""
+    and bf16 / fp32 2:4 the lane layouts of csrc/nm/nm_lanes.h."""
     _check_compressed(values, indices, n, m, LINEAR_WEIGHT_DTYPES)
     rows, in_features = values.shape[0], values.shape[1] // n * m
     # nm_decompress validates the positions (IndexError) and gives the kept columns.
     kept = nm_decompress(torch.ones_like(values, dtype=torch.int8), indices, n, m).bool()
-    if values.dtype == torch.bfloat16 and uses_lane_layout(values.dtype, n, m):
-        return _bf16_lane_pack(values.contiguous(), indices)
+    if values.dtype != torch.int8 and uses_lane_layout(values.dtype, n, m):
+        return _float_lane_pack(values.contiguous(), indices)
     if uses_lane_layout(values.dtype, n, m):
         return _lane_pack(values.contiguous(), kept)
     row_bytes = meta_row_bytes(in_features)
@@ -614,8 +618,8 @@ def nm_pack(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -> tupl
 
 def nm_unpack(packed_values: torch.Tensor, packed_meta: torch.Tensor, in_features: int, n: int, m: int) -> torch.Tensor:
     """The dense weight [out_features, in_features] (in packed_values' dtype) of a CPU-packed N:M weight."""
-    if packed_values.dtype == torch.bfloat16 and uses_lane_layout(packed_values.dtype, n, m):
-        return _bf16_lane_unpack(packed_values, packed_meta, in_features)
+    if packed_values.dtype != torch.int8 and uses_lane_layout(packed_values.dtype, n, m):
+        return _float_lane_unpack(packed_values, packed_meta, in_features)
     if uses_lane_layout(packed_values.dtype, n, m):
         return _lane_unpack(packed_values, packed_meta, in_features)
     rows = packed_values.shape[0]
