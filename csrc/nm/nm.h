@@ -49,8 +49,9 @@ int64_t decompress_cpu(const PackParams& p, int64_t row_begin, int64_t row_end);
 //                  float weights: bit c is column c (so a 16-column piece is one 16-bit mask for vexpandps);
 //                  int8 weights:  nibble j holds the 4 columns of group-of-4 `kInt8NibbleGroup[j]` (the order
 //                                 vpsrlvd leaves the nibbles in after a 64-bit broadcast; see *_avx512_vnni.cpp).
-// int8 2:4 and 4:8 weights use the lane layout of nm_lanes.h instead (16 rows interleaved, one dword lane per
-// row; build_meta_cpu writes its meta when int8_layout is set and n:m is one of them).
+// int8 2:4 / 4:8 and fp32 / bf16 2:4 weights use the lane layouts of nm_lanes.h instead (16 rows interleaved,
+// one dword lane per row; build_meta_cpu writes the int8 meta when int8_layout is set and n:m is one of them,
+// pack_float_lanes the float one).
 constexpr int64_t kMetaChunk = 64;
 inline int64_t meta_row_bytes(int64_t cols) { return (cols + kMetaChunk - 1) / kMetaChunk * 8; }
 
@@ -97,9 +98,9 @@ struct LinearParams {
   // float weights: fp32 activations [tokens, x_stride] (bf16 / fp16 input is widened by the caller)
   const float* x = nullptr;
   int64_t x_stride = 0;
-  // float weights with tokens >= kWideTokens at the AVX-512 level: the same activations token-interleaved,
-  // [in_features][ceil(tokens/16)][16] (a column's token blocks adjacent), zero past `tokens`
-  // (interleave_tokens_avx512), else null.
+  // float weights in the row-major layout with tokens >= kWideTokens at the AVX-512 level: the same
+  // activations token-interleaved, [in_features][ceil(tokens/16)][16] (a column's token blocks adjacent), zero
+  // past `tokens` (interleave_tokens_avx512), else null.
   const float* xt = nullptr;
   // int8 weights: quantized activations [tokens, xq_stride], xq_stride a multiple of 64, zero past
   // in_features (stored +128 as uint8 for the VNNI kernel, which needs u8 x s8; plain s8 for the portable

@@ -103,7 +103,8 @@ def nm_pack(values: torch.Tensor, indices: torch.Tensor, n: int = 2, m: int = 4)
     float16 or int8 ``[out_features, in_features // m * n]``. On CPU the result is ``(values copy, packed_meta)`` with
     ``packed_meta`` uint8 ``[out_features, ceil(in_features / 64) * 8]``, a bitmask of the kept columns
     (layout in ``csrc/nm/nm.h``; the same for every CPU ISA level, so a packed weight runs on any CPU); int8
-    2:4 and 4:8 reorder both into 16-row blocks, one 4-byte lane per row (the lane layout, ``csrc/nm/nm_lanes.h``).
+    2:4 / 4:8 and float32 / bfloat16 2:4 reorder both into 16-row blocks, one 4-byte lane per row (the lane
+    layouts, ``csrc/nm/nm_lanes.h``).
     On CUDA only 2:4 float16/bfloat16 packs, into the sparse-tensor-core layout of the GPU: what
     :func:`nm_pack_cutlass` gives for target 90 on sm90 (when out % 8 == 0 and in % 16 == 0), else target 80.
     Raises ``IndexError`` naming the first group whose positions are out of ``[0, m)`` or not ascending.

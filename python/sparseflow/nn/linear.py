@@ -172,8 +172,9 @@ class SparseLinear(nn.Module):
             packed_values, packed_meta = torch.ops.sparseflow.nm_pack(w.values, w.indices, w.n, w.m)
             if (values.device.type == "cpu" and values.is_contiguous()
                     and torch.equal(packed_values.view(torch.uint8), values.view(torch.uint8))):
-                # nm_pack left the values bit for bit (every CPU layout but the lane layout of int8 2:4 / 4:8,
-                # csrc/nm/nm_lanes.h): the kernel reads the w_values buffer itself instead of a second copy.
+                # nm_pack left the values bit for bit (every CPU layout but the lane layouts of int8 2:4 / 4:8
+                # and float32 / bfloat16 2:4, csrc/nm/nm_lanes.h): the kernel reads the w_values buffer itself
+                # instead of a second copy.
                 packed_values = values
             self._packed = (packed_values, packed_meta)
         else:
