@@ -163,14 +163,15 @@ def _canonical_sparse_bytes(module: SparseLinear) -> int:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int8])
 @pytest.mark.parametrize("nm", [(2, 4), (4, 8)])
 def test_nm_cpu_holds_one_copy_of_the_sparse_weight(dtype, nm):
-    # 2:4 float32 256x512: canonical 327,680 B (values 262,144 + indices 65,536); the bitmask adds 16,384.
-    # int8 2:4 / 4:8 and bf16 2:4 pack their values in another order (the lane layouts, csrc/nm/nm_lanes.h): one
-    # copy more.
+    # 4:8 float32 256x512: canonical 327,680 B (values 262,144 + indices 65,536); the bitmask adds 16,384.
+    # int8 2:4 / 4:8 and float32 / bf16 2:4 pack their values in another order (the lane layouts,
+    # csrc/nm/nm_lanes.h): the module holds only the packed tensors and rebuilds the canonical ones to save.
     sparse = SparseLinear.from_dense(_nm_linear(256, 512, *nm), f"{nm[0]}:{nm[1]}", dtype=dtype, fallback="never")
-    reordered = ref.uses_lane_layout(dtype, *nm)
-    assert (sparse._packed[0] is sparse.w_values) != reordered
-    extra = sparse.w_values.nbytes if reordered else 0
-    assert _resident_bytes(sparse) <= 1.2 * (_canonical_sparse_bytes(sparse) + sparse.bias.nbytes) + extra
+    if ref.uses_lane_layout(dtype, *nm):
+        assert sparse.w_values.numel() == 0 and sparse.w_indices.numel() == 0
+    else:
+        assert sparse._packed[0] is sparse.w_values
+    assert _resident_bytes(sparse) <= 1.2 * (_canonical_sparse_bytes(sparse) + sparse.bias.nbytes)
 
 
 def test_nm_state_dict_format_is_unchanged():
@@ -186,9 +187,44 @@ def test_nm_state_dict_format_is_unchanged():
         # A checkpoint in that format loads into a layer built from other weights and gives the same outputs.
         other = SparseLinear.from_dense(_nm_linear(24, 40, 2, 4, seed=3), "2:4", dtype=dtype, fallback="never")
         other.load_state_dict({**old_format, "bias": sparse.bias})
-        assert (other._packed[0] is other.w_values) != ref.uses_lane_layout(dtype, 2, 4)
+        assert (other.w_values.numel() == 0) == ref.uses_lane_layout(dtype, 2, 4)
         x = torch.randn(5, 40).to(torch.float32 if dtype == torch.int8 else dtype)
         assert torch.equal(other(x), sparse(x))
+
+
+@pytest.mark.parametrize("dtype,nm", [(torch.float32, (2, 4)), (torch.bfloat16, (2, 4)), (torch.int8, (2, 4)),
+                                      (torch.int8, (4, 8))])
+def test_nm_lane_layout_rebuilds_the_canonical_weight(dtype, nm):
+    """The lane layouts hold only the packed tensors: state_dict, weight_sparse, to_dense, .to() and deepcopy
+    see the canonical weight, bit for bit, rebuilt from them."""
+    import copy
+    import dataclasses
+
+    lin = _nm_linear(40, 72, *nm)  # a short last 16-row block; 72 % 8 == 0, 72 % 32 == 8
+    canonical = NMWeight.from_dense(lin.weight.detach(), n=nm[0], m=nm[1], dtype=dtype)
+    sparse = SparseLinear.from_sparse_weight(canonical, lin, fallback="never")
+    assert sparse.w_values.numel() == 0 and sparse.w_values.dtype == canonical.values.dtype
+    sd = sparse.state_dict()
+    for k, v in canonical.state_dict().items():
+        assert torch.equal(sd[f"w_{k}"], v), k
+    assert torch.equal(sparse.weight_sparse.indices, canonical.indices)
+    assert torch.equal(sparse.to_dense().weight, SparseLinear.from_sparse_weight(
+        canonical, lin, fallback="always").to_dense().weight)
+    x = torch.randn(3, 72).to(torch.float32 if dtype == torch.int8 else dtype)
+    y = sparse(x)
+    clone = copy.deepcopy(sparse)
+    assert torch.equal(clone(x), y)
+    reloaded = SparseLinear.from_dense(_nm_linear(40, 72, *nm, seed=7), f"{nm[0]}:{nm[1]}", dtype=dtype,
+                                       fallback="never")
+    reloaded.load_state_dict(sd)
+    assert torch.equal(reloaded(x), y) and reloaded.w_values.numel() == 0
+    if dtype != torch.int8:  # a move repacks from the rebuilt canonical tensors
+        sparse.to(torch.float16)
+        assert sparse.w_values.dtype == torch.float16 and sparse.w_values.shape == canonical.values.shape
+        half = dataclasses.replace(canonical, values=canonical.values.half())
+        direct = SparseLinear(half, sparse.bias, fallback="never")
+        x16 = x.half()
+        assert torch.equal(sparse(x16), direct(x16))
 
 
 def test_nm_repacks_shared_values_on_to_and_deepcopy():

@@ -12,8 +12,11 @@ when it packs, and routes each token-count bucket to the faster path (keeping a 
 weight only if some bucket needs it). ``fallback="never"`` always runs sparse; ``"always"`` always dense
 (a reference mode).
 
-Memory: N:M on CPU holds one copy of the sparse weight: the kernel reads the ``w_values`` buffer itself
-and adds only a bitmask (one bit per dense weight element). Block-sparse weights and N:M on CUDA also
+Memory: N:M on CPU holds one copy of the sparse weight. Row-major layouts: the kernel reads the ``w_values``
+buffer itself and adds only a bitmask (one bit per dense weight element). The lane layouts (int8 2:4 / 4:8,
+float32 / bfloat16 2:4, ``csrc/nm/nm_lanes.h``) reorder the values: the module then holds only the packed
+tensors, ``w_values`` / ``w_indices`` are empty, and the canonical tensors are rebuilt from the packed ones
+(a reshuffle) for ``state_dict()``, ``weight_sparse``, ``to_dense()`` and moves. Block-sparse weights and N:M on CUDA also
 hold the packed copy (a different layout: re-cut blocks, CUTLASS tiles). A dense fallback copy, kept when
 some bucket runs ``F.linear``, costs the full dense weight on top (``fallback="never"`` avoids it).
 
@@ -32,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
+from .. import _lanes, ops
 from ..formats import BlockSparseWeight, NMWeight, SparseWeight
 
 ACTIVATIONS = ("none", "relu", "gelu", "silu")
@@ -105,6 +108,8 @@ class SparseLinear(nn.Module):
             self.register_buffer(f"w_{name}", t)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self._packed: tuple[torch.Tensor, ...] | None = None
+        # True while w_values / w_indices are empty and the canonical tensors live reordered in _packed
+        self._canonical_in_packed = False
         self._dense_weight: torch.Tensor | None = None
         self._use_dense: list[bool] = [False] * len(M_BUCKETS)
         self._pack()
@@ -134,9 +139,19 @@ class SparseLinear(nn.Module):
 
     @property
     def weight_sparse(self) -> SparseWeight:
-        """The canonical sparse weight (a view of this module's buffers)."""
+        """The canonical sparse weight (a view of this module's buffers, or rebuilt from a lane layout)."""
         sd = {name[2:]: t for name, t in self._buffers.items() if name.startswith("w_")}
+        if self._canonical_in_packed:
+            sd["values"], sd["indices"] = self._canonical_from_packed()
         return self.weight_format.from_state_dict(sd)
+
+    def _canonical_from_packed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return _lanes.unpack(*self._packed, *self.pattern, self.in_features)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._canonical_in_packed:
+            destination[prefix + "w_values"], destination[prefix + "w_indices"] = self._canonical_from_packed()
 
     def to_dense(self) -> nn.Linear:
         """An equivalent ``nn.Linear`` (int8 weights are dequantized to the output dtype)."""
@@ -151,6 +166,9 @@ class SparseLinear(nn.Module):
 
     # ------------------------------------------------------------------ packing
     def _pack(self) -> None:
+        if self._canonical_in_packed:  # packing again (a move, a reload): from the canonical tensors
+            self.w_values, self.w_indices = self._canonical_from_packed()
+            self._canonical_in_packed = False
         self._packed = None
         self._dense_weight = None
         values = self.w_values
@@ -184,6 +202,11 @@ class SparseLinear(nn.Module):
             self._measure()
         if any(self._use_dense):
             self._dense_weight = w.to_dense(self.out_dtype or w.dtype)
+        if self.kind == "nm" and values.device.type == "cpu" and _lanes.uses_lane_layout(values.dtype, *self.pattern):
+            # The packed tensors are the one copy (the empty buffers keep the dtype and the device).
+            self.w_values = values.new_empty(self.out_features, 0)
+            self.w_indices = w.indices.new_empty(self.out_features, 0)
+            self._canonical_in_packed = True
 
     def _compute_dtype(self) -> torch.dtype:
         w_dtype = self.w_values.dtype
@@ -202,6 +225,9 @@ class SparseLinear(nn.Module):
             self._use_dense[i] = dense_s < sparse_s
 
     def _apply(self, fn, recurse=True):
+        if self._canonical_in_packed:  # the move applies to the canonical tensors
+            self.w_values, self.w_indices = self._canonical_from_packed()
+            self._canonical_in_packed = False
         super()._apply(fn, recurse)
         self._pack()  # a device or dtype move invalidates the packed layout
         return self
@@ -229,6 +255,7 @@ class SparseLinear(nn.Module):
             del self._buffers[name]
         for name, t in weight.state_dict().items():
             self.register_buffer(f"w_{name}", t.to(device))
+        self._canonical_in_packed = False  # the loaded buffers are the canonical tensors
         if "bias" in mine:
             if self.bias is None or mine["bias"].shape != self.bias.shape:
                 error_msgs.append(f"{prefix}bias: shape {tuple(mine['bias'].shape)} does not match this layer")

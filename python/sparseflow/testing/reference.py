@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from sparseflow import _lanes
+
 PACK_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.int8, torch.float8_e4m3fn)
 
 
@@ -486,19 +488,13 @@ def _meta_bit_of_column(int8_layout: bool, device) -> torch.Tensor:
     return nibble * 4 + c % 4
 
 
-LANE_ROWS = 16
-
-
-def uses_lane_layout(dtype: torch.dtype, n: int, m: int) -> bool:
-    """int8 2:4 / 4:8 and bf16 / fp32 2:4 weights pack into the lane layouts of csrc/nm/nm_lanes.h (16 rows
-    interleaved)."""
-    if dtype == torch.int8:
-        return (n, m) in ((2, 4), (4, 8))
-    return dtype in (torch.bfloat16, torch.float32) and (n, m) == (2, 4)
-
-
-def _lane_blocks(rows: int):
-    return [(first, min(LANE_ROWS, rows - first)) for first in range(0, rows, LANE_ROWS)]
+# The lane layouts' geometry (which weights take them, 16-row blocks, reading pieces and nibbles back) comes from
+# the package: the readers below and the kernels' exact tests check it against the C++ packer.
+LANE_ROWS = _lanes.LANE_ROWS
+uses_lane_layout = _lanes.uses_lane_layout
+_lane_blocks = _lanes.lane_blocks
+_from_lanes = _lanes.from_lanes
+_meta_nibbles = _lanes.meta_nibbles
 
 
 def _to_lanes(parts: list[torch.Tensor], rows: int) -> torch.Tensor:
@@ -509,18 +505,6 @@ def _to_lanes(parts: list[torch.Tensor], rows: int) -> torch.Tensor:
     return torch.cat(out) if out else torch.zeros(0, dtype=parts[0].dtype, device=parts[0].device)
 
 
-def _from_lanes(flat: torch.Tensor, rows: int, widths: list[tuple[int, int]]) -> list[torch.Tensor]:
-    """Inverse of _to_lanes for pieces of (units, width) each: [rows, units, width] per piece."""
-    parts = [[] for _ in widths]
-    at = 0
-    for first, h in _lane_blocks(rows):
-        for i, (units, width) in enumerate(widths):
-            size = units * h * width
-            parts[i].append(flat[at:at + size].reshape(units, h, width).transpose(0, 1))
-            at += size
-    return [torch.cat(p) if p else flat.new_zeros(0, u, w) for p, (u, w) in zip(parts, widths)]
-
-
 def _nibble_meta(nibbles: torch.Tensor, in_features: int) -> torch.Tensor:
     """Per-row nibbles [rows, groups] -> lane-layout meta: 8 nibbles to a dword, one dword per row per unit."""
     rows, words = nibbles.shape[0], meta_row_bytes(in_features) // 4
@@ -528,14 +512,6 @@ def _nibble_meta(nibbles: torch.Tensor, in_features: int) -> torch.Tensor:
     dwords = (nibbles.reshape(rows, words, 8) << (4 * torch.arange(8, device=nibbles.device))).sum(-1)
     meta_bytes = (dwords[..., None] >> (8 * torch.arange(4, device=nibbles.device))) & 0xFF
     return _to_lanes([meta_bytes.to(torch.uint8)], rows).reshape(rows, meta_row_bytes(in_features))
-
-
-def _meta_nibbles(packed_meta: torch.Tensor) -> torch.Tensor:
-    """Inverse of _nibble_meta: [rows, 8 * dwords per row] nibbles (int64)."""
-    rows, words, device = packed_meta.shape[0], packed_meta.shape[1] // 4, packed_meta.device
-    (meta_bytes,) = _from_lanes(packed_meta.reshape(-1), rows, [(words, 4)])
-    dwords = (meta_bytes.long() << (8 * torch.arange(4, device=device))).sum(-1)  # [rows, words]
-    return ((dwords[..., None] >> (4 * torch.arange(8, device=device))) & 0xF).reshape(rows, 8 * words)
 
 
 def _lane_pack(values: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
