@@ -201,8 +201,8 @@ void linear_portable(const LinearParams& p, int64_t row_begin, int64_t row_end) 
     return;
   }
   std::vector<float> dense(k);
+  const bool lanes = uses_lane_layout(p.weight, p.n, p.m);
   for (int64_t j = row_begin; j < row_end; ++j) {
-    const bool lanes = uses_lane_layout(p.weight, p.n, p.m);
     if (p.weight == Scalar::kFloat32) {
       if (lanes) {
         expand_float_lane_row<float>(p, j, dense.data(), [](float v) { return v; });

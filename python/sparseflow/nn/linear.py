@@ -16,8 +16,8 @@ Memory: N:M on CPU holds one copy of the sparse weight. Row-major layouts: the k
 buffer itself and adds only a bitmask (one bit per dense weight element). The lane layouts (int8 2:4 / 4:8,
 float32 / bfloat16 2:4, ``csrc/nm/nm_lanes.h``) reorder the values: the module then holds only the packed
 tensors, ``w_values`` / ``w_indices`` are empty, and the canonical tensors are rebuilt from the packed ones
-(a reshuffle) for ``state_dict()``, ``weight_sparse``, ``to_dense()`` and moves. Block-sparse weights and N:M on CUDA also
-hold the packed copy (a different layout: re-cut blocks, CUTLASS tiles). A dense fallback copy, kept when
+(a reshuffle) for ``state_dict()``, ``weight_sparse``, ``to_dense()`` and moves. Block-sparse weights and N:M
+on CUDA also hold the packed copy (a different layout: re-cut blocks, CUTLASS tiles). A dense fallback copy, kept when
 some bucket runs ``F.linear``, costs the full dense weight on top (``fallback="never"`` avoids it).
 
 On CUDA the sparse kernels take float16/bfloat16 weights (block formats of any R x C are re-cut into
@@ -148,6 +148,12 @@ class SparseLinear(nn.Module):
     def _canonical_from_packed(self) -> tuple[torch.Tensor, torch.Tensor]:
         return _lanes.unpack(*self._packed, *self.pattern, self.in_features)
 
+    def _restore_canonical(self) -> None:
+        """Fill w_values / w_indices again from a lane layout (before a move or a repack)."""
+        if self._canonical_in_packed:
+            self.w_values, self.w_indices = self._canonical_from_packed()
+            self._canonical_in_packed = False
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self._canonical_in_packed:
@@ -166,9 +172,7 @@ class SparseLinear(nn.Module):
 
     # ------------------------------------------------------------------ packing
     def _pack(self) -> None:
-        if self._canonical_in_packed:  # packing again (a move, a reload): from the canonical tensors
-            self.w_values, self.w_indices = self._canonical_from_packed()
-            self._canonical_in_packed = False
+        self._restore_canonical()  # packing again packs the canonical tensors
         self._packed = None
         self._dense_weight = None
         values = self.w_values
@@ -225,9 +229,7 @@ class SparseLinear(nn.Module):
             self._use_dense[i] = dense_s < sparse_s
 
     def _apply(self, fn, recurse=True):
-        if self._canonical_in_packed:  # the move applies to the canonical tensors
-            self.w_values, self.w_indices = self._canonical_from_packed()
-            self._canonical_in_packed = False
+        self._restore_canonical()  # the move applies to the canonical tensors
         super()._apply(fn, recurse)
         self._pack()  # a device or dtype move invalidates the packed layout
         return self
