@@ -68,6 +68,33 @@ def test_state_dict_round_trip_is_exact():
         assert torch.equal(pa, pb)
 
 
+def test_load_state_dict_checks_the_pattern_and_converts_float_dtypes():
+    lin = nn.Linear(64, 32)
+    two_four = SparseLinear.from_dense(lin, "2:4", prune=True, fallback="never")
+    four_eight = SparseLinear.from_dense(lin, "4:8", prune=True, fallback="never")
+    before = two_four.state_dict()
+    # A 4:8 checkpoint in a 2:4 layer would pack and run as 2:4 (wrong numbers): refused, the layer untouched.
+    with pytest.raises(RuntimeError, match=r"checkpoint holds NMWeight\(4:8.*this layer is NMWeight \(32, 64\) "
+                                           r"with pattern \(2, 4\)"):
+        two_four.load_state_dict(four_eight.state_dict())
+    for k, v in two_four.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    blocks = SparseLinear.from_dense(_block_linear(32, 64, (4, 1)), (4, 1), fallback="never")
+    with pytest.raises(RuntimeError, match=r"with pattern \(1, 16\)"):
+        SparseLinear.from_dense(_block_linear(32, 64, (1, 16)), (1, 16), fallback="never").load_state_dict(
+            blocks.state_dict())
+    # float to float converts (as for dense tensors); int8 and float do not
+    as_bf16 = SparseLinear.from_dense(lin, "2:4", prune=True, dtype=torch.bfloat16, fallback="never")
+    as_bf16.load_state_dict(before)
+    expected = SparseLinear.from_sparse_weight(
+        NMWeight.from_dense(two_four.to_dense().weight, n=2, m=4, dtype=torch.bfloat16), lin, fallback="never")
+    x = torch.randn(5, 64, dtype=torch.bfloat16)
+    assert torch.equal(as_bf16(x), expected(x))
+    as_int8 = SparseLinear.from_dense(lin, "2:4", prune=True, dtype=torch.int8, fallback="never")
+    with pytest.raises(RuntimeError, match="checkpoint weight is torch.float32, this layer's is torch.int8"):
+        as_int8.load_state_dict(before)
+
+
 def test_bad_construction_errors():
     with pytest.raises(ValueError, match="format must be"):
         SparseLinear.from_dense(nn.Linear(8, 8), "2-4")

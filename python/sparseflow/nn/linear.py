@@ -28,6 +28,7 @@ refuses the move with a TypeError.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Literal
 
@@ -248,9 +249,22 @@ class SparseLinear(nn.Module):
         except (TypeError, ValueError, IndexError) as e:
             error_msgs.append(f"{prefix}: invalid sparse weight: {e}")
             return
-        if type(weight) is not self.weight_format or tuple(weight.shape) != (self.out_features, self.in_features):
+        pattern = (weight.n, weight.m) if isinstance(weight, NMWeight) else getattr(weight, "block", None)
+        if (type(weight) is not self.weight_format or tuple(weight.shape) != (self.out_features, self.in_features)
+                or pattern != self.pattern):
+            # (a 4:8 checkpoint in a 2:4 layer would pack and run as 2:4: wrong numbers)
             error_msgs.append(f"{prefix}: checkpoint holds {weight!r}, this layer is {self.weight_format.__name__} "
-                              f"{(self.out_features, self.in_features)}")
+                              f"{(self.out_features, self.in_features)} with pattern {self.pattern}")
+            return
+        dtype = self.w_values.dtype
+        if weight.dtype != dtype:  # float to float converts, as load_state_dict does for dense tensors
+            if torch.int8 in (weight.dtype, dtype):
+                error_msgs.append(f"{prefix}: checkpoint weight is {weight.dtype}, this layer's is {dtype} (int8 and float "
+                                  "weights do not convert; build the layer with the checkpoint's dtype)")
+                return
+            weight = dataclasses.replace(weight, values=weight.values.to(dtype))
+        if "bias" in mine and (self.bias is None or mine["bias"].shape != self.bias.shape):
+            error_msgs.append(f"{prefix}bias: shape {tuple(mine['bias'].shape)} does not match this layer")
             return
         device = self.w_values.device
         for name in [n for n in self._buffers if n.startswith("w_")]:
@@ -259,9 +273,6 @@ class SparseLinear(nn.Module):
             self.register_buffer(f"w_{name}", t.to(device))
         self._canonical_in_packed = False  # the loaded buffers are the canonical tensors
         if "bias" in mine:
-            if self.bias is None or mine["bias"].shape != self.bias.shape:
-                error_msgs.append(f"{prefix}bias: shape {tuple(mine['bias'].shape)} does not match this layer")
-                return
             self.bias = mine["bias"].to(device=device, dtype=self.bias.dtype)
         elif self.bias is not None:
             missing_keys.append(prefix + "bias")
