@@ -32,7 +32,6 @@ struct LaneBlock {
   int h;
 };
 
-// Groups g0 + J .. g0 + count - 1 of the meta unit mw (count <= 8; nibble J of each lane holds group g0 + J).
 // The 16 rows' first and second kept weights of group g, as fp32.
 template <Scalar kW>
 SF_ALWAYS_INLINE void weights(const LaneBlock& b, int64_t g, __m512& first, __m512& second) {
@@ -47,6 +46,7 @@ SF_ALWAYS_INLINE void weights(const LaneBlock& b, int64_t g, __m512& first, __m5
   }
 }
 
+// Groups g0 + J .. g0 + count - 1 of the meta unit mw (count <= 8; nibble J of each lane holds group g0 + J).
 template <Scalar kW, int J, int T>
 SF_ALWAYS_INLINE void groups(const LaneBlock& b, __m512i mw, const float* const (&x)[T], int64_t g0, int count,
                              __m512 (&acc)[kSets<T>][2][T]) {
