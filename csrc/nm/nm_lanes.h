@@ -55,26 +55,24 @@ inline int lane_block_height(int64_t rows, int64_t first) {
   return static_cast<int>(std::min<int64_t>(kLaneRows, rows - first));
 }
 
-// Byte offsets, from the start of the tensor, of row `row`'s dword in unit u (values) / v (meta).
-inline int64_t lane_value_offset(int64_t rows, int64_t cols, int64_t row, int64_t u) {
+// Byte offset, from the start of a tensor of `row_bytes` per row, of row `row`'s dword in unit u of its block:
+// every lane-layout tensor holds its blocks' units this way.
+inline int64_t lane_dword_offset(int64_t rows, int64_t row_bytes, int64_t row, int64_t u) {
   const int64_t first = row / kLaneRows * kLaneRows;
-  return first * (cols / 2) + (u * lane_block_height(rows, first) + row - first) * 4;
+  return first * row_bytes + (u * lane_block_height(rows, first) + row - first) * 4;
+}
+// int8 values (unit u: 8 columns) and meta of either layout (unit v: 32 columns).
+inline int64_t lane_value_offset(int64_t rows, int64_t cols, int64_t row, int64_t u) {
+  return lane_dword_offset(rows, cols / 2, row, u);
 }
 inline int64_t lane_meta_offset(int64_t rows, int64_t cols, int64_t row, int64_t v) {
-  const int64_t first = row / kLaneRows * kLaneRows;
-  return first * meta_row_bytes(cols) + (v * lane_block_height(rows, first) + row - first) * 4;
+  return lane_dword_offset(rows, meta_row_bytes(cols), row, v);
 }
-// The last half unit's 16-bit word of a row (cols % 8 == 4).
+// The last half unit's 16-bit word of an int8 row (cols % 8 == 4).
 inline int64_t lane_half_value_offset(int64_t rows, int64_t cols, int64_t row) {
   const int64_t first = row / kLaneRows * kLaneRows;
   const int h = lane_block_height(rows, first);
   return first * (cols / 2) + (cols / 8) * 4 * h + (row - first) * 2;
-}
-
-// bf16 / fp32 2:4: byte offset of row `row`'s dword in unit u (row_bytes: the bytes of a packed_values row).
-inline int64_t lane_dword_offset(int64_t rows, int64_t row_bytes, int64_t row, int64_t u) {
-  const int64_t first = row / kLaneRows * kLaneRows;
-  return first * row_bytes + (u * lane_block_height(rows, first) + row - first) * 4;
 }
 
 // int8: packed_values of rows [row_begin, row_end) (whole blocks) from the canonical values [rows, cols/2].

@@ -72,20 +72,20 @@ void pack_lane_values(const int8_t* values, int64_t rows, int64_t cols, int8_t* 
 
 int64_t pack_float_lanes(const MetaParams& p, const void* values, int value_bytes, void* packed, int64_t row_begin,
                          int64_t row_end) {
-  const int64_t groups = p.cols / 4, words = meta_row_bytes(p.cols) / 4, row_bytes = p.cols / 2 * value_bytes;
+  const int64_t words = meta_row_bytes(p.cols) / 4, row_bytes = p.cols / 2 * value_bytes;
   const auto* in = static_cast<const uint8_t*>(values);
   auto* out = static_cast<uint8_t*>(packed);
+  std::vector<uint32_t> row_words(words);
   for (int64_t r = row_begin; r < row_end; ++r) {
-    const uint8_t* idx = p.indices + r * groups * 2;
-    for (int64_t v = 0; v < words; ++v) {
-      uint32_t word = 0;  // nibble j: the positions in group 8 v + j
-      for (int64_t g = 8 * v; g < std::min(groups, 8 * v + 8); ++g) {
-        const int first = idx[2 * g], second = idx[2 * g + 1];
-        if (first >= second || second >= 4) return r * groups + g;
-        word |= static_cast<uint32_t>(first | second << 2) << (4 * (g % 8));
-      }
-      store_u32(p.meta + lane_meta_offset(p.rows, p.cols, r, v), word);
-    }
+    std::fill(row_words.begin(), row_words.end(), 0u);
+    // nibble j of word v = the positions in group 8 v + j: the first kept column's at bits 0-1, the second's at 2-3
+    int64_t kept = 0;
+    const int64_t bad = walk_row(p, r, [&](int64_t col) {
+      const int64_t g = col / 4;
+      row_words[g / 8] |= static_cast<uint32_t>(col % 4) << (4 * (g % 8) + 2 * (kept++ % 2));
+    });
+    if (bad != kAllGroupsValid) return bad;
+    for (int64_t v = 0; v < words; ++v) store_u32(p.meta + lane_meta_offset(p.rows, p.cols, r, v), row_words[v]);
     // bf16: a group's 2 values are one dword unit; fp32: each value is one.
     for (int64_t u = 0; u < row_bytes / 4; ++u) {
       std::memcpy(out + lane_dword_offset(p.rows, row_bytes, r, u), in + r * row_bytes + 4 * u, 4);
