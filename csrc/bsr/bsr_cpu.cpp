@@ -11,6 +11,7 @@
 
 #include "bsr_common.h"
 #include "sparseflow/cpu_features.h"
+#include "sparseflow/float_args.h"
 
 namespace sparseflow::bsr {
 namespace {
@@ -337,8 +338,7 @@ at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& meta, const at:
   c10::MaybeOwned<at::Tensor> bias_f;
   Epilogue ep;
   if (bias.has_value()) {
-    bias_f = bias->scalar_type() == at::kFloat ? bias->expect_contiguous()
-                                               : c10::MaybeOwned<at::Tensor>::owned(bias->to(at::kFloat).contiguous());
+    bias_f = contiguous_float(*bias);
     ep.bias = bias_f->data_ptr<float>();
   }
   ep.act = req.act;

@@ -12,6 +12,7 @@
 #include "nm_linear_common.h"
 #include "sparseflow/bit_count.h"
 #include "sparseflow/cpu_features.h"
+#include "sparseflow/float_args.h"
 
 namespace sparseflow::nm {
 namespace {
@@ -115,9 +116,7 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
     x_stride = x2.stride(0);
   }
   const c10::MaybeOwned<at::Tensor> bias32 =
-      !bias ? c10::MaybeOwned<at::Tensor>::owned(at::Tensor())
-      : bias->scalar_type() == at::kFloat ? bias->expect_contiguous()
-                                          : c10::MaybeOwned<at::Tensor>::owned(bias->to(at::kFloat).contiguous());
+      bias ? contiguous_float(*bias) : c10::MaybeOwned<at::Tensor>::owned(at::Tensor());
   p.bias = bias ? bias32->data_ptr<float>() : nullptr;
 
   const CpuIsa isa = selected_cpu_isa();
