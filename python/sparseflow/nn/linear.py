@@ -191,13 +191,13 @@ class SparseLinear(nn.Module):
             self._dense_weight = w.to_dense(self.out_dtype or w.dtype)
             return
         w = self.weight_sparse
+        on_cpu = values.device.type == "cpu"
+        lanes = self.kind == "nm" and on_cpu and _lanes.uses_lane_layout(values.dtype, *self.pattern)
         if self.kind == "nm":
             packed_values, packed_meta = torch.ops.sparseflow.nm_pack(w.values, w.indices, w.n, w.m)
-            if (values.device.type == "cpu" and values.is_contiguous()
-                    and torch.equal(packed_values.view(torch.uint8), values.view(torch.uint8))):
-                # nm_pack left the values bit for bit (every CPU layout but the lane layouts of int8 2:4 / 4:8
-                # and float32 / bfloat16 2:4, csrc/nm/nm_lanes.h): the kernel reads the w_values buffer itself
-                # instead of a second copy.
+            if on_cpu and not lanes and values.is_contiguous():
+                # The other CPU layouts keep the canonical values as they are (csrc/nm/nm.h): the kernel reads
+                # the w_values buffer itself instead of nm_pack's copy.
                 packed_values = values
             self._packed = (packed_values, packed_meta)
         else:
@@ -207,8 +207,7 @@ class SparseLinear(nn.Module):
             self._measure()
         if any(self._use_dense):
             self._dense_weight = w.to_dense(self.out_dtype or w.dtype)
-        if self.kind == "nm" and values.device.type == "cpu" and _lanes.uses_lane_layout(values.dtype, *self.pattern):
-            # The packed tensors are the one copy (the empty buffers keep the dtype and the device).
+        if lanes:  # the packed tensors are the one copy (the empty buffers keep the dtype and the device)
             self.w_values = values.new_empty(self.out_features, 0)
             self.w_indices = w.indices.new_empty(self.out_features, 0)
             self._canonical_in_packed = True
