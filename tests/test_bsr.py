@@ -251,3 +251,77 @@ def test_long_reductions_are_as_accurate_as_torch(isa, config, isa_guard):
     x = _x(18, 8192, dtype)
     args = (x, *packed, 48, 8192, None, None, "none", None)
     assert_bsr_linear_close(ops.bsr_linear(*args), ref.bsr_linear(*args), args)
+
+
+def _canonical_4x1(dense):
+    """Canonical int8 4x1 BSR arrays of a dense int8 [N, K] (blocks with a non-zero)."""
+    N, K = dense.shape
+    blocks = torch.nn.functional.pad(dense, (0, 0, 0, -N % 4)).reshape(-1, 4, K).transpose(1, 2)  # [rows, K, 4]
+    kept = (blocks != 0).any(-1)
+    crow = torch.zeros(len(kept) + 1, dtype=torch.int32)
+    crow[1:] = kept.sum(1).cumsum(0)
+    return crow, kept.nonzero()[:, 1].to(torch.int32), blocks[kept].unsqueeze(-1).contiguous()
+
+
+@pytest.mark.parametrize("sparsity,span", [(0.5, 16), (0.7, 16), (0.8, 16), (0.9, 0)])
+def test_int8_4x1_tiles_lie_within_16_input_channels(sparsity, span):
+    """bsr_pack cuts 4x1 tiles at 16 input channels where that adds at most 1/4 more blocks (meta slot 6 = 16),
+    so the decode kernel finds each tile's four activations in one 16-byte window of x."""
+    N, K = 256, 1000
+    crow, col, values = random_bsr(N, K, 4, 1, 1 - sparsity, torch.int8, seed=3)
+    packed = ops.bsr_pack(crow, col, values, N, K)
+    assert int(packed[0][6]) == span
+    assert all(torch.equal(a, b) for a, b in zip(packed, ref.bsr_pack(crow, col, values, N, K)))
+    tiles = packed[2].long().reshape(-1, 4)
+    offsets = tiles - tiles[:, :1]
+    assert (offsets >= 0).all()
+    assert (offsets < 16).all() if span else (offsets >= 16).any()
+    plain = 4 * sum(len(ref._bsr_tiles(col[crow[r]:crow[r + 1]].tolist(), 4, 0)) for r in range(N // 4))
+    assert plain <= packed[2].numel() <= (1.25 * plain if span else plain)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("K", [1, 5, 16, 17, 40, 300])
+def test_span16_decode_reads_windows_up_to_the_end_of_x(isa, K, isa_guard):
+    """Tiles that start within 15 input channels of the end of x (their 16-byte windows reach past it), ragged
+    last groups of tiles and short rows: int32 sums equal to the reference for every token count on every path."""
+    _C.set_cpu_isa(isa)
+    g = torch.Generator().manual_seed(K)
+    N = 38
+    dense = torch.randint(-128, 128, (N, K), generator=g, dtype=torch.int8)
+    dense[torch.rand(N, K, generator=g) < 0.5] = 0
+    dense[:, -3:] = torch.randint(1, 128, (N, min(3, K)), generator=g, dtype=torch.int8)  # the last channels kept
+    dense[4:8] = 0  # an empty block-row
+    crow, col, values = _canonical_4x1(dense)
+    packed = ops.bsr_pack(crow, col, values, N, K, "4x1")
+    assert int(packed[0][6]) == 16
+    for M in range(1, 10):
+        x = _x(M, K, torch.float32, seed=M)
+        args = (x, *packed, N, K, None, None, "none", torch.int32)
+        assert torch.equal(ops.bsr_linear(*args[:8], out_dtype=torch.int32), ref.bsr_linear(*args))
+
+
+def test_a_tile_that_breaks_its_span_is_reported(isa_guard):
+    """A span-16 weight whose indices were changed so that a tile spans 16 or more input channels, or runs
+    backwards: the kernels that rely on the span (VNNI decode, M <= 8) and the reference refuse it."""
+    packed, scale, _ = _weight(torch.int8, (4, 1), "4x1", N=70, K=300, density=0.5)
+    assert int(packed[0][6]) == 16
+    tiles = packed[2].long().reshape(-1, 4)
+    t = int(((tiles[:, 0] > 0) & (tiles[:, 0] < 250) & (tiles[:, 1] > tiles[:, 0])).nonzero()[0, 0])
+    for value in (int(tiles[t, 0]) + 16, int(tiles[t, 0]) - 1):
+        indices = packed[2].clone()
+        indices[4 * t + 1] = value
+        args = (_x(3, 300, torch.float32), packed[0], packed[1], indices, *packed[3:], 70, 300, None, scale)
+        with pytest.raises(IndexError, match="a tile's indices span further"):
+            ref.bsr_linear(*args, "none", None)
+        if "avx512_vnni" in ISAS:
+            _C.set_cpu_isa("avx512_vnni")
+            with pytest.raises(IndexError, match=r"sparseflow.bsr_linear: meta says every tile lies within 16 input "
+                                                 r"channels, but a tile's indices span further \(corrupted packed"):
+                ops.bsr_linear(*args)
+    for meta_span, layout in ((8, 1), (16, 5)):
+        meta = packed[0].clone()
+        meta[6], meta[1] = meta_span, layout
+        with pytest.raises(ValueError, match=rf"sparseflow.bsr_linear: meta holds tile span {meta_span} \(0, or 16 "
+                                             r"for the int8 4x1 layout\)"):
+            ops.bsr_linear(_x(1, 300, torch.float32), meta, *packed[1:], 70, 300, None, scale)

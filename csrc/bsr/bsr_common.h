@@ -187,6 +187,9 @@ inline LinearRequest check_linear_args(const at::Tensor& x, const at::Tensor& me
   w.block_rows = ceil_div(w.N, nb.rows);
   const int64_t nnz = mp[kMetaNnz];
   const bool is_int8 = w.dtype == DType::kS8;
+  TORCH_CHECK_VALUE(mp[kMetaTileSpan] == 0 || (mp[kMetaTileSpan] == kTileSpan && w.layout == Layout::kInt8_4x1), op,
+                    ": meta holds tile span ", mp[kMetaTileSpan], " (0, or ", kTileSpan, " for the int8 4x1 layout)");
+  w.tile_span = static_cast<int>(mp[kMetaTileSpan]);
   TORCH_CHECK_VALUE(is_int8 == is_int8_layout(w.layout), op, ": meta pairs layout ", layout_name(w.layout),
                     " with dtype ", scalar_type(w.dtype), " (int8 layouts: 4x1, int8 16x1; float: 16x1, 1x16)");
 

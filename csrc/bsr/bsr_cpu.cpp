@@ -7,6 +7,7 @@
 #include <atomic>
 #include <memory>
 #include <new>
+#include <numeric>
 #include <vector>
 
 #include "bsr_common.h"
@@ -122,19 +123,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bsr_pack_
 
   const Layout layout = req.layout;
   const int64_t block_rows = ceil_div(out_features, native_block(layout).rows);
+  auto count = [&](int span, int32_t* counts) {
+    at::parallel_for(0, block_rows, 16, [&](int64_t b, int64_t e) { pack_count(w, layout, span, b, e, counts + b); });
+    return std::accumulate(counts, counts + block_rows, int64_t(0));
+  };
   at::Tensor counts = at::empty({block_rows}, crow.options());
   int32_t* cp = counts.data_ptr<int32_t>();
-  at::parallel_for(0, block_rows, 16, [&](int64_t b, int64_t e) { pack_count(w, layout, b, e, cp + b); });
+  int64_t total = count(0, cp);
+  int span = 0;
+  if (layout == Layout::kInt8_4x1) {  // tiles of span 16 where they cost at most 1/4 more blocks (bsr.h)
+    at::Tensor span_counts = at::empty({block_rows}, crow.options());
+    const int64_t span_total = count(kTileSpan, span_counts.data_ptr<int32_t>());
+    if (4 * span_total <= 5 * total) {
+      span = kTileSpan;
+      total = span_total;
+      counts = span_counts;
+      cp = counts.data_ptr<int32_t>();
+    }
+  }
+  TORCH_CHECK_VALUE(total <= INT32_MAX, kPackOp, ": more than 2^31 packed blocks");
   const NativeBlock nb = native_block(layout);
   at::Tensor rowptr = at::empty({block_rows + 1}, crow.options());
   int32_t* rp = rowptr.data_ptr<int32_t>();
-  int64_t total = 0;
   rp[0] = 0;
-  for (int64_t r = 0; r < block_rows; ++r) {
-    total += cp[r];
-    TORCH_CHECK_VALUE(total <= INT32_MAX, kPackOp, ": more than 2^31 packed blocks");
-    rp[r + 1] = static_cast<int32_t>(total);
-  }
+  for (int64_t r = 0; r < block_rows; ++r) rp[r + 1] = rp[r] + cp[r];
   const bool is_int8 = is_int8_layout(layout);
   at::Tensor indices = at::empty({total}, crow.options().dtype(at::kShort));
   at::Tensor packed = is_int8 ? at::empty({total / 4, nb.rows, 4}, values.options())
@@ -143,7 +155,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bsr_pack_
   auto* idx = reinterpret_cast<uint16_t*>(indices.data_ptr<int16_t>());
   int32_t* comp = is_int8 ? compensation.data_ptr<int32_t>() : nullptr;
   at::parallel_for(0, block_rows, 16, [&](int64_t b, int64_t e) {
-    pack_fill(w, layout, b, e, rp, idx, packed.data_ptr(), comp);
+    pack_fill(w, layout, span, b, e, rp, idx, packed.data_ptr(), comp);
   });
   at::Tensor meta = at::zeros({kMetaSize}, crow.options().dtype(at::kLong));
   int64_t* mp = meta.data_ptr<int64_t>();
@@ -153,6 +165,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bsr_pack_
   mp[kMetaOut] = out_features;
   mp[kMetaIn] = in_features;
   mp[kMetaNnz] = total;
+  mp[kMetaTileSpan] = span;
   return {meta, rowptr, indices, packed, compensation};
 }
 
@@ -176,6 +189,8 @@ void check_rowptr(const Weight& w, int64_t nnz) {
 }
 
 void check_max_index(const Weight& w, uint32_t max_index) {
+  TORCH_CHECK_INDEX(max_index != kTileSpanBroken, kLinearOp, ": meta says every tile lies within ", kTileSpan,
+                    " input channels, but a tile's indices span further (corrupted packed weight?)");
   TORCH_CHECK_INDEX(w.rowptr[w.block_rows] == 0 || max_index < w.K, kLinearOp, ": a packed index is ", max_index,
                     ", out of range for in_features=", w.K, " (corrupted packed weight?)");
 }
@@ -248,7 +263,7 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
   q.x_bf16 = x2.scalar_type() == at::kBFloat16;
   q.ldx = x2.stride(0);
   q.K = K;
-  q.xq = scratch.get<uint8_t>(kSlotXq, M * K);
+  q.xq = scratch.get<uint8_t>(kSlotXq, M * K + kTileSpan);  // the span-16 decode reads 16-byte windows
   q.scale = scratch.get<float>(kSlotScale, M);
   q.zp = scratch.get<int32_t>(kSlotZp, M);
   auto quantize = [&](int64_t b, int64_t e) {
@@ -267,7 +282,9 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
   a.x_zp = q.zp;
   if (isa >= CpuIsa::kAvx512Vnni && M <= kInt8DecodeMaxTokens) {
     quantize(0, M);  // a few tokens: not worth waking the pool
-    if (M > 1 || w.layout != Layout::kInt8_16x1) {  // the 16x1 kernel reads a single token straight from xq
+    // The 16x1 kernel reads a single token, and the span-16 4x1 kernel every token, straight from xq.
+    const bool reads_xq = w.layout == Layout::kInt8_16x1 ? M == 1 : w.tile_span == kTileSpan;
+    if (!reads_xq) {
       const int64_t groups = ceil_div(M, kVnniGroupTokens);
       uint8_t* xp = scratch.get<uint8_t>(kSlotPanels, groups * K * kVnniGroupTokens);
       build_groups_u8_avx512(q.xq, M, K, xp, 0, groups);

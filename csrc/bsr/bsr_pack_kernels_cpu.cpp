@@ -57,22 +57,36 @@ struct Columns {
   }
 };
 
-int64_t padded(int64_t count, int group) { return ceil_div(count, group) * group; }
+// The tiles of one block-row's ascending block-columns: runs of up to nb.group of them, a run also ending
+// before a block-column `span` or more input channels after its first one (span 0: no limit). Calls
+// fn(first, count) with positions in `list`; returns the number of tiles.
+template <typename Fn>
+int64_t for_each_tile(const std::vector<int32_t>& list, const NativeBlock& nb, int span, Fn&& fn) {
+  const int64_t n = static_cast<int64_t>(list.size());
+  int64_t tiles = 0;
+  for (int64_t i = 0; i < n; ++tiles) {
+    int64_t j = i + 1;
+    while (j < n && j - i < nb.group && (span == 0 || int64_t(list[j] - list[i]) * nb.cols < span)) ++j;
+    fn(i, j - i);
+    i = j;
+  }
+  return tiles;
+}
 
 template <typename Bits>
-void count_rows(const CanonicalBsr& w, Layout layout, int64_t begin, int64_t end, int32_t* counts) {
+void count_rows(const CanonicalBsr& w, Layout layout, int span, int64_t begin, int64_t end, int32_t* counts) {
   const NativeBlock nb = native_block(layout);
   Columns cols(ceil_div(w.in_features, nb.cols));
   for (int64_t r = begin; r < end; ++r) {
     const int64_t row0 = r * nb.rows, row1 = std::min(w.out_features, row0 + nb.rows);
     cols.collect<Bits>(w, nb, row0, row1);
-    counts[r - begin] = static_cast<int32_t>(padded(static_cast<int64_t>(cols.list.size()), nb.group));
+    counts[r - begin] = static_cast<int32_t>(for_each_tile(cols.list, nb, span, [](int64_t, int64_t) {}) * nb.group);
     cols.reset();
   }
 }
 
 template <typename Bits>
-void fill_rows(const CanonicalBsr& w, Layout layout, int64_t begin, int64_t end, const int32_t* rowptr,
+void fill_rows(const CanonicalBsr& w, Layout layout, int span, int64_t begin, int64_t end, const int32_t* rowptr,
                uint16_t* indices, void* values_out, int32_t* compensation) {
   const NativeBlock nb = native_block(layout);
   auto* values = static_cast<Bits*>(values_out);
@@ -84,11 +98,14 @@ void fill_rows(const CanonicalBsr& w, Layout layout, int64_t begin, int64_t end,
     if (count > 0) std::memset(values + first * block_elems, 0, count * block_elems * sizeof(Bits));  // values may be null
     if (row0 >= row1) continue;
     cols.collect<Bits>(w, nb, row0, row1);
-    const int64_t real = static_cast<int64_t>(cols.list.size());
-    for (int64_t i = 0; i < count; ++i) {
-      // Padding blocks repeat the last index: a valid address whose zero weights add nothing.
-      indices[first + i] = static_cast<uint16_t>(cols.list[std::min(i, real - 1)] * nb.cols);
-    }
+    int64_t b = first;
+    for_each_tile(cols.list, nb, span, [&](int64_t i, int64_t n) {
+      for (int64_t j = 0; j < nb.group; ++j, ++b) {
+        // Padding blocks repeat the tile's last index: a valid address whose zero weights add nothing.
+        indices[b] = static_cast<uint16_t>(cols.list[i + std::min(j, n - 1)] * nb.cols);
+        if (j < n) cols.slot[cols.list[i + j]] = static_cast<int32_t>(b - first);
+      }
+    });
     for_each_nonzero<Bits>(w, row0, row1, [&](int64_t row, int64_t k, Bits v) {
       const int64_t b = first + cols.slot[k / nb.cols];
       switch (layout) {
@@ -110,20 +127,20 @@ void fill_rows(const CanonicalBsr& w, Layout layout, int64_t begin, int64_t end,
 
 }  // namespace
 
-void pack_count(const CanonicalBsr& w, Layout layout, int64_t begin, int64_t end, int32_t* counts) {
+void pack_count(const CanonicalBsr& w, Layout layout, int span, int64_t begin, int64_t end, int32_t* counts) {
   switch (w.dtype) {
-    case DType::kF32: return count_rows<uint32_t>(w, layout, begin, end, counts);
-    case DType::kBF16: return count_rows<uint16_t>(w, layout, begin, end, counts);
-    default: return count_rows<uint8_t>(w, layout, begin, end, counts);
+    case DType::kF32: return count_rows<uint32_t>(w, layout, span, begin, end, counts);
+    case DType::kBF16: return count_rows<uint16_t>(w, layout, span, begin, end, counts);
+    default: return count_rows<uint8_t>(w, layout, span, begin, end, counts);
   }
 }
 
-void pack_fill(const CanonicalBsr& w, Layout layout, int64_t begin, int64_t end, const int32_t* rowptr,
+void pack_fill(const CanonicalBsr& w, Layout layout, int span, int64_t begin, int64_t end, const int32_t* rowptr,
                uint16_t* indices, void* values, int32_t* compensation) {
   switch (w.dtype) {
-    case DType::kF32: return fill_rows<uint32_t>(w, layout, begin, end, rowptr, indices, values, nullptr);
-    case DType::kBF16: return fill_rows<uint16_t>(w, layout, begin, end, rowptr, indices, values, nullptr);
-    default: return fill_rows<uint8_t>(w, layout, begin, end, rowptr, indices, values, compensation);
+    case DType::kF32: return fill_rows<uint32_t>(w, layout, span, begin, end, rowptr, indices, values, nullptr);
+    case DType::kBF16: return fill_rows<uint16_t>(w, layout, span, begin, end, rowptr, indices, values, nullptr);
+    default: return fill_rows<uint8_t>(w, layout, span, begin, end, rowptr, indices, values, compensation);
   }
 }
 

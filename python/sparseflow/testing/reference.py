@@ -122,6 +122,7 @@ _BSR_NATIVE = {"4x1": (4, 1, 4), "16x1": (16, 1, 1), "1x16": (1, 16, 1), "int8 1
 _BSR_INT8_LAYOUTS = ("4x1", "int8 16x1")
 _BSR_DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 BSR_MAX_IN_FEATURES = 65536
+BSR_TILE_SPAN = 16  # meta slot 6 of int8 4x1 weights whose tiles each lie within 16 input channels, else 0
 ACTIVATIONS = ("none", "relu", "gelu", "silu")
 
 
@@ -177,6 +178,18 @@ def _check_canonical(crow, col, values, out_features, in_features, kernel):
     return "1x16" if C > R else "16x1"
 
 
+def _bsr_tiles(columns: list[int], group: int, span: int) -> list[list[int]]:
+    """A block-row's ascending block-columns cut into tiles: runs of up to `group`, each also ending before a
+    column `span` or more after its first one (span 0: no limit)."""
+    tiles = []
+    for c in columns:
+        if tiles and len(tiles[-1]) < group and (span == 0 or c - tiles[-1][0] < span):
+            tiles[-1].append(c)
+        else:
+            tiles.append([c])
+    return tiles
+
+
 def bsr_pack(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, out_features: int, in_features: int,
              kernel: str = "auto"):
     """Re-cut canonical BSR into native blocks (dropping all-zero ones); see csrc/bsr/bsr.h for the layouts."""
@@ -189,14 +202,21 @@ def bsr_pack(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, out_fe
     padded[:N, :K] = dense
     blocks = padded.reshape(block_rows, rows, _ceil_div(K, cols), cols).permute(0, 2, 1, 3)  # [br, K/cols, rows, cols]
     nonzero = (blocks != 0).flatten(2).any(-1)
+    row_columns = [nonzero[r].nonzero().flatten().tolist() for r in range(block_rows)]
+    span = 0
+    if layout == "4x1":  # tiles within 16 input channels when they add at most 1/4 more blocks
+        plain, spanned = (sum(len(_bsr_tiles(c, group, s)) * group for c in row_columns) for s in (0, BSR_TILE_SPAN))
+        span = BSR_TILE_SPAN if 4 * spanned <= 5 * plain else 0
     rowptr, indices, vals = [0], [], []
     for r in range(block_rows):
-        kc = nonzero[r].nonzero().flatten()
-        real = len(kc)
-        count = _ceil_div(real, group) * group
-        kc = torch.cat([kc, kc[-1:].expand(count - real)])  # padding blocks repeat the last index...
+        kc, pad = [], []
+        for tile in _bsr_tiles(row_columns[r], group, span):
+            kc += tile + tile[-1:] * (group - len(tile))  # padding blocks repeat the tile's last index...
+            pad += [False] * len(tile) + [True] * (group - len(tile))
+        kc = torch.tensor(kc, dtype=torch.long)
+        count = len(kc)
         b = blocks[r, kc].clone()  # [count, rows, cols]
-        b[real:] = 0  # ...and hold zeros
+        b[torch.tensor(pad, dtype=torch.bool)] = 0  # ...and hold zeros
         b[b == 0] = 0  # -0.0 is stored as +0.0
         rowptr.append(rowptr[-1] + count)
         indices.append(kc * cols)
@@ -211,7 +231,7 @@ def bsr_pack(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, out_fe
     compensation = (dense.to(torch.int32).sum(1, dtype=torch.int32) if layout in _BSR_INT8_LAYOUTS
                     else torch.zeros(0, dtype=torch.int32))
     layout_id = {v: k for k, v in BSR_LAYOUTS.items()}[layout]
-    meta = torch.tensor([BSR_FORMAT_VERSION, layout_id, _BSR_DTYPE_CODE[dense.dtype], N, K, nnz, 0, 0])
+    meta = torch.tensor([BSR_FORMAT_VERSION, layout_id, _BSR_DTYPE_CODE[dense.dtype], N, K, nnz, span, 0])
     dev = values.device
     return (meta, torch.tensor(rowptr, dtype=torch.int32, device=dev), indices.to(dev), values_out.to(dev),
             compensation.to(dev))
@@ -335,6 +355,14 @@ def bsr_unpack(meta, rowptr, indices, packed_values, compensation, out_features:
     idx = indices.long().cpu() & 0xFFFF
     if nnz and idx.max() >= K:
         raise IndexError(f"a packed index is {int(idx.max())}, out of range for in_features={K}")
+    span = int(meta[6])
+    if span not in (0, BSR_TILE_SPAN) or (span and layout != "4x1"):
+        raise ValueError(f"meta holds tile span {span} (0, or {BSR_TILE_SPAN} for the int8 4x1 layout)")
+    if span:
+        offsets = idx.reshape(-1, 4) - idx.reshape(-1, 4)[:, :1]  # from each tile's first index
+        if ((offsets < 0) | (offsets >= span)).any():
+            raise IndexError(f"meta says every tile lies within {span} input channels, but a tile's indices span "
+                             "further")
     if is_int8:
         blocks = packed_values.cpu().transpose(1, 2).reshape(nnz, rows, 1)
     else:
