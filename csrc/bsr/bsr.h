@@ -177,6 +177,7 @@ struct Int8Args {
   Epilogue ep;
   int64_t M = 0;
   const uint8_t* xq = nullptr;  // [M, K] + kTileSpan bytes (portable kernel, one-token 16x1 and span-16 decode)
+  int64_t ldxq = 0;              // the span-16 decode's row stride of xq (K, or more to keep rows off 4 KiB)
   const uint8_t* xp = nullptr;  // VNNI kernels: panels (kVnniPanel...) or 4-token groups (decode)
   const float* x_scale = nullptr;  // [M]
   const int32_t* x_zp = nullptr;   // [M]

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <memory>
 #include <new>
 #include <numeric>
@@ -284,6 +285,14 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
     quantize(0, M);  // a few tokens: not worth waking the pool
     // The 16x1 kernel reads a single token, and the span-16 4x1 kernel every token, straight from xq.
     const bool reads_xq = w.layout == Layout::kInt8_16x1 ? M == 1 : w.tile_span == kTileSpan;
+    a.ldxq = K;
+    if (w.tile_span == kTileSpan && M > 1) {
+      // Rows a multiple of 4 KiB apart would share L1 sets: give them a stride of 64 bytes more than that.
+      a.ldxq = ceil_div(K, 64) * 64 + 64;
+      uint8_t* xs = scratch.get<uint8_t>(kSlotPanels, M * a.ldxq + kTileSpan);
+      for (int64_t m = 0; m < M; ++m) std::memcpy(xs + m * a.ldxq, q.xq + m * K, K);
+      a.xq = xs;
+    }
     if (!reads_xq) {
       const int64_t groups = ceil_div(M, kVnniGroupTokens);
       uint8_t* xp = scratch.get<uint8_t>(kSlotPanels, groups * K * kVnniGroupTokens);

@@ -242,7 +242,7 @@ uint32_t row_decode_span16(const Int8Args& a, int64_t r, int32_t* acc_out) {
                                std::min<uint32_t>(k[8], last), std::min<uint32_t>(k[12], last)};
 #pragma GCC unroll 8
     for (int t = 0; t < MT; ++t) {  // a ragged last quad leaves missing tiles' lanes undefined: zero weights
-      const uint8_t* x = a.xq + t * w.K;
+      const uint8_t* x = a.xq + t * a.ldxq;
       auto window = [&](int tile) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(x + first[tile])); };
       __m512i xw = _mm512_castsi128_si512(window(0));
       if (kFull || end - b > 4) xw = _mm512_inserti32x4(xw, window(1), 1);
@@ -398,7 +398,7 @@ uint32_t linear_int8_vnni_decode(const Int8Args& a, int64_t br_begin, int64_t br
                                  int64_t m_end) {
   Int8Args s = a;  // the decode kernels index tokens from 0
   s.xp = a.xp + m_begin * a.w.K;
-  s.xq = a.xq + m_begin * a.w.K;
+  s.xq = a.xq + m_begin * a.ldxq;
   s.x_scale = a.x_scale + m_begin;
   s.x_zp = a.x_zp + m_begin;
   s.ep.y = static_cast<char*>(a.ep.y) + m_begin * a.ep.ldy * (a.ep.out == DType::kBF16 ? 2 : 4);
