@@ -111,11 +111,12 @@ inline CanonicalCheck validate_canonical(const CanonicalBsr& w) {
   return {};
 }
 
-// Pass 1: the number of native blocks (padded to whole tiles) of native block-rows [begin, end), with tiles
-// of at most `span` input channels (kTileSpan; 0: no limit).
-void pack_count(const CanonicalBsr& w, Layout layout, int span, int64_t begin, int64_t end, int32_t* counts);
-// Pass 2: fills indices/values of native block-rows [begin, end) at the offsets in rowptr, and, for int8,
-// compensation[n] of their output channels.
+// Pass 1: the number of native blocks (padded to whole tiles) of native block-rows [begin, end), and, when
+// span_counts is not null, the same for tiles of at most kTileSpan input channels.
+void pack_count(const CanonicalBsr& w, Layout layout, int64_t begin, int64_t end, int32_t* counts,
+                int32_t* span_counts);
+// Pass 2: fills indices/values of native block-rows [begin, end) at the offsets in rowptr, with tiles of at
+// most `span` input channels (kTileSpan; 0: no limit), and, for int8, compensation[n] of their output channels.
 void pack_fill(const CanonicalBsr& w, Layout layout, int span, int64_t begin, int64_t end, const int32_t* rowptr,
                uint16_t* indices, void* values, int32_t* compensation);
 

@@ -124,22 +124,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bsr_pack_
 
   const Layout layout = req.layout;
   const int64_t block_rows = ceil_div(out_features, native_block(layout).rows);
-  auto count = [&](int span, int32_t* counts) {
-    at::parallel_for(0, block_rows, 16, [&](int64_t b, int64_t e) { pack_count(w, layout, span, b, e, counts + b); });
-    return std::accumulate(counts, counts + block_rows, int64_t(0));
-  };
-  at::Tensor counts = at::empty({block_rows}, crow.options());
+  // Block counts per block-row, plain and (int8 4x1) with tiles of span 16, which are used when they cost at
+  // most 1/4 more blocks (bsr.h).
+  const bool try_span = layout == Layout::kInt8_4x1;
+  at::Tensor counts = at::empty({try_span ? 2 : 1, block_rows}, crow.options());
   int32_t* cp = counts.data_ptr<int32_t>();
-  int64_t total = count(0, cp);
+  int32_t* span_cp = try_span ? cp + block_rows : nullptr;
+  at::parallel_for(0, block_rows, 16, [&](int64_t b, int64_t e) {
+    pack_count(w, layout, b, e, cp + b, span_cp == nullptr ? nullptr : span_cp + b);
+  });
+  int64_t total = std::accumulate(cp, cp + block_rows, int64_t(0));
   int span = 0;
-  if (layout == Layout::kInt8_4x1) {  // tiles of span 16 where they cost at most 1/4 more blocks (bsr.h)
-    at::Tensor span_counts = at::empty({block_rows}, crow.options());
-    const int64_t span_total = count(kTileSpan, span_counts.data_ptr<int32_t>());
+  if (try_span) {
+    const int64_t span_total = std::accumulate(span_cp, span_cp + block_rows, int64_t(0));
     if (4 * span_total <= 5 * total) {
       span = kTileSpan;
       total = span_total;
-      counts = span_counts;
-      cp = counts.data_ptr<int32_t>();
+      cp = span_cp;
     }
   }
   TORCH_CHECK_VALUE(total <= INT32_MAX, kPackOp, ": more than 2^31 packed blocks");

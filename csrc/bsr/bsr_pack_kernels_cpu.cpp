@@ -74,13 +74,18 @@ int64_t for_each_tile(const std::vector<int32_t>& list, const NativeBlock& nb, i
 }
 
 template <typename Bits>
-void count_rows(const CanonicalBsr& w, Layout layout, int span, int64_t begin, int64_t end, int32_t* counts) {
+void count_rows(const CanonicalBsr& w, Layout layout, int64_t begin, int64_t end, int32_t* counts,
+                int32_t* span_counts) {
   const NativeBlock nb = native_block(layout);
   Columns cols(ceil_div(w.in_features, nb.cols));
+  auto blocks = [&](int span) {
+    return static_cast<int32_t>(for_each_tile(cols.list, nb, span, [](int64_t, int64_t) {}) * nb.group);
+  };
   for (int64_t r = begin; r < end; ++r) {
     const int64_t row0 = r * nb.rows, row1 = std::min(w.out_features, row0 + nb.rows);
     cols.collect<Bits>(w, nb, row0, row1);
-    counts[r - begin] = static_cast<int32_t>(for_each_tile(cols.list, nb, span, [](int64_t, int64_t) {}) * nb.group);
+    counts[r - begin] = blocks(0);
+    if (span_counts != nullptr) span_counts[r - begin] = blocks(kTileSpan);
     cols.reset();
   }
 }
@@ -127,11 +132,12 @@ void fill_rows(const CanonicalBsr& w, Layout layout, int span, int64_t begin, in
 
 }  // namespace
 
-void pack_count(const CanonicalBsr& w, Layout layout, int span, int64_t begin, int64_t end, int32_t* counts) {
+void pack_count(const CanonicalBsr& w, Layout layout, int64_t begin, int64_t end, int32_t* counts,
+                int32_t* span_counts) {
   switch (w.dtype) {
-    case DType::kF32: return count_rows<uint32_t>(w, layout, span, begin, end, counts);
-    case DType::kBF16: return count_rows<uint16_t>(w, layout, span, begin, end, counts);
-    default: return count_rows<uint8_t>(w, layout, span, begin, end, counts);
+    case DType::kF32: return count_rows<uint32_t>(w, layout, begin, end, counts, span_counts);
+    case DType::kBF16: return count_rows<uint16_t>(w, layout, begin, end, counts, span_counts);
+    default: return count_rows<uint8_t>(w, layout, begin, end, counts, span_counts);
   }
 }
 
