@@ -238,8 +238,8 @@ uint32_t row_decode_span16(const Int8Args& a, int64_t r, int32_t* acc_out) {
     spread = _mm512_or_si512(spread, offsets);
     largest = _mm512_max_epu32(largest, k32);
     const __m512i control = _mm512_shuffle_epi8(offsets, pick);
-    const uint32_t first[4] = {std::min<uint32_t>(k[0], last), std::min<uint32_t>(k[4], last),
-                               std::min<uint32_t>(k[8], last), std::min<uint32_t>(k[12], last)};
+    uint32_t first[4];  // tiles past the row's end (ragged last quad) are not read
+    for (int t = 0; t < 4; ++t) first[t] = kFull || end - b > 4 * t ? std::min<uint32_t>(k[4 * t], last) : 0;
 #pragma GCC unroll 8
     for (int t = 0; t < MT; ++t) {  // a ragged last quad leaves missing tiles' lanes undefined: zero weights
       const uint8_t* x = a.xq + t * a.ldxq;
