@@ -93,3 +93,18 @@ def test_inputs_that_require_grad_get_the_autograd_fallback_as_through_torch_ops
         assert y.requires_grad
         with pytest.warns(UserWarning, match="sparseflow::nm_linear: an autograd kernel was not registered"):
             y.sum().backward()
+
+
+def test_a_type_error_of_the_op_itself_is_raised_once(monkeypatch):
+    """x of the wrong dtype: the binding's TypeError (the op's own message) propagates; torch.ops is not run
+    again, as it is when pybind11 refuses an argument's Python type."""
+    args = list(nm_linear_args((2,), 16, 64, 2, 4, torch.float32))
+    args[0] = args[0].to(torch.int32)
+    through_torch_ops = []
+    monkeypatch.setattr(ops, "_NM_LINEAR", lambda *a: through_torch_ops.append(True))
+    with pytest.raises(TypeError, match="sparseflow.nm_linear: x must have dtype"):
+        ops.nm_linear(*args)
+    assert through_torch_ops == []
+    args[0], args[3] = args[0].float(), 2.5  # n of the wrong Python type: torch.ops takes the call
+    ops.nm_linear(*args)
+    assert through_torch_ops == [True]

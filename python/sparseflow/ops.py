@@ -14,14 +14,15 @@ def _call(direct, overload, tensors: tuple, *args):
     """A per-call op through its direct binding in ``sparseflow._C`` (csrc/op_bindings.cpp) where it may: the
     same op through the same dispatcher, ~5 us less per call than torch.ops' generic argument conversion.
     torch.ops takes the call while torch.compile traces (it must see the torch.ops call), when a tensor
-    subclass or a mode has __torch_function__ (only torch.ops calls it), and after a TypeError: pybind11's
-    message for an argument of the wrong Python type lists every argument's value, torch's names the argument
-    (and a TypeError the op itself raised, e.g. for x's dtype, comes again)."""
+    subclass or a mode has __torch_function__ (only torch.ops calls it), and after pybind11 refuses an
+    argument of the wrong Python type: its message lists every argument's value, torch's names the argument.
+    A TypeError the op itself raised (e.g. for x's dtype) propagates as it is, without running the op again."""
     if not torch.compiler.is_compiling() and not torch.overrides.has_torch_function(tensors):
         try:
             return direct(*args)
-        except TypeError:
-            pass
+        except TypeError as error:
+            if "incompatible function arguments" not in str(error):  # pybind11's conversion failure
+                raise
     return overload(*args)
 
 
