@@ -281,6 +281,18 @@ def test_int8_4x1_tiles_lie_within_16_input_channels(sparsity, span):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+def test_plain_4x1_tiles_run_every_decode_and_panel_path(isa, isa_guard):
+    """Sparse 4x1 weights keep plain tiles (meta[6] = 0; the other tests' densities give span-16 ones): the
+    gather decode (1-8 tokens) and the panel kernel, exact int32 against the reference."""
+    _C.set_cpu_isa(isa)
+    packed, _, _ = _weight(torch.int8, (4, 1), "4x1", N=70, K=300, density=0.08)
+    assert int(packed[0][6]) == 0
+    for M in (1, 2, 3, 5, 8, 9, 70):
+        args = (_x(M, 300, torch.float32, seed=M), *packed, 70, 300, None, None, "none", torch.int32)
+        assert torch.equal(ops.bsr_linear(*args[:8], out_dtype=torch.int32), ref.bsr_linear(*args))
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("K", [1, 5, 16, 17, 40, 300])
 def test_span16_decode_reads_windows_up_to_the_end_of_x(isa, K, isa_guard):
     """Tiles that start within 15 input channels of the end of x (their 16-byte windows reach past it), ragged
