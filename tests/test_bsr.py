@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sparseflow import _C, ops
+from sparseflow.formats import BlockSparseWeight
 from sparseflow.testing import reference as ref
 from sparseflow.testing.op_db import assert_bsr_linear_close, random_bsr
 
@@ -253,16 +254,6 @@ def test_long_reductions_are_as_accurate_as_torch(isa, config, isa_guard):
     assert_bsr_linear_close(ops.bsr_linear(*args), ref.bsr_linear(*args), args)
 
 
-def _canonical_4x1(dense):
-    """Canonical int8 4x1 BSR arrays of a dense int8 [N, K] (blocks with a non-zero)."""
-    N, K = dense.shape
-    blocks = torch.nn.functional.pad(dense, (0, 0, 0, -N % 4)).reshape(-1, 4, K).transpose(1, 2)  # [rows, K, 4]
-    kept = (blocks != 0).any(-1)
-    crow = torch.zeros(len(kept) + 1, dtype=torch.int32)
-    crow[1:] = kept.sum(1).cumsum(0)
-    return crow, kept.nonzero()[:, 1].to(torch.int32), blocks[kept].unsqueeze(-1).contiguous()
-
-
 @pytest.mark.parametrize("sparsity,span", [(0.5, 16), (0.7, 16), (0.8, 16), (0.9, 0)])
 def test_int8_4x1_tiles_lie_within_16_input_channels(sparsity, span):
     """bsr_pack cuts 4x1 tiles at 16 input channels where that adds at most 1/4 more blocks (meta slot 6 = 16),
@@ -304,7 +295,8 @@ def test_span16_decode_reads_windows_up_to_the_end_of_x(isa, K, isa_guard):
     dense[torch.rand(N, K, generator=g) < 0.5] = 0
     dense[:, -3:] = torch.randint(1, 128, (N, min(3, K)), generator=g, dtype=torch.int8)  # the last channels kept
     dense[4:8] = 0  # an empty block-row
-    crow, col, values = _canonical_4x1(dense)
+    canonical = BlockSparseWeight.from_dense(dense.float(), (4, 1))  # integer values: exact back to int8
+    crow, col, values = canonical.crow, canonical.col, canonical.values.to(torch.int8)
     packed = ops.bsr_pack(crow, col, values, N, K, "4x1")
     assert int(packed[0][6]) == 16
     for M in range(1, 10):
