@@ -49,7 +49,7 @@ enum MetaSlot : int {
 
 // The tile span of kInt8_4x1 weights whose tiles each lie within 16 input channels (else meta holds 0).
 constexpr int kTileSpan = 16;
-// What a kernel returns instead of the largest index it read when such a weight has a tile that spans
+// What a kernel returns (when no index is >= K) if such a weight has a tile that spans
 // further (a corrupted weight): above every 16-bit index, so it survives the max over threads.
 constexpr uint32_t kTileSpanBroken = 1u << 16;
 
@@ -202,8 +202,9 @@ struct QuantArgs {
 };
 
 // ---- portable kernels (bsr_linear_kernels_cpu.cpp); every function works on native block-rows
-// [br_begin, br_end) and tokens [m_begin, m_end) and returns the largest stored index it read (the wrapper
-// reports indices >= K as a corrupted weight; the kernels clamp them so they never read out of bounds).
+// [br_begin, br_end) and tokens [m_begin, m_end). Like every bsr_linear kernel, it returns the largest stored
+// index >= K it met, or a value below K if none (the wrapper reports such an index as a corrupted weight; the
+// kernels clamp or skip them so they never read out of bounds).
 uint32_t linear_float_portable(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t m_begin,
                                int64_t m_end);
 uint32_t linear_int8_portable(const Int8Args& a, int64_t br_begin, int64_t br_end, int64_t m_begin,

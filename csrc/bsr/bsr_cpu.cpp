@@ -90,13 +90,18 @@ void atomic_max(std::atomic<uint32_t>& a, uint32_t v) {
   }
 }
 
-// Runs fn(row_begin, row_end, part_of_M) over rows x M-parts in parallel; returns the largest index read.
-// Below this many block x token products a call runs on the calling thread: waking the pool costs more.
+// Below this many block x token products a call runs on the calling thread, where waking the pool costs
+// more: ~1.7 us with 2 threads, which ~4000 products repay at up to 8 tokens (~1 ns each; 3072x768 int8 4x1
+// 95 %, one token: 43 -> 28 us), and ~32000 at more tokens (the panel kernels take ~0.2 ns each).
+constexpr int64_t kMinParallelWorkFewTokens = 1 << 12;
 constexpr int64_t kMinParallelWork = 1 << 15;
 
+// Runs fn(row_begin, row_end, part_of_M) over rows x M-parts in parallel; returns the largest out-of-range index
+// the kernels met (bsr.h).
 template <typename Fn>
 uint32_t run_tasks(const Weight& w, int64_t M, int64_t m_parts, Fn&& fn) {
-  const bool small = int64_t(w.rowptr[w.block_rows]) * M < kMinParallelWork;
+  const int64_t min_work = M <= kInt8DecodeMaxTokens ? kMinParallelWorkFewTokens : kMinParallelWork;
+  const bool small = int64_t(w.rowptr[w.block_rows]) * M < min_work;
   const int64_t parts = small ? 1 : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), w.block_rows));
   const std::vector<int64_t> bounds = split_rows(w.rowptr, w.block_rows, parts);
   std::atomic<uint32_t> max_index{0};
@@ -179,9 +184,18 @@ void check_rowptr(const Weight& w, int64_t nnz) {
   const int group = native_block(w.layout).group;
   TORCH_CHECK_INDEX(w.rowptr[0] == 0, kLinearOp, ": rowptr[0] must be 0, got ", w.rowptr[0],
                     " (corrupted packed weight?)");
+  // One branch-free pass (vectorised): a 64-bit division per block-row took ~9 ns a row, 6 us of a
+  // 30 us one-token call on 3072x768.
+  TORCH_INTERNAL_ASSERT((group & (group - 1)) == 0, "tile groups are powers of two");
+  const int64_t misfit = group - 1;
+  int64_t bad = 0;
   for (int64_t r = 0; r < w.block_rows; ++r) {
     const int64_t count = int64_t(w.rowptr[r + 1]) - w.rowptr[r];
-    TORCH_CHECK_INDEX(count >= 0 && count % group == 0, kLinearOp, ": rowptr is corrupted at block-row ", r,
+    bad |= (count & misfit) | (count >> 63);
+  }
+  for (int64_t r = 0; bad != 0 && r < w.block_rows; ++r) {  // find the row to report
+    const int64_t count = int64_t(w.rowptr[r + 1]) - w.rowptr[r];
+    TORCH_CHECK_INDEX(count >= 0 && (count & misfit) == 0, kLinearOp, ": rowptr is corrupted at block-row ", r,
                       ": ", w.rowptr[r], " -> ", w.rowptr[r + 1], " (must grow by a multiple of ", group, ")");
   }
   TORCH_CHECK_INDEX(w.rowptr[w.block_rows] == nnz, kLinearOp, ": rowptr[-1] = ", w.rowptr[w.block_rows],

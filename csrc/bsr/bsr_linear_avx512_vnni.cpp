@@ -211,7 +211,7 @@ constexpr int kSpan16PrefetchQuads = 16;
 // one vpshufb picks each tile's (x[k0], x[k1], x[k2], x[k3]) dword, with the control (indices minus the tile's
 // first) built once for all tokens. 7 shuffle-port operations per 16 blocks at one token, against 16 for the
 // gather (single-thread loop over 4096^2 at 50 % / 70 %: 5.4 / 4.8 ns per 16 blocks against 10.4 / 8.8).
-// Returns the row's largest index (its sums are meaningless if that is >= K), else kTileSpanBroken if a tile
+// Returns the row's largest index if that is >= K (its sums are then meaningless), else kTileSpanBroken if a tile
 // spans further. The indices are checked on the way instead of in a pass before (which took the cache
 // misses of the index stream, ~20 % of the time at 50 %): the windows' addresses are clamped to x's last
 // channel, whose 16-byte window ends within xq's kTileSpan bytes of slack.
@@ -255,9 +255,10 @@ uint32_t row_decode_span16(const Int8Args& a, int64_t r, int32_t* acc_out) {
   for (; b + 16 <= end; b += 16) quad.template operator()<true>(b);
   if (b < end) quad.template operator()<false>(b);
   store_row_sums<MT>(acc, acc_out);
-  const uint32_t largest_index = _mm512_reduce_max_epu32(largest);
-  if (largest_index >= w.K) return largest_index;  // reported as an index out of range
-  return _mm512_test_epi32_mask(spread, _mm512_set1_epi32(~(kTileSpan - 1))) ? kTileSpanBroken : largest_index;
+  if (_mm512_cmpge_epu32_mask(largest, _mm512_set1_epi32(static_cast<int32_t>(w.K)))) {
+    return _mm512_reduce_max_epu32(largest);  // reported as an index out of range
+  }
+  return _mm512_test_epi32_mask(spread, _mm512_set1_epi32(~(kTileSpan - 1))) ? kTileSpanBroken : 0;
 }
 
 template <int MT>
@@ -271,9 +272,11 @@ uint32_t rows_decode(const Int8Args& a, int64_t br_begin, int64_t br_end) {
     if (a.w.tile_span == kTileSpan) {
       max_index = std::max(max_index, row_decode_span16<MT>(a, r, row.data()));
     } else {
-      const uint32_t mi = max_u16(a.w.indices + a.w.rowptr[r], a.w.rowptr[r + 1] - a.w.rowptr[r]);
-      max_index = std::max(max_index, mi);
-      if (mi >= a.w.K && a.w.rowptr[r + 1] > a.w.rowptr[r]) continue;  // corrupted: reported by the caller, never read
+      const uint32_t bad = index_out_of_range(a.w.indices + a.w.rowptr[r], a.w.rowptr[r + 1] - a.w.rowptr[r], a.w.K);
+      if (bad) {  // corrupted: reported by the caller, never read
+        max_index = std::max(max_index, bad);
+        continue;
+      }
       row_decode<MT>(a, r, row.data());
     }
     const int64_t c0 = r * 4 - n_begin, rows = std::min<int64_t>(4, a.w.N - r * 4);
@@ -308,9 +311,10 @@ uint32_t rows_decode_16x1(const Int8Args& a, int64_t br_begin, int64_t br_end) {
   uint32_t max_index = 0;
   for (int64_t r = br_begin; r < br_end; ++r) {
     const int64_t begin = w.rowptr[r], end = w.rowptr[r + 1];
-    const uint32_t mi = max_u16(w.indices + begin, end - begin);
-    max_index = std::max(max_index, mi);
-    if (mi >= w.K && end > begin) continue;  // corrupted: reported by the caller, never read
+    if (const uint32_t bad = index_out_of_range(w.indices + begin, end - begin, w.K)) {  // corrupted: never read
+      max_index = std::max(max_index, bad);
+      continue;
+    }
     __m512i acc[MT][U];
     for (int t = 0; t < MT; ++t)
       for (int u = 0; u < U; ++u) acc[t][u] = _mm512_setzero_si512();
@@ -372,9 +376,10 @@ uint32_t linear_int8_vnni(const Int8Args& a, int64_t br_begin, int64_t br_end, i
   const int64_t stage_rows = kStageChannels / tile_rows;
   for (int64_t r0 = br_begin; r0 < br_end; r0 += stage_rows) {
     const int64_t r1 = std::min(br_end, r0 + stage_rows);
-    const uint32_t mi = max_u16(w.indices + w.rowptr[r0], w.rowptr[r1] - w.rowptr[r0]);
-    max_index = std::max(max_index, mi);
-    if (mi >= w.K && w.rowptr[r1] > w.rowptr[r0]) continue;  // corrupted: reported by the caller, never read
+    if (const uint32_t bad = index_out_of_range(w.indices + w.rowptr[r0], w.rowptr[r1] - w.rowptr[r0], w.K)) {
+      max_index = std::max(max_index, bad);  // corrupted: reported by the caller, never read
+      continue;
+    }
     const int64_t n0 = r0 * tile_rows, channels = std::min(w.N, r1 * tile_rows) - n0;
     for (int64_t p = p_begin; p < p_end; ++p) {
       const int64_t m0 = p * kVnniPanelTokens, tokens = std::min<int64_t>(kVnniPanelTokens, a.M - m0);
