@@ -231,9 +231,10 @@ uint32_t linear_bf16_16x1_avx512bf16(const FloatArgs& a, const uint16_t* panels,
                                      int64_t p_begin, int64_t p_end);
 
 // ---- AVX512_VNNI (bsr_linear_avx512_vnni.cpp)
-// Builds panels [p_begin, p_end) (main kernel) or groups [g_begin, g_end) (decode) from xq [M, K].
-void build_panels_u8_avx512(const uint8_t* xq, int64_t M, int64_t K, uint8_t* xp, int64_t p_begin,
-                            int64_t p_end);
+// Builds columns [k_begin, k_end) (multiples of 16, or K) of panel p (main kernel), or groups [g_begin, g_end)
+// (decode), from xq [M, K].
+void build_panel_u8_avx512(const uint8_t* xq, int64_t M, int64_t K, uint8_t* xp, int64_t p, int64_t k_begin,
+                           int64_t k_end);
 void build_groups_u8_avx512(const uint8_t* xq, int64_t M, int64_t K, uint8_t* xp, int64_t g_begin,
                             int64_t g_end);
 uint32_t linear_int8_vnni(const Int8Args& a, int64_t br_begin, int64_t br_end, int64_t p_begin,

@@ -27,6 +27,10 @@ constexpr int64_t kInt8DecodeMaxTokens = 8;
 // (16 tokens x K=4096 fp32 = 256 KiB per panel).
 constexpr int64_t kFloatTokensPerTask = 32;
 constexpr int64_t kInt8PanelsPerTask = 2;
+// Quantizing and laying out int8 activations for the panel kernel: tokens per quantize task and input
+// channels per panel-building task (a multiple of 16).
+constexpr int64_t kQuantizeTokensPerTask = 4;
+constexpr int64_t kPanelBuildColumns = 512;
 // Work of a block-row's epilogue in units of one block, for balancing threads.
 constexpr int64_t kRowCost = 8;
 
@@ -319,9 +323,15 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
   if (isa >= CpuIsa::kAvx512Vnni) {
     const int64_t panels = ceil_div(M, kVnniPanelTokens);
     uint8_t* xp = scratch.get<uint8_t>(kSlotPanels, panels * K * kVnniPanelTokens);
-    at::parallel_for(0, panels, 1, [&](int64_t b, int64_t e) {  // quantize each panel's tokens, then lay it out
-      quantize(b * kVnniPanelTokens, std::min(M, e * kVnniPanelTokens));
-      build_panels_u8_avx512(q.xq, M, K, xp, b, e);
+    // Tokens, then (panel, column chunk) pairs, across threads: per panel, the other thread sat idle for the
+    // ~60 us of a 32-token 768x3072 call spent reading x and laying out its single panel.
+    at::parallel_for(0, M, kQuantizeTokensPerTask, quantize);
+    const int64_t chunks = ceil_div(K, kPanelBuildColumns);
+    at::parallel_for(0, panels * chunks, 1, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) {
+        const int64_t k0 = t % chunks * kPanelBuildColumns;
+        build_panel_u8_avx512(q.xq, M, K, xp, t / chunks, k0, std::min(K, k0 + kPanelBuildColumns));
+      }
     });
     a.xp = xp;
     const int64_t m_parts = ceil_div(panels, kInt8PanelsPerTask);

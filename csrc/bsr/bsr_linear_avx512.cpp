@@ -196,29 +196,67 @@ void kblock_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_t M
   }
 }
 
-void quantize_rows_avx512(const QuantArgs& q, int64_t m_begin, int64_t m_end) {
-  const int64_t esize = q.x_bf16 ? 2 : 4;
-  for (int64_t m = m_begin; m < m_end; ++m) {
-    const void* row = static_cast<const char*>(q.x) + m * q.ldx * esize;
-    __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
-    for (int64_t k = 0; k < q.K; k += 16) {
-      const __mmask16 mk = lanes16(q.K - k);
-      const __m512 v = load_x(row, q.x_bf16, k, mk);  // masked-off lanes read 0, which min/max with 0 ignore
-      lo = _mm512_min_ps(lo, v);
-      hi = _mm512_max_ps(hi, v);
+namespace {
+
+// One token row: min / max over 4 independent chains (vminps has 4 cycles of latency), then round, shift
+// by the zero point, clamp and narrow. Full vectors in the loops and one masked tail: with a masked
+// load, a per-vector dtype branch and K reloaded after every store (it may alias), 32 x 3072 fp32 took
+// ~35 us, a quarter of a 32-token 768x3072 int8 call.
+template <class T>
+void quantize_row(const T* row, int64_t K, uint8_t* out, float* scale, int32_t* zp) {
+  auto load = [&](int64_t k) {
+    if constexpr (sizeof(T) == 2) return load_bf16(row + k);
+    else return _mm512_loadu_ps(row + k);
+  };
+  auto load_tail = [&](int64_t k, __mmask16 m) {  // masked-off lanes read 0, which min / max with 0 ignore
+    if constexpr (sizeof(T) == 2) return maskz_load_bf16(m, row + k);
+    else return _mm512_maskz_loadu_ps(m, row + k);
+  };
+  const int64_t full = K & ~int64_t(15);
+  const __mmask16 tail = lanes16(K - full);
+  __m512 lo[4], hi[4];
+  for (int i = 0; i < 4; ++i) lo[i] = hi[i] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 64 <= full; k += 64) {
+    for (int i = 0; i < 4; ++i) {
+      const __m512 v = load(k + 16 * i);
+      lo[i] = _mm512_min_ps(lo[i], v);
+      hi[i] = _mm512_max_ps(hi[i], v);
     }
-    const TokenQuant tq = token_quant(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi));
-    q.scale[m] = tq.scale;
-    q.zp[m] = static_cast<int32_t>(tq.zp);
-    const __m512 inv = _mm512_set1_ps(tq.inv_scale), zp = _mm512_set1_ps(tq.zp);
-    const __m512 zero = _mm512_setzero_ps(), top = _mm512_set1_ps(255.f);
-    uint8_t* out = q.xq + m * q.K;
-    for (int64_t k = 0; k < q.K; k += 16) {
-      const __mmask16 mk = lanes16(q.K - k);
-      const __m512 v = load_x(row, q.x_bf16, k, mk);
-      __m512 s = _mm512_roundscale_ps(_mm512_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      s = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(s, zp), zero), top);
-      _mm_mask_storeu_epi8(out + k, mk, _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(s)));
+  }
+  for (; k < full; k += 16) {
+    const __m512 v = load(k);
+    lo[0] = _mm512_min_ps(lo[0], v);
+    hi[0] = _mm512_max_ps(hi[0], v);
+  }
+  if (tail) {
+    const __m512 v = load_tail(full, tail);
+    lo[1] = _mm512_min_ps(lo[1], v);
+    hi[1] = _mm512_max_ps(hi[1], v);
+  }
+  const __m512 lo_all = _mm512_min_ps(_mm512_min_ps(lo[0], lo[1]), _mm512_min_ps(lo[2], lo[3]));
+  const __m512 hi_all = _mm512_max_ps(_mm512_max_ps(hi[0], hi[1]), _mm512_max_ps(hi[2], hi[3]));
+  const TokenQuant tq = token_quant(_mm512_reduce_min_ps(lo_all), _mm512_reduce_max_ps(hi_all));
+  *scale = tq.scale;
+  *zp = static_cast<int32_t>(tq.zp);
+  const __m512 inv = _mm512_set1_ps(tq.inv_scale), shift = _mm512_set1_ps(tq.zp);
+  const __m512 zero = _mm512_setzero_ps(), top = _mm512_set1_ps(255.f);
+  auto quantize = [&](__m512 v) {
+    const __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, shift), zero), top)));
+  };
+  for (k = 0; k < full; k += 16) _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k), quantize(load(k)));
+  if (tail) _mm_mask_storeu_epi8(out + full, tail, quantize(load_tail(full, tail)));
+}
+
+}  // namespace
+
+void quantize_rows_avx512(const QuantArgs& q, int64_t m_begin, int64_t m_end) {
+  for (int64_t m = m_begin; m < m_end; ++m) {
+    if (q.x_bf16) {
+      quantize_row(static_cast<const uint16_t*>(q.x) + m * q.ldx, q.K, q.xq + m * q.K, q.scale + m, q.zp + m);
+    } else {
+      quantize_row(static_cast<const float*>(q.x) + m * q.ldx, q.K, q.xq + m * q.K, q.scale + m, q.zp + m);
     }
   }
 }

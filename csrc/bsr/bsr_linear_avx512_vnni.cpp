@@ -417,31 +417,29 @@ uint32_t linear_int8_vnni_decode(const Int8Args& a, int64_t br_begin, int64_t br
   return 0;
 }
 
-void build_panels_u8_avx512(const uint8_t* xq, int64_t M, int64_t K, uint8_t* xp, int64_t p_begin,
-                            int64_t p_end) {
-  for (int64_t p = p_begin; p < p_end; ++p) {
-    const int64_t m0 = p * kVnniPanelTokens;
-    uint8_t* panel = xp + m0 * K;
-    for (int64_t k = 0; k < K; k += 16) {
-      const __mmask16 mk = lanes16(K - k);
-      // Register R, lane L: the 16 bytes of token 16q + 4L + d with 4q + d = bitrev4(R), so that after the
-      // transpose byte 4q + d of lane L of column j is that token's x[., k + j].
-      __m512i r[16];
-      for (int R = 0; R < 16; ++R) {
-        const int i = bitrev4(R), q = i / 4, d = i % 4;
-        __m128i lane[4];
-        for (int L = 0; L < 4; ++L) {
-          const int64_t m = m0 + 16 * q + 4 * L + d;
-          lane[L] = m < M ? _mm_maskz_loadu_epi8(mk, xq + m * K + k) : _mm_setzero_si128();
-        }
-        r[R] = _mm512_inserti32x4(_mm512_castsi128_si512(lane[0]), lane[1], 1);
-        r[R] = _mm512_inserti32x4(r[R], lane[2], 2);
-        r[R] = _mm512_inserti32x4(r[R], lane[3], 3);
+void build_panel_u8_avx512(const uint8_t* xq, int64_t M, int64_t K, uint8_t* xp, int64_t p, int64_t k_begin,
+                           int64_t k_end) {
+  const int64_t m0 = p * kVnniPanelTokens;
+  uint8_t* panel = xp + m0 * K;
+  for (int64_t k = k_begin; k < k_end; k += 16) {
+    const __mmask16 mk = lanes16(K - k);
+    // Register R, lane L: the 16 bytes of token 16q + 4L + d with 4q + d = bitrev4(R), so that after the
+    // transpose byte 4q + d of lane L of column j is that token's x[., k + j].
+    __m512i r[16];
+    for (int R = 0; R < 16; ++R) {
+      const int i = bitrev4(R), q = i / 4, d = i % 4;
+      __m128i lane[4];
+      for (int L = 0; L < 4; ++L) {
+        const int64_t m = m0 + 16 * q + 4 * L + d;
+        lane[L] = m < M ? _mm_maskz_loadu_epi8(mk, xq + m * K + k) : _mm_setzero_si128();
       }
-      transpose16x16_epi8_lanes(r);
-      const int64_t kn = std::min<int64_t>(16, K - k);
-      for (int64_t j = 0; j < kn; ++j) _mm512_storeu_si512(panel + (k + j) * kVnniPanelTokens, r[j]);
+      r[R] = _mm512_inserti32x4(_mm512_castsi128_si512(lane[0]), lane[1], 1);
+      r[R] = _mm512_inserti32x4(r[R], lane[2], 2);
+      r[R] = _mm512_inserti32x4(r[R], lane[3], 3);
     }
+    transpose16x16_epi8_lanes(r);
+    const int64_t kn = std::min<int64_t>(16, K - k);
+    for (int64_t j = 0; j < kn; ++j) _mm512_storeu_si512(panel + (k + j) * kVnniPanelTokens, r[j]);
   }
 }
 
