@@ -85,14 +85,23 @@ def test_compiled_calls_trace_torch_ops_in_one_graph(dtype):
     torch.testing.assert_close(compiled(*args), ops.nm_linear(*args), rtol=0, atol=0)
 
 
-def test_inputs_that_require_grad_get_the_autograd_fallback_as_through_torch_ops():
-    args = list(nm_linear_args((2,), 16, 64, 2, 4, torch.float32))
-    args[0] = args[0].clone().requires_grad_()
-    for call in (ops.nm_linear, torch.ops.sparseflow.nm_linear.default):
-        y = call(*args)
-        assert y.requires_grad
-        with pytest.warns(UserWarning, match="sparseflow::nm_linear: an autograd kernel was not registered"):
-            y.sum().backward()
+@pytest.mark.parametrize("name", PER_CALL_OPS)
+def test_inputs_that_require_grad_get_the_autograd_fallback_as_through_torch_ops(name):
+    """The bindings skip the autograd keys only when no tensor argument (optional ones included) requires
+    grad; otherwise the fallback runs as through torch.ops."""
+    bias = {"nm_linear": 7, "bsr_linear": 8}[name]
+    float_samples = [s for s in OP_DB[name].samples(torch.device("cpu"))
+                     if s.args[0].dtype == torch.float32 and s.args[0].numel() and s.args[bias] is not None]
+    args = list(float_samples[0].args)
+    for position in (0, bias):  # x, and the optional bias
+        grad_args = list(args)
+        grad_args[position] = grad_args[position].clone().requires_grad_()
+        for call in (getattr(ops, name), OP_DB[name].op):
+            y = call(*grad_args)
+            assert y.requires_grad
+            with pytest.warns(UserWarning, match=f"sparseflow::{name}: an autograd kernel was not registered"):
+                y.sum().backward()
+    assert not getattr(ops, name)(*args).requires_grad
 
 
 def test_a_type_error_of_the_op_itself_is_raised_once(monkeypatch):
