@@ -177,8 +177,8 @@ struct Int8Args {
   Weight w;
   Epilogue ep;
   int64_t M = 0;
-  const uint8_t* xq = nullptr;  // [M, K] + kTileSpan bytes (portable kernel, one-token 16x1 and span-16 decode)
-  int64_t ldxq = 0;              // the span-16 decode's row stride of xq (K, or more to keep rows off 4 KiB)
+  const uint8_t* xq = nullptr;  // M rows of K + kTileSpan bytes (portable kernel, one-token 16x1 and span-16 decode)
+  int64_t ldxq = 0;              // xq's row stride: K, or more for the span-16 decode (rows off 4 KiB multiples)
   const uint8_t* xp = nullptr;  // VNNI kernels: panels (kVnniPanel...) or 4-token groups (decode)
   const float* x_scale = nullptr;  // [M]
   const int32_t* x_zp = nullptr;   // [M]
@@ -196,7 +196,8 @@ struct QuantArgs {
   bool x_bf16 = false;
   int64_t ldx = 0;
   int64_t K = 0;
-  uint8_t* xq = nullptr;  // [M, K]
+  uint8_t* xq = nullptr;  // [M, K] rows, ldxq bytes apart
+  int64_t ldxq = 0;
   float* scale = nullptr;
   int32_t* zp = nullptr;
 };

@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstring>
 #include <memory>
 #include <new>
 #include <numeric>
@@ -283,7 +282,11 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
   q.x_bf16 = x2.scalar_type() == at::kBFloat16;
   q.ldx = x2.stride(0);
   q.K = K;
-  q.xq = scratch.get<uint8_t>(kSlotXq, M * K + kTileSpan);  // the span-16 decode reads 16-byte windows
+  const bool decode = isa >= CpuIsa::kAvx512Vnni && M <= kInt8DecodeMaxTokens;
+  // The span-16 decode reads 16-byte windows of x (kTileSpan bytes of slack past the last row). For 2-8 tokens
+  // it reads rows 64 bytes more than a multiple of 64 apart: rows a multiple of 4 KiB apart share L1 sets.
+  q.ldxq = decode && w.tile_span == kTileSpan && M > 1 ? ceil_div(K, 64) * 64 + 64 : K;
+  q.xq = scratch.get<uint8_t>(kSlotXq, M * q.ldxq + kTileSpan);
   q.scale = scratch.get<float>(kSlotScale, M);
   q.zp = scratch.get<int32_t>(kSlotZp, M);
   auto quantize = [&](int64_t b, int64_t e) {
@@ -298,20 +301,13 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
   a.ep = ep;
   a.M = M;
   a.xq = q.xq;
+  a.ldxq = q.ldxq;
   a.x_scale = q.scale;
   a.x_zp = q.zp;
-  if (isa >= CpuIsa::kAvx512Vnni && M <= kInt8DecodeMaxTokens) {
+  if (decode) {
     quantize(0, M);  // a few tokens: not worth waking the pool
     // The 16x1 kernel reads a single token, and the span-16 4x1 kernel every token, straight from xq.
     const bool reads_xq = w.layout == Layout::kInt8_16x1 ? M == 1 : w.tile_span == kTileSpan;
-    a.ldxq = K;
-    if (w.tile_span == kTileSpan && M > 1) {
-      // Rows a multiple of 4 KiB apart would share L1 sets: give them a stride of 64 bytes more than that.
-      a.ldxq = ceil_div(K, 64) * 64 + 64;
-      uint8_t* xs = scratch.get<uint8_t>(kSlotPanels, M * a.ldxq + kTileSpan);
-      for (int64_t m = 0; m < M; ++m) std::memcpy(xs + m * a.ldxq, q.xq + m * K, K);
-      a.xq = xs;
-    }
     if (!reads_xq) {
       const int64_t groups = ceil_div(M, kVnniGroupTokens);
       uint8_t* xp = scratch.get<uint8_t>(kSlotPanels, groups * K * kVnniGroupTokens);

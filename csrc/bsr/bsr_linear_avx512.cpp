@@ -254,9 +254,9 @@ void quantize_row(const T* row, int64_t K, uint8_t* out, float* scale, int32_t* 
 void quantize_rows_avx512(const QuantArgs& q, int64_t m_begin, int64_t m_end) {
   for (int64_t m = m_begin; m < m_end; ++m) {
     if (q.x_bf16) {
-      quantize_row(static_cast<const uint16_t*>(q.x) + m * q.ldx, q.K, q.xq + m * q.K, q.scale + m, q.zp + m);
+      quantize_row(static_cast<const uint16_t*>(q.x) + m * q.ldx, q.K, q.xq + m * q.ldxq, q.scale + m, q.zp + m);
     } else {
-      quantize_row(static_cast<const float*>(q.x) + m * q.ldx, q.K, q.xq + m * q.K, q.scale + m, q.zp + m);
+      quantize_row(static_cast<const float*>(q.x) + m * q.ldx, q.K, q.xq + m * q.ldxq, q.scale + m, q.zp + m);
     }
   }
 }

@@ -69,7 +69,7 @@ uint32_t linear_int8_portable(const Int8Args& a, int64_t br_begin, int64_t br_en
     const int64_t row0 = r * tile_rows;
     const int64_t rows = std::min<int64_t>(tile_rows, w.N - row0);
     for (int64_t m = m_begin; m < m_end; ++m) {
-      const uint8_t* xq = a.xq + m * w.K;
+      const uint8_t* xq = a.xq + m * a.ldxq;
       int64_t acc[16] = {};
       for (int64_t b = w.rowptr[r]; b < w.rowptr[r + 1]; ++b) {
         const uint32_t k = w.indices[b];
@@ -101,7 +101,7 @@ void quantize_rows_portable(const QuantArgs& q, int64_t m_begin, int64_t m_end) 
     const TokenQuant tq = token_quant(lo, hi);
     q.scale[m] = tq.scale;
     q.zp[m] = static_cast<int32_t>(tq.zp);
-    for (int64_t k = 0; k < q.K; ++k) q.xq[m * q.K + k] = quantize_u8(at(k), tq);
+    for (int64_t k = 0; k < q.K; ++k) q.xq[m * q.ldxq + k] = quantize_u8(at(k), tq);
   }
 }
 
