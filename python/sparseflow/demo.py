@@ -42,10 +42,10 @@ RECIPES = [
     Recipe("magnitude 2:4", "magnitude", "2:4", kernel_format="2:4"),
     Recipe("wanda 2:4", "wanda", "2:4", kernel_format="2:4"),
     Recipe("sparsegpt 2:4", "sparsegpt", "2:4", kernel_format="2:4"),
-    Recipe("wanda 50% 4x1 blocks", "wanda", "4x1", sparsity=0.5, kernel_format="4x1"),
+    Recipe("sparsegpt 50% 4x1 blocks", "sparsegpt", "4x1", sparsity=0.5, kernel_format="4x1"),
     Recipe("sparsegpt 2:4 int8", "sparsegpt", "2:4", kernel_format="2:4", dtype=torch.int8),
-    Recipe("wanda 50% 4x1 int8", "wanda", "4x1", sparsity=0.5, kernel_format="4x1", dtype=torch.int8),
-    Recipe("wanda 50% 16x1 int8", "wanda", "16x1", sparsity=0.5, kernel_format="16x1", dtype=torch.int8),
+    Recipe("sparsegpt 50% 4x1 int8", "sparsegpt", "4x1", sparsity=0.5, kernel_format="4x1", dtype=torch.int8),
+    Recipe("sparsegpt 50% 16x1 int8", "sparsegpt", "16x1", sparsity=0.5, kernel_format="16x1", dtype=torch.int8),
 ]
 QUICK_RECIPES = ("dense", "magnitude 2:4", "wanda 2:4")
 PROMPT = "The Python standard library"
