@@ -78,19 +78,22 @@ def test_every_isa_path_matches_the_reference(isa, config, isa_guard):
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{str(c[0])[6:]}-{c[1][0]}x{c[1][1]}-{c[2]}")
 def test_results_do_not_depend_on_thread_count(config):
     dtype, block, kernel = config
+    """70 tokens (panel kernels) and 5 (decode kernels, which split the rows from ~4000 block x token products)."""
     packed, scale, _ = _weight(dtype, block, kernel, N=200, K=257)
-    x = _x(70, 257, torch.float32 if dtype == torch.int8 else dtype)
     bias = torch.randn(200)
     threads = torch.get_num_threads()
-    try:
-        outs = []
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            outs.append(ops.bsr_linear(x, *packed, 200, 257, bias, scale, "gelu"))
-    finally:
-        torch.set_num_threads(threads)
-    # each output element is summed in the same order whatever the split: bitwise equal
-    assert all(torch.equal(o, outs[0]) for o in outs[1:])
+    for M in (70, 5):
+        x = _x(M, 257, torch.float32 if dtype == torch.int8 else dtype)
+        assert packed[2].numel() * M >= 4096  # enough blocks x tokens to run on several threads
+        try:
+            outs = []
+            for n in (1, 2, 3):
+                torch.set_num_threads(n)
+                outs.append(ops.bsr_linear(x, *packed, 200, 257, bias, scale, "gelu"))
+        finally:
+            torch.set_num_threads(threads)
+        # each output element is summed in the same order whatever the split: bitwise equal
+        assert all(torch.equal(o, outs[0]) for o in outs[1:])
 
 
 @pytest.mark.parametrize("block,kernel", [((4, 1), "4x1"), ((16, 1), "16x1")])
