@@ -33,7 +33,7 @@ void for_each_nonzero(const CanonicalBsr& w, int64_t row0, int64_t row1, Fn&& fn
 
 // Per-thread scratch: the native block-columns touched by one native block-row, and where each went.
 struct Columns {
-  std::vector<int32_t> slot;  // native block-column -> position in the row, -1 if absent
+  std::vector<int32_t> slot;  // native block-column -> -1 if absent; fill_rows sets its block's position
   std::vector<int32_t> list;  // touched block-columns, ascending after collect()
 
   explicit Columns(int64_t n) : slot(n, -1) {}
@@ -49,7 +49,6 @@ struct Columns {
       }
     });
     std::sort(list.begin(), list.end());
-    for (size_t i = 0; i < list.size(); ++i) slot[list[i]] = static_cast<int32_t>(i);
   }
 
   void reset() {
