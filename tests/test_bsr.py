@@ -77,8 +77,8 @@ def test_every_isa_path_matches_the_reference(isa, config, isa_guard):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{str(c[0])[6:]}-{c[1][0]}x{c[1][1]}-{c[2]}")
 def test_results_do_not_depend_on_thread_count(config):
-    dtype, block, kernel = config
     """70 tokens (panel kernels) and 5 (decode kernels, which split the rows from ~4000 block x token products)."""
+    dtype, block, kernel = config
     packed, scale, _ = _weight(dtype, block, kernel, N=200, K=257)
     bias = torch.randn(200)
     threads = torch.get_num_threads()
