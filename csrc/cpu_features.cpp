@@ -114,6 +114,13 @@ bool request_amx_permission() {
   return granted;
 }
 
+namespace {
+std::atomic<bool> g_amx_emulation{false};
+}
+
+void set_amx_emulation(bool on) { g_amx_emulation.store(on); }
+bool amx_emulation() { return g_amx_emulation.load(std::memory_order_relaxed); }
+
 CpuIsa detected_cpu_isa() {
   const CpuFeatures& f = cpu_features();
   if (!(f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.fma)) return CpuIsa::kPortable;

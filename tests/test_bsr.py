@@ -17,6 +17,9 @@ from sparseflow.testing.op_db import assert_bsr_linear_close, random_bsr
 
 ISA_LEVELS = ("portable", "avx512", "avx512_vnni", "avx512_bf16", "amx")
 ISAS = ISA_LEVELS[: ISA_LEVELS.index(_C.detected_cpu_isa()) + 1]
+# Kernel paths: the ISA levels, plus the AMX tile kernels with their tiles emulated in software (how CPUs without
+# AMX test them; the highest ISA level otherwise).
+PATHS = ISAS + (("amx_emulated",) if "avx512_vnni" in ISAS else ())
 
 # (values dtype, canonical block, kernel); N=70 and K=300 are multiples of none of 4/16/64, and N=70 gives
 # the int8 panel kernel a full 64-channel staging chunk plus a ragged one (4x1: 16 block-rows, 16x1: 4).
@@ -43,6 +46,14 @@ def isa_guard():
     before = _C.selected_cpu_isa()
     yield
     _C.set_cpu_isa(before)
+    _C.set_amx_emulation(False)
+
+
+def _select(path):
+    emulated = path == "amx_emulated"
+    _C.set_amx_emulation(emulated)
+    isa = ISAS[-1] if emulated else path
+    assert _C.set_cpu_isa(isa) == isa
 
 
 def _weight(dtype, block, kernel, N=70, K=300, density=0.3, seed=0):
@@ -56,10 +67,10 @@ def _x(M, K, dtype, seed=0):
     return torch.randn(M, K, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", PATHS)
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{str(c[0])[6:]}-{c[1][0]}x{c[1][1]}-{c[2]}")
 def test_every_isa_path_matches_the_reference(isa, config, isa_guard):
-    assert _C.set_cpu_isa(isa) == isa
+    _select(isa)
     dtype, block, kernel = config
     N, K = 70, 300
     packed, scale, _ = _weight(dtype, block, kernel, N, K)
@@ -101,11 +112,11 @@ def test_int8_accumulators_are_identical_on_every_isa(block, kernel, isa_guard):
     packed, _, _ = _weight(torch.int8, block, kernel, N=130, K=513, density=0.5)
     assert packed[0][1] == (1 if kernel == "4x1" else 5)  # the layout id in meta
     results = {}
-    for isa in ISAS:
-        _C.set_cpu_isa(isa)
+    for isa in PATHS:
+        _select(isa)
         results[isa] = [ops.bsr_linear(_x(M, 513, torch.bfloat16, seed=M), *packed, 130, 513, out_dtype=torch.int32)
                         for M in (1, 5, 8, 33, 129)]
-    for isa in ISAS[1:]:
+    for isa in PATHS[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[isa], results["portable"])), isa
 
 
@@ -119,6 +130,19 @@ def test_packing_does_not_depend_on_the_isa(isa_guard):
         for p in packed[1:]:
             assert all(torch.equal(a.view(torch.int16) if a.dtype == torch.bfloat16 else a,
                                    b.view(torch.int16) if b.dtype == torch.bfloat16 else b) for a, b in zip(p, packed[0]))
+
+
+@pytest.mark.skipif("avx512_vnni" not in ISAS, reason="the AMX kernels' emulation needs AVX512_VNNI")
+def test_amx_int8_self_check_passes_with_emulated_tiles(isa_guard):
+    """The check an AMX CPU runs before its first AMX call (the VNNI kernel against the tile kernel) agrees on the
+    emulated tiles, and the status reports which AMX kernel runs."""
+    assert _C.int8_amx_self_check(True) == 0
+    assert _C.amx_int8_status() == ("active" if "amx" in ISAS else "unavailable")
+    _select("amx_emulated")
+    assert _C.amx_int8_status() == "emulated"
+    if "amx" not in ISAS:
+        with pytest.raises(ValueError, match="needs the amx ISA level"):
+            _C.int8_amx_self_check(False)
 
 
 def test_env_var_forces_the_portable_path():
@@ -158,10 +182,10 @@ def test_packed_weights_survive_state_dict_round_trips(dtype):
     assert torch.equal(ops.bsr_linear(x, *(loaded[n] for n in names), 70, 300, None, scale), expected)
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", PATHS)
 def test_large_batches_split_across_tasks(isa, isa_guard):
     """M spans several per-thread token tasks (int8: 128 tokens, float: 32) and N several threads."""
-    _C.set_cpu_isa(isa)
+    _select(isa)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -176,10 +200,10 @@ def test_large_batches_split_across_tasks(isa, isa_guard):
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", PATHS)
 @pytest.mark.parametrize("config", CONFIGS[::2], ids=lambda c: f"{str(c[0])[6:]}-{c[2]}")
 def test_corrupted_indices_are_reported_by_every_kernel(isa, config, isa_guard):
-    _C.set_cpu_isa(isa)
+    _select(isa)
     dtype, block, kernel = config
     packed, scale, _ = _weight(dtype, block, kernel)
     for position in (0, packed[2].numel() // 2, packed[2].numel() - 1):
@@ -230,10 +254,10 @@ def test_streamed_bytes_shrink_with_sparsity(dtype, block, bytes_per_nonzero):
         previous = streamed
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", PATHS)
 def test_zero_in_features_gives_the_activated_bias(isa, isa_guard):
     """No blocks at all: every output is written from the bias alone (never left uninitialized)."""
-    _C.set_cpu_isa(isa)
+    _select(isa)
     for dtype, block, kernel in CONFIGS:
         packed = ops.bsr_pack(torch.zeros(-(-71 // block[0]) + 1, dtype=torch.int32),
                               torch.zeros(0, dtype=torch.int32), torch.zeros(0, *block, dtype=dtype), 71, 0, kernel)
@@ -245,11 +269,11 @@ def test_zero_in_features_gives_the_activated_bias(isa, isa_guard):
             torch.testing.assert_close(y, torch.nn.functional.silu(bias).expand(M, 71), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", PATHS)
 @pytest.mark.parametrize("config", [c for c in CONFIGS if c[0] != torch.int8], ids=lambda c: f"{str(c[0])[6:]}-{c[2]}")
 def test_long_reductions_are_as_accurate_as_torch(isa, config, isa_guard):
     """Thousands of blocks per output channel: summed in chunks, within 2x of torch's own error."""
-    _C.set_cpu_isa(isa)
+    _select(isa)
     dtype, block, kernel = config
     packed, _, _ = _weight(dtype, block, kernel, N=48, K=8192, density=0.6)
     x = _x(18, 8192, dtype)
@@ -274,11 +298,11 @@ def test_int8_4x1_tiles_lie_within_16_input_channels(sparsity, span):
     assert plain <= packed[2].numel() <= (1.25 * plain if span else plain)
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", PATHS)
 def test_plain_4x1_tiles_run_every_decode_and_panel_path(isa, isa_guard):
     """Sparse 4x1 weights keep plain tiles (meta[6] = 0; the other tests' densities give span-16 ones): the
     gather decode (1-8 tokens) and the panel kernel, exact int32 against the reference."""
-    _C.set_cpu_isa(isa)
+    _select(isa)
     packed, _, _ = _weight(torch.int8, (4, 1), "4x1", N=70, K=300, density=0.08)
     assert int(packed[0][6]) == 0
     for M in (1, 2, 3, 5, 8, 9, 70):
@@ -286,12 +310,12 @@ def test_plain_4x1_tiles_run_every_decode_and_panel_path(isa, isa_guard):
         assert torch.equal(ops.bsr_linear(*args[:8], out_dtype=torch.int32), ref.bsr_linear(*args))
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", PATHS)
 @pytest.mark.parametrize("K", [1, 5, 16, 17, 40, 300])
 def test_span16_decode_reads_windows_up_to_the_end_of_x(isa, K, isa_guard):
     """Tiles that start within 15 input channels of the end of x (their 16-byte windows reach past it), ragged
     last groups of tiles and short rows: int32 sums equal to the reference for every token count on every path."""
-    _C.set_cpu_isa(isa)
+    _select(isa)
     g = torch.Generator().manual_seed(K)
     N = 38
     dense = torch.randint(-128, 128, (N, K), generator=g, dtype=torch.int8)

@@ -243,4 +243,21 @@ uint32_t linear_int8_vnni(const Int8Args& a, int64_t br_begin, int64_t br_end, i
 uint32_t linear_int8_vnni_decode(const Int8Args& a, int64_t br_begin, int64_t br_end, int64_t m_begin,
                                  int64_t m_end);
 
+// ---- AMX (bsr_linear_amx.cpp): int8 16x1 weights, 16 tiles per tile product, on the VNNI kernel's panels (and
+// its arguments). linear_int8_amx_emulated (bsr_linear_amx_emulated_avx512_vnni.cpp) is the same kernel with the
+// tiles emulated in software: what the tests run on CPUs without AMX.
+using Int8PanelKernel = uint32_t (*)(const Int8Args&, int64_t br_begin, int64_t br_end, int64_t p_begin,
+                                     int64_t p_end);
+uint32_t linear_int8_amx(const Int8Args& a, int64_t br_begin, int64_t br_end, int64_t p_begin, int64_t p_end);
+uint32_t linear_int8_amx_emulated(const Int8Args& a, int64_t br_begin, int64_t br_end, int64_t p_begin,
+                                  int64_t p_end);
+// Runs `kernel` and linear_int8_vnni on a built-in 16x1 problem (a partial tile group, an empty block-row, a
+// partial last block-row, 3 and 4 groups of 16 tokens, the extreme int8 and u8 values) and returns the number of
+// int32 sums that differ (0: the kernel agrees).
+int64_t int8_panel_kernel_mismatches(Int8PanelKernel kernel);
+// Whether the AMX int8 kernel runs in this process: "unavailable" (no AMX, or selected_cpu_isa() below it),
+// "emulated" (set_amx_emulation), "active" (its self-check passed; run here if no call has run it yet), or
+// "off: self-check failed". Defined in bsr_cpu.cpp.
+const char* amx_int8_status();
+
 }  // namespace sparseflow::bsr

@@ -30,6 +30,9 @@ constexpr int64_t kInt8PanelsPerTask = 2;
 // channels per panel-building task (a multiple of 16).
 constexpr int64_t kQuantizeTokensPerTask = 4;
 constexpr int64_t kPanelBuildColumns = 512;
+// int8 16x1 batches of at least this many tokens use the AMX kernel where it runs: one tile product serves 16
+// tokens. NOT MEASURED (no AMX machine yet): the M >= 16, to be set by `sparseflow.bench cpu-linear`.
+constexpr int64_t kAmxMinTokens = 16;
 // Work of a block-row's epilogue in units of one block, for balancing threads.
 constexpr int64_t kRowCost = 8;
 
@@ -274,6 +277,28 @@ uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cp
   });
 }
 
+// The AMX kernel runs once this process has seen it agree with the VNNI kernel (int8_panel_kernel_mismatches):
+// it has not yet run on a real AMX CPU, and a mistake there must cost speed, not correct results.
+bool amx_int8_checked() {
+  static const bool passed = [] {
+    const int64_t mismatches = int8_panel_kernel_mismatches(&linear_int8_amx);
+    if (mismatches != 0) {
+      TORCH_WARN("sparseflow: the AMX int8 kernel's self-check found ", mismatches,
+                 " sums that differ from the VNNI kernel's; AMX stays off in this process (please report this CPU)");
+    }
+    return mismatches == 0;
+  }();
+  return passed;
+}
+
+Int8PanelKernel int8_panel_kernel(const Weight& w, int64_t M, CpuIsa isa) {
+  if (w.layout == Layout::kInt8_16x1 && M >= kAmxMinTokens) {
+    if (amx_emulation()) return &linear_int8_amx_emulated;
+    if (isa >= CpuIsa::kAmx && amx_int8_checked()) return &linear_int8_amx;
+  }
+  return &linear_int8_vnni;
+}
+
 uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, CpuIsa isa) {
   const int64_t M = x2.size(0), K = w.K;
   Scratch& scratch = thread_scratch();
@@ -330,9 +355,10 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
       }
     });
     a.xp = xp;
+    const Int8PanelKernel kernel = int8_panel_kernel(w, M, isa);
     const int64_t m_parts = ceil_div(panels, kInt8PanelsPerTask);
     return run_tasks(w, M, m_parts, [&](int64_t b, int64_t e, int64_t mp) {
-      return linear_int8_vnni(a, b, e, mp * kInt8PanelsPerTask, std::min(panels, (mp + 1) * kInt8PanelsPerTask));
+      return kernel(a, b, e, mp * kInt8PanelsPerTask, std::min(panels, (mp + 1) * kInt8PanelsPerTask));
     });
   }
   at::parallel_for(0, M, 16, quantize);
@@ -400,6 +426,13 @@ at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& meta, const at:
 }
 
 }  // namespace
+
+const char* amx_int8_status() {
+  const CpuIsa isa = selected_cpu_isa();
+  if (amx_emulation() && isa >= CpuIsa::kAvx512Vnni) return "emulated";
+  if (isa < CpuIsa::kAmx) return "unavailable";
+  return amx_int8_checked() ? "active" : "off: self-check failed";
+}
 
 TORCH_LIBRARY_IMPL(sparseflow, CPU, m) {
   m.impl("bsr_pack", &bsr_pack_cpu);

@@ -53,4 +53,9 @@ CpuIsa set_cpu_isa(CpuIsa isa);
 // Asked once; returns whether AMX may be used.
 bool request_amx_permission();
 
+// Testing aid: run the AMX tile kernels with the tiles emulated in software (csrc/bsr/bsr_amx_tiles.h) where
+// selected_cpu_isa() >= kAvx512Vnni, so that CPUs without AMX test them. Off by default; slow.
+void set_amx_emulation(bool on);
+bool amx_emulation();
+
 }  // namespace sparseflow
