@@ -79,8 +79,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_isa", &set_cpu_isa, py::arg("isa"),
         "Select the CPU ISA level (clamped to what the CPU supports); returns the level in force.");
   sparseflow::bind_ops(m);
-  m.def("amx_int8_status", [] { return std::string(sparseflow::bsr::amx_int8_status()); },
-        "Whether the AMX int8 bsr_linear kernel runs: unavailable, emulated, active or off: self-check failed.");
+  m.def("amx_status", [] { return std::string(sparseflow::bsr::amx_status()); },
+        "Whether the AMX bsr_linear kernels run: unavailable, emulated, active or off: self-check failed.");
   m.def("set_amx_emulation", [](bool on) {
         const bool before = sparseflow::amx_emulation();
         sparseflow::set_amx_emulation(on);
@@ -88,17 +88,20 @@ PYBIND11_MODULE(_C, m) {
       }, py::arg("on"),
         "Testing aid: run the AMX tile kernels with emulated tiles on a CPU without AMX (slow); returns the "
         "previous setting.");
-  m.def("int8_amx_self_check", [](bool emulated) {
+  m.def("amx_self_check", [](bool emulated) {
+        namespace bsr = sparseflow::bsr;
         const CpuIsa need = emulated ? CpuIsa::kAvx512Vnni : CpuIsa::kAmx;
         if (sparseflow::selected_cpu_isa() < need) {
-          throw py::value_error(std::string("int8_amx_self_check: needs the ") + cpu_isa_name(need) +
+          throw py::value_error(std::string("amx_self_check: needs the ") + cpu_isa_name(need) +
                                 " ISA level; selected is " + cpu_isa_name(sparseflow::selected_cpu_isa()));
         }
-        return sparseflow::bsr::int8_panel_kernel_mismatches(
-            emulated ? &sparseflow::bsr::linear_int8_amx_emulated : &sparseflow::bsr::linear_int8_amx);
+        py::dict d;
+        d["int8"] = bsr::int8_panel_kernel_mismatches(emulated ? &bsr::linear_int8_amx_emulated : &bsr::linear_int8_amx);
+        d["bf16"] = bsr::bf16_panel_kernel_mismatches(emulated ? &bsr::linear_bf16_amx_emulated : &bsr::linear_bf16_amx);
+        return d;
       }, py::arg("emulated"),
-        "The AMX int8 kernel's self-check against the VNNI kernel: the number of int32 sums that differ. Needs "
-        "AVX512_VNNI, and AMX unless emulated.");
+        "The AMX kernels' self-check against the AVX-512 kernels: per dtype, the number of outputs that differ. "
+        "Needs AVX512_VNNI, and AMX unless emulated.");
   m.def("request_amx_permission", &sparseflow::request_amx_permission,
         "Ask Linux for AMX tile data (once per process); returns whether AMX may be used.");
 }

@@ -133,16 +133,16 @@ def test_packing_does_not_depend_on_the_isa(isa_guard):
 
 
 @pytest.mark.skipif("avx512_vnni" not in ISAS, reason="the AMX kernels' emulation needs AVX512_VNNI")
-def test_amx_int8_self_check_passes_with_emulated_tiles(isa_guard):
-    """The check an AMX CPU runs before its first AMX call (the VNNI kernel against the tile kernel) agrees on the
-    emulated tiles, and the status reports which AMX kernel runs."""
-    assert _C.int8_amx_self_check(True) == 0
-    assert _C.amx_int8_status() == ("active" if "amx" in ISAS else "unavailable")
+def test_amx_self_check_passes_with_emulated_tiles(isa_guard):
+    """The check an AMX CPU runs before its first AMX call (the AVX-512 kernels against the tile kernels) agrees on
+    the emulated tiles, and the status reports which AMX kernels run."""
+    assert _C.amx_self_check(True) == {"int8": 0, "bf16": 0}
+    assert _C.amx_status() == ("active" if "amx" in ISAS else "unavailable")
     _select("amx_emulated")
-    assert _C.amx_int8_status() == "emulated"
+    assert _C.amx_status() == "emulated"
     if "amx" not in ISAS:
         with pytest.raises(ValueError, match="needs the amx ISA level"):
-            _C.int8_amx_self_check(False)
+            _C.amx_self_check(False)
 
 
 def test_env_var_forces_the_portable_path():

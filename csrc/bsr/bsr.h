@@ -243,21 +243,31 @@ uint32_t linear_int8_vnni(const Int8Args& a, int64_t br_begin, int64_t br_end, i
 uint32_t linear_int8_vnni_decode(const Int8Args& a, int64_t br_begin, int64_t br_end, int64_t m_begin,
                                  int64_t m_end);
 
-// ---- AMX (bsr_linear_amx.cpp): int8 16x1 weights, 16 tiles per tile product, on the VNNI kernel's panels (and
-// its arguments). linear_int8_amx_emulated (bsr_linear_amx_emulated_avx512_vnni.cpp) is the same kernel with the
-// tiles emulated in software: what the tests run on CPUs without AMX.
+// ---- AMX (bsr_linear_amx.cpp): 16x1 weights, one tile product per 16 int8 tiles (on the VNNI kernel's panels and
+// arguments) or per 32 bf16 blocks (on the AVX512_BF16 kernel's panels). The *_emulated kernels
+// (bsr_linear_amx_emulated_avx512_vnni.cpp) are the same with the tiles emulated in software: what the tests run
+// on CPUs without AMX (they need AVX512_VNNI).
 using Int8PanelKernel = uint32_t (*)(const Int8Args&, int64_t br_begin, int64_t br_end, int64_t p_begin,
                                      int64_t p_end);
+using Bf16PanelKernel = uint32_t (*)(const FloatArgs&, const uint16_t* panels, int64_t br_begin, int64_t br_end,
+                                     int64_t p_begin, int64_t p_end);
 uint32_t linear_int8_amx(const Int8Args& a, int64_t br_begin, int64_t br_end, int64_t p_begin, int64_t p_end);
 uint32_t linear_int8_amx_emulated(const Int8Args& a, int64_t br_begin, int64_t br_end, int64_t p_begin,
                                   int64_t p_end);
-// Runs `kernel` and linear_int8_vnni on a built-in 16x1 problem (a partial tile group, an empty block-row, a
-// partial last block-row, 3 and 4 groups of 16 tokens, the extreme int8 and u8 values) and returns the number of
-// int32 sums that differ (0: the kernel agrees).
+uint32_t linear_bf16_amx(const FloatArgs& a, const uint16_t* panels, int64_t br_begin, int64_t br_end,
+                         int64_t p_begin, int64_t p_end);
+uint32_t linear_bf16_amx_emulated(const FloatArgs& a, const uint16_t* panels, int64_t br_begin, int64_t br_end,
+                                  int64_t p_begin, int64_t p_end);
+// Self-checks on built-in 16x1 problems (a partial tile group, an empty block-row, a partial last block-row, and
+// for int8 3 and 4 groups of 16 tokens and the extreme int8/u8 values; for bf16 a partial 4-panel pass, a 3-token
+// panel, an odd block count and sums over more than kSumChunkBlocks blocks): the number of outputs that differ
+// from linear_int8_vnni / linear_f16x1_avx512 (0: the kernel agrees). The bf16 problem holds small integers, whose
+// sums are exact in any order, so both compare exactly.
 int64_t int8_panel_kernel_mismatches(Int8PanelKernel kernel);
-// Whether the AMX int8 kernel runs in this process: "unavailable" (no AMX, or selected_cpu_isa() below it),
-// "emulated" (set_amx_emulation), "active" (its self-check passed; run here if no call has run it yet), or
+int64_t bf16_panel_kernel_mismatches(Bf16PanelKernel kernel);
+// Whether the AMX kernels run in this process: "unavailable" (no AMX, or selected_cpu_isa() below it),
+// "emulated" (set_amx_emulation), "active" (their self-checks passed; run here if no call has run them yet), or
 // "off: self-check failed". Defined in bsr_cpu.cpp.
-const char* amx_int8_status();
+const char* amx_status();
 
 }  // namespace sparseflow::bsr

@@ -69,6 +69,11 @@ inline __m512 load_bf16(const uint16_t* p) { return bf16_to_ps(_mm256_loadu_si25
 
 inline __m512 maskz_load_bf16(__mmask16 m, const uint16_t* p) { return bf16_to_ps(_mm256_maskz_loadu_epi16(m, p)); }
 
+// (lo[i], hi[i]) 16-bit pairs in each 32-bit lane: the operand of vdpbf16ps and of AMX bf16 tiles.
+inline __m512i pair16(__m256i lo, __m256i hi) {
+  return _mm512_or_si512(_mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
+}
+
 // How far ahead (in blocks) the panel kernels prefetch the activation line of a block: the lines are random
 // lines of L2-resident panels, too irregular for the hardware prefetchers. 4-8 measured best on AVX-512.
 constexpr int64_t kPrefetchBlocks = 8;
@@ -102,17 +107,20 @@ inline void store_lanes(__m512 v, DType out, void* y, int64_t n) {
   }
 }
 
-// Epilogue of the 16x1 float kernels: y[m0 + t, 16 r ..] = act(sum[t] + bias) for the MT tokens of a panel
-// (fewer than 16 channels in the last block-row).
-template <int MT>
-inline void store_16x1(const FloatArgs& a, int64_t r, int64_t m0, const __m512 sum[MT]) {
+// Epilogue of the 16x1 float kernels: y[m0 + t, 16 r ..] = act(sum[t] + bias) for the `tokens` tokens of a
+// panel (fewer than 16 channels in the last block-row).
+inline void store_16x1_tokens(const FloatArgs& a, int64_t r, int64_t m0, int64_t tokens, const __m512* sum) {
   const int64_t n0 = r * 16, rows = std::min<int64_t>(16, a.w.N - n0);
   const __m512 bias = a.ep.bias != nullptr ? _mm512_maskz_loadu_ps(lanes16(rows), a.ep.bias + n0) : _mm512_setzero_ps();
   const int64_t esize = a.ep.out == DType::kBF16 ? 2 : 4;
-  for (int t = 0; t < MT; ++t) {
+  for (int64_t t = 0; t < tokens; ++t) {
     const __m512 v = activate_ps(_mm512_add_ps(sum[t], bias), a.ep.act);
     store_lanes(v, a.ep.out, static_cast<char*>(a.ep.y) + ((m0 + t) * a.ep.ldy + n0) * esize, rows);
   }
+}
+template <int MT>
+inline void store_16x1(const FloatArgs& a, int64_t r, int64_t m0, const __m512 sum[MT]) {
+  store_16x1_tokens(a, r, m0, MT, sum);
 }
 
 // Calls row(std::integral_constant<int, MT>, r, m0) for each block-row r in [br_begin, br_end) and each

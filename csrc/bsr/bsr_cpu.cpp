@@ -30,9 +30,10 @@ constexpr int64_t kInt8PanelsPerTask = 2;
 // channels per panel-building task (a multiple of 16).
 constexpr int64_t kQuantizeTokensPerTask = 4;
 constexpr int64_t kPanelBuildColumns = 512;
-// int8 16x1 batches of at least this many tokens use the AMX kernel where it runs: one tile product serves 16
-// tokens. NOT MEASURED (no AMX machine yet): the M >= 16, to be set by `sparseflow.bench cpu-linear`.
+// int8 and bf16 16x1 batches of at least this many tokens use the AMX kernels where they run: one tile product
+// serves 16 tokens. NOT MEASURED (no AMX machine yet): the M >= 16, to be set by `sparseflow.bench cpu-linear`.
 constexpr int64_t kAmxMinTokens = 16;
+constexpr int64_t kAmxBf16PanelsPerTask = 4;
 // Work of a block-row's epilogue in units of one block, for balancing threads.
 constexpr int64_t kRowCost = 8;
 
@@ -217,6 +218,35 @@ void check_max_index(const Weight& w, uint32_t max_index) {
                     ", out of range for in_features=", w.K, " (corrupted packed weight?)");
 }
 
+// The AMX kernels run once this process has seen them agree with the AVX-512 ones on their self-check problems
+// (bsr.h): they have not yet run on a real AMX CPU, and a mistake there must cost speed, not correct results.
+bool amx_checked() {
+  static const bool passed = [] {
+    const int64_t int8 = int8_panel_kernel_mismatches(&linear_int8_amx);
+    const int64_t bf16 = bf16_panel_kernel_mismatches(&linear_bf16_amx);
+    if (int8 != 0 || bf16 != 0) {
+      TORCH_WARN("sparseflow: the AMX kernels' self-check found outputs that differ from the AVX-512 kernels' (int8: ",
+                 int8, ", bf16: ", bf16, "); AMX stays off in this process (please report this CPU)");
+    }
+    return int8 == 0 && bf16 == 0;
+  }();
+  return passed;
+}
+
+// The AMX kernel (hardware or, for tests, emulated) for a call that may use one, or null.
+template <class Kernel>
+Kernel amx_kernel(Kernel hardware, Kernel emulated, CpuIsa isa) {
+  if (amx_emulation() && isa >= CpuIsa::kAvx512Vnni) return emulated;
+  if (isa >= CpuIsa::kAmx && amx_checked()) return hardware;
+  return nullptr;
+}
+
+Int8PanelKernel int8_panel_kernel(const Weight& w, int64_t M, CpuIsa isa) {
+  Int8PanelKernel amx = nullptr;
+  if (w.layout == Layout::kInt8_16x1 && M >= kAmxMinTokens) amx = amx_kernel(&linear_int8_amx, &linear_int8_amx_emulated, isa);
+  return amx != nullptr ? amx : &linear_int8_vnni;
+}
+
 uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, CpuIsa isa) {
   const int64_t M = x2.size(0), K = w.K;
   FloatArgs a;
@@ -224,7 +254,10 @@ uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cp
   a.ep = ep;
   a.M = M;
   const bool x_bf16 = x2.scalar_type() == at::kBFloat16;
-  if (isa >= CpuIsa::kAvx512Bf16 && w.layout == Layout::kF16x1 && w.dtype == DType::kBF16) {
+  const bool bf16_16x1 = w.layout == Layout::kF16x1 && w.dtype == DType::kBF16;
+  const Bf16PanelKernel bf16_amx =
+      bf16_16x1 && M >= kAmxMinTokens ? amx_kernel(&linear_bf16_amx, &linear_bf16_amx_emulated, isa) : nullptr;
+  if (bf16_amx != nullptr || (isa >= CpuIsa::kAvx512Bf16 && bf16_16x1)) {
     const int64_t panels = ceil_div(M, kF32PanelTokens);
     const auto* x = reinterpret_cast<const uint16_t*>(x2.data_ptr<at::BFloat16>());
     const uint16_t* xt = x;  // one token: its panel [K][1] is the row itself
@@ -235,9 +268,11 @@ uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cp
       });
       xt = buf;
     }
-    const int64_t per_task = kFloatTokensPerTask / kF32PanelTokens;
+    // The AMX kernel shares each weight operand between up to 4 panels.
+    const int64_t per_task = bf16_amx != nullptr ? kAmxBf16PanelsPerTask : kFloatTokensPerTask / kF32PanelTokens;
     return run_tasks(w, M, ceil_div(panels, per_task), [&](int64_t b, int64_t e, int64_t mp) {
-      return linear_bf16_16x1_avx512bf16(a, xt, b, e, mp * per_task, std::min(panels, (mp + 1) * per_task));
+      const int64_t p0 = mp * per_task, p1 = std::min(panels, (mp + 1) * per_task);
+      return bf16_amx != nullptr ? bf16_amx(a, xt, b, e, p0, p1) : linear_bf16_16x1_avx512bf16(a, xt, b, e, p0, p1);
     });
   }
   if (isa >= CpuIsa::kAvx512 && w.layout == Layout::kF16x1) {
@@ -275,28 +310,6 @@ uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cp
   return run_tasks(w, M, ceil_div(M, kFloatTokensPerTask), [&](int64_t b, int64_t e, int64_t mp) {
     return linear_float_portable(a, b, e, mp * kFloatTokensPerTask, std::min(M, (mp + 1) * kFloatTokensPerTask));
   });
-}
-
-// The AMX kernel runs once this process has seen it agree with the VNNI kernel (int8_panel_kernel_mismatches):
-// it has not yet run on a real AMX CPU, and a mistake there must cost speed, not correct results.
-bool amx_int8_checked() {
-  static const bool passed = [] {
-    const int64_t mismatches = int8_panel_kernel_mismatches(&linear_int8_amx);
-    if (mismatches != 0) {
-      TORCH_WARN("sparseflow: the AMX int8 kernel's self-check found ", mismatches,
-                 " sums that differ from the VNNI kernel's; AMX stays off in this process (please report this CPU)");
-    }
-    return mismatches == 0;
-  }();
-  return passed;
-}
-
-Int8PanelKernel int8_panel_kernel(const Weight& w, int64_t M, CpuIsa isa) {
-  if (w.layout == Layout::kInt8_16x1 && M >= kAmxMinTokens) {
-    if (amx_emulation()) return &linear_int8_amx_emulated;
-    if (isa >= CpuIsa::kAmx && amx_int8_checked()) return &linear_int8_amx;
-  }
-  return &linear_int8_vnni;
 }
 
 uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, CpuIsa isa) {
@@ -427,11 +440,11 @@ at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& meta, const at:
 
 }  // namespace
 
-const char* amx_int8_status() {
+const char* amx_status() {
   const CpuIsa isa = selected_cpu_isa();
   if (amx_emulation() && isa >= CpuIsa::kAvx512Vnni) return "emulated";
   if (isa < CpuIsa::kAmx) return "unavailable";
-  return amx_int8_checked() ? "active" : "off: self-check failed";
+  return amx_checked() ? "active" : "off: self-check failed";
 }
 
 TORCH_LIBRARY_IMPL(sparseflow, CPU, m) {

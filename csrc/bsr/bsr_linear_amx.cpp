@@ -1,8 +1,8 @@
-// AMX int8 bsr_linear kernel (torch-free; bsr_linear_amx.h with the hardware tiles). Called only when
-// selected_cpu_isa() >= kAmx and amx_int8_self_check passed in this process.
+// AMX bsr_linear kernels, int8 and bf16 (torch-free; bsr_linear_amx.h with the hardware tiles). Called only when
+// selected_cpu_isa() >= kAmx and their self-check passed in this process.
 //
 // NOT RUN on the development machine (Cascade Lake: no AMX). The same kernel with emulated tiles is tested
-// there; on an AMX CPU the first call compares this build against the VNNI kernel and turns AMX off on a
+// there; on an AMX CPU the first call compares this build against the VNNI (int8) and AVX-512F (bf16) kernels and turns AMX off on a
 // mismatch (bsr_cpu.cpp).
 #include "bsr_linear_amx.h"
 
@@ -71,6 +71,11 @@ class HardwareTiles {
 
 uint32_t linear_int8_amx(const Int8Args& a, int64_t br_begin, int64_t br_end, int64_t p_begin, int64_t p_end) {
   return linear_int8_tiles<HardwareTiles>(a, br_begin, br_end, p_begin, p_end);
+}
+
+uint32_t linear_bf16_amx(const FloatArgs& a, const uint16_t* panels, int64_t br_begin, int64_t br_end,
+                         int64_t p_begin, int64_t p_end) {
+  return linear_bf16_tiles<HardwareTiles>(a, panels, br_begin, br_end, p_begin, p_end);
 }
 
 }  // namespace sparseflow::bsr

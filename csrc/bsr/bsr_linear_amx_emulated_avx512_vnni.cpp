@@ -1,7 +1,8 @@
-// The AMX int8 kernel with tiles emulated in software (bsr_amx_tiles.h), and the self-check that compares an
-// int8 panel kernel against the VNNI one. Torch-free; needs AVX512_VNNI (for the reference kernel).
+// The AMX kernels with tiles emulated in software (bsr_amx_tiles.h), and the self-checks that compare a tile
+// kernel against the VNNI (int8) or AVX-512F (bf16) one. Torch-free; needs AVX512_VNNI.
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <numeric>
 #include <vector>
 
@@ -14,22 +15,82 @@ uint32_t linear_int8_amx_emulated(const Int8Args& a, int64_t br_begin, int64_t b
   return linear_int8_tiles<EmulatedTiles>(a, br_begin, br_end, p_begin, p_end);
 }
 
-int64_t int8_panel_kernel_mismatches(Int8PanelKernel kernel) {
-  constexpr int64_t N = 40, K = 300, M = 99;  // 3 block-rows (the last one partial), 2 panels (4 and 3 groups)
-  constexpr int64_t kTilesPerRow[3] = {21, 0, 35};
-  uint32_t state = 12345;
-  auto next = [&state] { return state = state * 1664525u + 1013904223u; };
-  std::vector<int32_t> rowptr = {0};
+uint32_t linear_bf16_amx_emulated(const FloatArgs& a, const uint16_t* panels, int64_t br_begin, int64_t br_end,
+                                  int64_t p_begin, int64_t p_end) {
+  return linear_bf16_tiles<EmulatedTiles>(a, panels, br_begin, br_end, p_begin, p_end);
+}
+
+namespace {
+
+uint32_t lcg(uint32_t& state) { return state = state * 1664525u + 1013904223u; }
+
+// Block-rows of 16x1 blocks: `count` distinct ascending input channels of [0, K) per row.
+std::vector<uint16_t> random_rows(const std::vector<int64_t>& counts, int64_t K, uint32_t& state,
+                                  std::vector<int32_t>& rowptr) {
   std::vector<uint16_t> indices;
-  for (int64_t tiles : kTilesPerRow) {
-    std::vector<uint16_t> row(K);  // 4 * tiles distinct channels, ascending
+  rowptr.assign(1, 0);
+  for (int64_t count : counts) {
+    std::vector<uint16_t> row(K);
     std::iota(row.begin(), row.end(), uint16_t(0));
-    for (int64_t i = 0; i < 4 * tiles; ++i) std::swap(row[i], row[i + next() % (K - i)]);
-    row.resize(4 * tiles);
+    for (int64_t i = 0; i < count; ++i) std::swap(row[i], row[i + lcg(state) % (K - i)]);
+    row.resize(count);
     std::sort(row.begin(), row.end());
     indices.insert(indices.end(), row.begin(), row.end());
     rowptr.push_back(int32_t(indices.size()));
   }
+  return indices;
+}
+
+}  // namespace
+
+int64_t bf16_panel_kernel_mismatches(Bf16PanelKernel kernel) {
+  constexpr int64_t N = 40, K = 300, M = 83;  // 3 block-rows (the last one partial), 6 panels (the last of 3 tokens)
+  uint32_t state = 777;
+  std::vector<int32_t> rowptr;
+  const std::vector<uint16_t> indices = random_rows({45, 0, 133}, K, state, rowptr);
+  auto small_bf16 = [&state](int range) {  // an integer in [-range, range] as bf16 (exact)
+    const float v = float(int(lcg(state) >> 8) % (2 * range + 1) - range);
+    uint32_t bits;
+    std::memcpy(&bits, &v, 4);
+    return uint16_t(bits >> 16);
+  };
+  std::vector<uint16_t> values(indices.size() * 16), x(M * K);
+  for (auto& v : values) v = small_bf16(3);
+  for (auto& v : x) v = small_bf16(4);
+  const int64_t panels = ceil_div(M, kF32PanelTokens);
+  std::vector<uint16_t> xt(M * K);
+  std::vector<float> xt_f32(M * K), y_kernel(M * N), y_ref(M * N);
+  transpose_panels_bf16_avx512(x.data(), K, M, K, xt.data(), 0, panels);
+  transpose_panels_f32_avx512(x.data(), true, K, M, K, xt_f32.data(), 0, panels);
+
+  FloatArgs a;
+  a.w.layout = Layout::kF16x1;
+  a.w.dtype = DType::kBF16;
+  a.w.N = N;
+  a.w.K = K;
+  a.w.block_rows = 3;
+  a.w.rowptr = rowptr.data();
+  a.w.indices = indices.data();
+  a.w.values = values.data();
+  a.ep.out = DType::kF32;
+  a.ep.ldy = N;
+  a.M = M;
+  a.xt = xt_f32.data();
+  a.ep.y = y_kernel.data();
+  kernel(a, xt.data(), 0, 3, 0, panels);
+  a.ep.y = y_ref.data();
+  linear_f16x1_avx512(a, 0, 3, 0, panels);
+  int64_t mismatches = 0;
+  for (int64_t i = 0; i < M * N; ++i) mismatches += y_kernel[i] != y_ref[i];
+  return mismatches;
+}
+
+int64_t int8_panel_kernel_mismatches(Int8PanelKernel kernel) {
+  constexpr int64_t N = 40, K = 300, M = 99;  // 3 block-rows (the last one partial), 2 panels (4 and 3 groups)
+  uint32_t state = 12345;
+  auto next = [&state] { return lcg(state); };
+  std::vector<int32_t> rowptr;
+  const std::vector<uint16_t> indices = random_rows({4 * 21, 0, 4 * 35}, K, state, rowptr);  // 21 and 35 tiles
   std::vector<int8_t> values(indices.size() * 16);
   for (size_t i = 0; i < values.size(); ++i) values[i] = int8_t(i % 97 == 0 ? -128 : i % 89 == 0 ? 127 : next() >> 24);
   std::vector<uint8_t> xq(M * K);

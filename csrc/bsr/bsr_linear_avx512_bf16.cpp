@@ -12,11 +12,6 @@
 namespace sparseflow::bsr {
 namespace {
 
-// (lo[i], hi[i]) 16-bit pairs in each 32-bit lane.
-inline __m512i pair16(__m256i lo, __m256i hi) {
-  return _mm512_or_si512(_mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
-}
-
 template <int MT>
 void row_pairs(const FloatArgs& a, int64_t r, const uint16_t* panel, int64_t m0) {
   const Weight& w = a.w;
