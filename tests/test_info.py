@@ -21,6 +21,8 @@ def test_info_reports_build_and_ops(capsys):
     assert data["torch_built_against"] == sparseflow.BUILD_INFO["torch_version"]
     assert data["ops"]["nm_compress"]["cpu"] is True
     assert data["cpu_isa_detected"] in ISA_LEVELS
+    assert data["amx_kernels"] == ("active" if data["cpu_isa_detected"] == "amx" else "unavailable")
+    assert f"AMX kernels (bsr_linear int8/bf16 16x1, M >= 16): {data['amx_kernels']}" in out
 
 
 def test_info_json_runs_as_module():

@@ -51,6 +51,7 @@ def collect() -> dict:
         "cpu_features": _C.cpu_features(),
         "cpu_isa_detected": _C.detected_cpu_isa(),
         "cpu_isa_selected": _C.selected_cpu_isa(),
+        "amx_kernels": _C.amx_status(),
         "threads": torch.get_num_threads(),
         "ops": {
             name: {"cpu": _has_kernel(name, "CPU"), "cuda": _has_kernel(name, "CUDA"),
@@ -78,6 +79,7 @@ def render(info: dict) -> str:
         "CPU features: " + " ".join(k for k, v in info["cpu_features"].items() if v),
         f"CPU ISA: detected {info['cpu_isa_detected']}, selected {info['cpu_isa_selected']}"
         " (lower it with SPARSEFLOW_CPU_ISA=portable|avx512|avx512_vnni|avx512_bf16|amx)",
+        f"AMX kernels (bsr_linear int8/bf16 16x1, M >= 16): {info['amx_kernels']}",
         "",
         f"{'op':<24}{'CPU':<6}{'CUDA':<6}",
     ]
