@@ -344,8 +344,8 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
   a.x_zp = q.zp;
   if (decode) {
     quantize(0, M);  // a few tokens: not worth waking the pool
-    // The 16x1 kernel reads a single token, and the span-16 4x1 kernel every token, straight from xq.
-    const bool reads_xq = w.layout == Layout::kInt8_16x1 ? M == 1 : w.tile_span == kTileSpan;
+    // The decode kernels read a single token, and the span-16 4x1 kernel every token, straight from xq.
+    const bool reads_xq = M == 1 || (w.layout == Layout::kInt8_4x1 && w.tile_span == kTileSpan);
     if (!reads_xq) {
       const int64_t groups = ceil_div(M, kVnniGroupTokens);
       uint8_t* xp = scratch.get<uint8_t>(kSlotPanels, groups * K * kVnniGroupTokens);

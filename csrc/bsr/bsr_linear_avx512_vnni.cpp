@@ -110,6 +110,26 @@ __attribute__((always_inline)) inline __m512i gather_quad(const int* x4, const u
   return r;
 }
 
+// One token: the activation bytes x[k[0..15]] of up to 16 blocks (4 tiles), lane t = tile t's four bytes in
+// every dword. Scalar byte loads packed into dwords (integer ALU work, 4 ports) and one vpermd, instead of the
+// 4-token groups' 16 dword loads and 15 inserts that all queue for the vector shuffle unit, and no groups to
+// build. Zen 4, 2 threads, 90 %: 4096x11008 257 -> 194 us, 4096^2 80 us either way (vpgatherdd: 106 us).
+template <bool kFull>
+__attribute__((always_inline)) inline __m512i gather_bytes(const uint8_t* x, const uint16_t* k, int64_t blocks) {
+  uint64_t d[4];  // tile t's four bytes; a ragged last quad's missing tiles are not read (zero weights)
+#pragma GCC unroll 4
+  for (int t = 0; t < 4; ++t) {
+    uint64_t k4;  // the tile's four 16-bit indices in one load
+    __builtin_memcpy(&k4, k + 4 * t, 8);
+    d[t] = kFull || blocks > 4 * t ? x[k4 & 0xffff] | uint32_t(x[(k4 >> 16) & 0xffff]) << 8 |
+                                         uint32_t(x[(k4 >> 32) & 0xffff]) << 16 | uint32_t(x[k4 >> 48]) << 24
+                                   : 0;
+  }
+  const __m512i tile_of_lane = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const __m128i tiles = _mm_set_epi64x(int64_t(d[2] | d[3] << 32), int64_t(d[0] | d[1] << 32));
+  return _mm512_permutexvar_epi32(tile_of_lane, _mm512_castsi128_si512(tiles));
+}
+
 // acc_out[t * 4 + c] = the sum of the four 128-bit lanes of acc[t] (lane = tile, dword c = channel c).
 template <int MT>
 inline void store_row_sums(const __m512i* acc, int32_t* acc_out) {
@@ -120,8 +140,8 @@ inline void store_row_sums(const __m512i* acc, int32_t* acc_out) {
   }
 }
 
-// Decode: one block-row for MT <= 8 tokens (groups of 4 in xp); writes the raw int32 sums of the
-// block-row's 4 channels to acc_out[t * 4 + c]. The caller has checked the block-row's indices.
+// Decode: one block-row for MT <= 8 tokens (groups of 4 in xp; one token: its row xq); writes the raw int32
+// sums of the block-row's 4 channels to acc_out[t * 4 + c]. The caller has checked the block-row's indices.
 template <int MT>
 void row_decode(const Int8Args& a, int64_t r, int32_t* acc_out) {
   constexpr int G = (MT + 3) / 4;
@@ -147,8 +167,17 @@ void row_decode(const Int8Args& a, int64_t r, int32_t* acc_out) {
     }
   };
   int64_t b = w.rowptr[r];
-  for (; b + 16 <= end; b += 16) quad.template operator()<true>(b);
-  if (b < end) quad.template operator()<false>(b);
+  if constexpr (MT == 1) {  // the token's row a.xq
+    auto step = [&]<bool kFull>(int64_t b) {
+      const __m512i wv = kFull ? _mm512_loadu_si512(values + b * 4) : _mm512_maskz_loadu_epi32(lanes16(end - b), values + b * 4);
+      acc[0] = dpbusd(acc[0], gather_bytes<kFull>(a.xq, w.indices + b, end - b), wv);
+    };
+    for (; b + 16 <= end; b += 16) step.template operator()<true>(b);
+    if (b < end) step.template operator()<false>(b);
+  } else {
+    for (; b + 16 <= end; b += 16) quad.template operator()<true>(b);
+    if (b < end) quad.template operator()<false>(b);
+  }
   store_row_sums<MT>(acc, acc_out);
 }
 
