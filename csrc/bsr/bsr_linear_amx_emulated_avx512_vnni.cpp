@@ -41,6 +41,21 @@ std::vector<uint16_t> random_rows(const std::vector<int64_t>& counts, int64_t K,
   return indices;
 }
 
+// The self-checks' 16x1 weights.
+Weight check_weight(Layout layout, DType dtype, int64_t N, int64_t K, const std::vector<int32_t>& rowptr,
+                    const std::vector<uint16_t>& indices, const void* values) {
+  Weight w;
+  w.layout = layout;
+  w.dtype = dtype;
+  w.N = N;
+  w.K = K;
+  w.block_rows = int64_t(rowptr.size()) - 1;
+  w.rowptr = rowptr.data();
+  w.indices = indices.data();
+  w.values = values;
+  return w;
+}
+
 }  // namespace
 
 int64_t bf16_panel_kernel_mismatches(Bf16PanelKernel kernel) {
@@ -64,14 +79,7 @@ int64_t bf16_panel_kernel_mismatches(Bf16PanelKernel kernel) {
   transpose_panels_f32_avx512(x.data(), true, K, M, K, xt_f32.data(), 0, panels);
 
   FloatArgs a;
-  a.w.layout = Layout::kF16x1;
-  a.w.dtype = DType::kBF16;
-  a.w.N = N;
-  a.w.K = K;
-  a.w.block_rows = 3;
-  a.w.rowptr = rowptr.data();
-  a.w.indices = indices.data();
-  a.w.values = values.data();
+  a.w = check_weight(Layout::kF16x1, DType::kBF16, N, K, rowptr, indices, values.data());
   a.ep.out = DType::kF32;
   a.ep.ldy = N;
   a.M = M;
@@ -102,14 +110,7 @@ int64_t int8_panel_kernel_mismatches(Int8PanelKernel kernel) {
   std::vector<float> x_scale(M, 1.f);
 
   Int8Args a;
-  a.w.layout = Layout::kInt8_16x1;
-  a.w.dtype = DType::kS8;
-  a.w.N = N;
-  a.w.K = K;
-  a.w.block_rows = 3;
-  a.w.rowptr = rowptr.data();
-  a.w.indices = indices.data();
-  a.w.values = values.data();
+  a.w = check_weight(Layout::kInt8_16x1, DType::kS8, N, K, rowptr, indices, values.data());
   a.w.compensation = zeros.data();
   a.ep.out = DType::kS32;
   a.ep.ldy = N;
