@@ -323,7 +323,8 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
   const bool decode = isa >= CpuIsa::kAvx512Vnni && M <= kInt8DecodeMaxTokens;
   // The span-16 decode reads 16-byte windows of x (kTileSpan bytes of slack past the last row). For 2-8 tokens
   // it reads rows 64 bytes more than a multiple of 64 apart: rows a multiple of 4 KiB apart share L1 sets.
-  q.ldxq = decode && w.tile_span == kTileSpan && M > 1 ? ceil_div(K, 64) * 64 + 64 : K;
+  const bool span16_decode = decode && w.tile_span == kTileSpan && M <= kSpan16DecodeMaxTokens;
+  q.ldxq = span16_decode && M > 1 ? ceil_div(K, 64) * 64 + 64 : K;
   q.xq = scratch.get<uint8_t>(kSlotXq, M * q.ldxq + kTileSpan);
   q.scale = scratch.get<float>(kSlotScale, M);
   q.zp = scratch.get<int32_t>(kSlotZp, M);
@@ -344,8 +345,8 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
   a.x_zp = q.zp;
   if (decode) {
     quantize(0, M);  // a few tokens: not worth waking the pool
-    // The decode kernels read a single token, and the span-16 4x1 kernel every token, straight from xq.
-    const bool reads_xq = M == 1 || (w.layout == Layout::kInt8_4x1 && w.tile_span == kTileSpan);
+    // The decode kernels read a single token, and the span-16 4x1 kernel its few tokens, straight from xq.
+    const bool reads_xq = M == 1 || span16_decode;
     if (!reads_xq) {
       const int64_t groups = ceil_div(M, kVnniGroupTokens);
       uint8_t* xp = scratch.get<uint8_t>(kSlotPanels, groups * K * kVnniGroupTokens);
