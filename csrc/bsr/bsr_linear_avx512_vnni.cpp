@@ -11,8 +11,9 @@
 // Decode kernel (few tokens; lanes = 4 tiles x 4 output channels): one zmm load brings the weights of
 // 4 tiles; 16 dword loads fetch, for 4 tokens at once, the activations of their 16 input channels, and a
 // vpshufb per token turns them into each tile's (x[k0], x[k1], x[k2], x[k3]) dword. Weight bytes streamed
-// per non-zero: 1 + 2/4 (16-bit index per 4x1 block). On span-16 weights (each tile within 16 input
-// channels, bsr.h) it skips the dword gathers: the 16-byte window of x at each tile's first index goes into
+// per non-zero: 1 + 2/4 (16-bit index per 4x1 block). One token reads its bytes from x itself. On span-16
+// weights (each tile within 16 input channels, bsr.h) and up to kSpan16DecodeMaxTokens tokens it skips the
+// gathers: the 16-byte window of x at each tile's first index goes into
 // that tile's lane and one vpshufb, whose control is the indices minus the first, picks the four activations.
 //
 // The 16x1 layout (16x4 tiles) runs the same panel kernel in passes of up to 16 channels. Its decode kernel
