@@ -23,4 +23,5 @@ export LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=lib
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 cd tests
 python -c "import sparseflow; assert sparseflow.BUILD_INFO['sanitizers'], 'not the sanitized build'"
-python -m pytest -q -p no:cacheprovider "$@" .
+# -s: pytest's fd capture would swallow a sanitizer's report when the process aborts.
+python -m pytest -q -s -p no:cacheprovider "$@" .

@@ -120,11 +120,12 @@ __attribute__((always_inline)) inline __m512i gather_bytes(const uint8_t* x, con
   uint64_t d[4];  // tile t's four bytes; a ragged last quad's missing tiles are not read (zero weights)
 #pragma GCC unroll 4
   for (int t = 0; t < 4; ++t) {
+    d[t] = 0;
+    if (!kFull && blocks <= 4 * t) continue;  // past the row (and maybe the index array): not even the indices
     uint64_t k4;  // the tile's four 16-bit indices in one load
     __builtin_memcpy(&k4, k + 4 * t, 8);
-    d[t] = kFull || blocks > 4 * t ? x[k4 & 0xffff] | uint32_t(x[(k4 >> 16) & 0xffff]) << 8 |
-                                         uint32_t(x[(k4 >> 32) & 0xffff]) << 16 | uint32_t(x[k4 >> 48]) << 24
-                                   : 0;
+    d[t] = x[k4 & 0xffff] | uint32_t(x[(k4 >> 16) & 0xffff]) << 8 | uint32_t(x[(k4 >> 32) & 0xffff]) << 16 |
+           uint32_t(x[k4 >> 48]) << 24;
   }
   const __m512i tile_of_lane = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
   const __m128i tiles = _mm_set_epi64x(int64_t(d[2] | d[3] << 32), int64_t(d[0] | d[1] << 32));
