@@ -28,7 +28,7 @@
 #include "bsr.h"
 #include "bsr_amx_tiles.h"
 #include "bsr_avx512_math.h"
-#include "bsr_int8_epilogue.h"
+#include "bsr_int8_panel.h"
 
 namespace sparseflow::bsr {
 namespace {
@@ -56,20 +56,9 @@ void row_panel_tiles(Tiles& tiles, const Weight& w, int64_t r, int q, const uint
     const int64_t n = std::min<int64_t>(kTilesPerGroup, count - t0);
     // Rows of the B operands past n keep older activations: the padding weights are zero.
     for (int64_t t = 0; t < n; ++t) {
-      const uint16_t* k = w.indices + begin + 4 * (t0 + t);
-      const __m512i r0 = _mm512_loadu_si512(panel + k[0] * kVnniPanelTokens);
-      const __m512i r1 = _mm512_loadu_si512(panel + k[1] * kVnniPanelTokens);
-      const __m512i r2 = _mm512_loadu_si512(panel + k[2] * kVnniPanelTokens);
-      const __m512i r3 = _mm512_loadu_si512(panel + k[3] * kVnniPanelTokens);
-      const __m512i lo01 = _mm512_unpacklo_epi8(r0, r1), lo23 = _mm512_unpacklo_epi8(r2, r3);
-      uint8_t* row = acts[0] + t * kTileBytesPerRow;
-      _mm512_store_si512(row, _mm512_unpacklo_epi16(lo01, lo23));
-      if (q > 1) _mm512_store_si512(row + kTileBytes, _mm512_unpackhi_epi16(lo01, lo23));
-      if (q > 2) {
-        const __m512i hi01 = _mm512_unpackhi_epi8(r0, r1), hi23 = _mm512_unpackhi_epi8(r2, r3);
-        _mm512_store_si512(row + 2 * kTileBytes, _mm512_unpacklo_epi16(hi01, hi23));
-        if (q > 3) _mm512_store_si512(row + 3 * kTileBytes, _mm512_unpackhi_epi16(hi01, hi23));
-      }
+      __m512i x[4];
+      tile_activations(panel, w.indices + begin + 4 * (t0 + t), q, x);
+      for (int g = 0; g < q; ++g) _mm512_store_si512(acts[g] + t * kTileBytesPerRow, x[g]);
     }
     tiles.load_weights(weights + t0 / kTilesPerGroup * kTileBytes, kTileBytesPerRow);
     for (int g = 0; g < q; ++g) tiles.dot_i8(g, acts[g], kTileBytesPerRow);

@@ -20,7 +20,6 @@ template <int MT>
 void row_pairs(const FloatArgs& a, int64_t r, const uint16_t* panel, int64_t m0) {
   const Weight& w = a.w;
   const auto* values = static_cast<const uint16_t*>(w.values);
-  const __mmask16 tokens = lanes16(MT);
   __m512 acc[MT], sum[MT];
   for (int t = 0; t < MT; ++t) sum[t] = acc[t] = _mm512_setzero_ps();
   const int64_t last = w.rowptr[r + 1] - 1;

@@ -25,7 +25,7 @@
 
 #include "bsr.h"
 #include "bsr_avx512_math.h"
-#include "bsr_int8_epilogue.h"
+#include "bsr_int8_panel.h"
 #include "bsr_scalar.h"
 
 namespace sparseflow::bsr {
@@ -49,20 +49,8 @@ void row_panel(const Weight& w, int64_t r, int c0, const uint8_t* panel, int32_t
   for (int c = 0; c < kCh; ++c)
     for (int q = 0; q < Q; ++q) acc[c][q] = _mm512_setzero_si512();
   for (int64_t b = w.rowptr[r]; b < w.rowptr[r + 1]; b += 4) {
-    const uint16_t* k = w.indices + b;
-    const __m512i r0 = _mm512_loadu_si512(panel + k[0] * kVnniPanelTokens);
-    const __m512i r1 = _mm512_loadu_si512(panel + k[1] * kVnniPanelTokens);
-    const __m512i r2 = _mm512_loadu_si512(panel + k[2] * kVnniPanelTokens);
-    const __m512i r3 = _mm512_loadu_si512(panel + k[3] * kVnniPanelTokens);
     __m512i x[4];
-    const __m512i t0 = _mm512_unpacklo_epi8(r0, r1), t2 = _mm512_unpacklo_epi8(r2, r3);
-    x[0] = _mm512_unpacklo_epi16(t0, t2);
-    if constexpr (Q > 1) x[1] = _mm512_unpackhi_epi16(t0, t2);
-    if constexpr (Q > 2) {
-      const __m512i t1 = _mm512_unpackhi_epi8(r0, r1), t3 = _mm512_unpackhi_epi8(r2, r3);
-      x[2] = _mm512_unpacklo_epi16(t1, t3);
-      if constexpr (Q > 3) x[3] = _mm512_unpackhi_epi16(t1, t3);
-    }
+    tile_activations(panel, w.indices + b, Q, x);
     const int8_t* tile = values + b * kRows;  // tile b / 4 holds 4 * kRows bytes
 #pragma GCC unroll 16
     for (int c = 0; c < kCh; ++c) {
@@ -159,6 +147,10 @@ void row_decode(const Int8Args& a, int64_t r, int32_t* acc_out) {
   const int64_t end = w.rowptr[r + 1];
   auto quad = [&]<bool kFull>(int64_t b) {
     const __m512i wv = kFull ? _mm512_loadu_si512(values + b * 4) : _mm512_maskz_loadu_epi32(lanes16(end - b), values + b * 4);
+    if constexpr (MT == 1) {  // the token's row a.xq
+      acc[0] = dpbusd(acc[0], gather_bytes<kFull>(a.xq, w.indices + b, end - b), wv);
+      return;
+    }
 #pragma GCC unroll 4
     for (int g = 0; g < G; ++g) {
       const __m512i xg = gather_quad<kFull>(x4 + g * w.K, w.indices + b, end - b);
@@ -169,17 +161,8 @@ void row_decode(const Int8Args& a, int64_t r, int32_t* acc_out) {
     }
   };
   int64_t b = w.rowptr[r];
-  if constexpr (MT == 1) {  // the token's row a.xq
-    auto step = [&]<bool kFull>(int64_t b) {
-      const __m512i wv = kFull ? _mm512_loadu_si512(values + b * 4) : _mm512_maskz_loadu_epi32(lanes16(end - b), values + b * 4);
-      acc[0] = dpbusd(acc[0], gather_bytes<kFull>(a.xq, w.indices + b, end - b), wv);
-    };
-    for (; b + 16 <= end; b += 16) step.template operator()<true>(b);
-    if (b < end) step.template operator()<false>(b);
-  } else {
-    for (; b + 16 <= end; b += 16) quad.template operator()<true>(b);
-    if (b < end) quad.template operator()<false>(b);
-  }
+  for (; b + 16 <= end; b += 16) quad.template operator()<true>(b);
+  if (b < end) quad.template operator()<false>(b);
   store_row_sums<MT>(acc, acc_out);
 }
 

@@ -1,6 +1,6 @@
-// The int8 panel kernels' output stage (VNNI and AMX): raw int32 accumulators of up to kStageChannels output
-// channels x one 64-token panel, dequantized and stored token-major. AVX-512F; internal linkage (see
-// bsr_avx512_math.h).
+// What the int8 panel kernels (VNNI and AMX) share: the activation dwords of a tile from the 64-token panels, and
+// the output stage (raw int32 accumulators of up to kStageChannels output channels x one panel, dequantized and
+// stored token-major). AVX-512F; internal linkage (see bsr_avx512_math.h).
 #pragma once
 
 #include <algorithm>
@@ -10,6 +10,25 @@
 
 namespace sparseflow::bsr {
 namespace {
+
+// The four activation rows k[0..3] of one tile in a 64-token panel, interleaved by two rounds of unpacks into
+// x[q] for the first `groups` groups of 16 tokens: dword i of x[q] = (x[t, k0], x[t, k1], x[t, k2], x[t, k3]) for
+// token t = 16q + i (the panel's token order, bsr.h, makes the unpacks come out in token order).
+__attribute__((always_inline)) inline void tile_activations(const uint8_t* panel, const uint16_t* k, int groups,
+                                                            __m512i x[4]) {
+  const __m512i r0 = _mm512_loadu_si512(panel + k[0] * kVnniPanelTokens);
+  const __m512i r1 = _mm512_loadu_si512(panel + k[1] * kVnniPanelTokens);
+  const __m512i r2 = _mm512_loadu_si512(panel + k[2] * kVnniPanelTokens);
+  const __m512i r3 = _mm512_loadu_si512(panel + k[3] * kVnniPanelTokens);
+  const __m512i lo01 = _mm512_unpacklo_epi8(r0, r1), lo23 = _mm512_unpacklo_epi8(r2, r3);
+  x[0] = _mm512_unpacklo_epi16(lo01, lo23);
+  if (groups > 1) x[1] = _mm512_unpackhi_epi16(lo01, lo23);
+  if (groups > 2) {
+    const __m512i hi01 = _mm512_unpackhi_epi8(r0, r1), hi23 = _mm512_unpackhi_epi8(r2, r3);
+    x[2] = _mm512_unpacklo_epi16(hi01, hi23);
+    if (groups > 3) x[3] = _mm512_unpackhi_epi16(hi01, hi23);
+  }
+}
 
 // Block-rows whose raw accumulators are staged before one finishing pass: the pass transposes them to
 // token-major order and writes 64 contiguous channels per token, instead of 16 bytes into each of 64 token
