@@ -16,7 +16,7 @@ from sparseflow.testing.op_db import (LINEAR_PATTERNS, nm_linear_args, nm_linear
                                       random_nm_dense)
 
 _LEVELS = ["portable", "avx512", "avx512_vnni", "avx512_bf16", "amx"]
-# The ISA levels this CPU can run (nm_linear has no AVX512_BF16/AMX kernels: those levels run the VNNI ones).
+# The ISA levels this CPU can run (AVX512_BF16 adds the bf16 2:4 vdpbf16ps kernel; AMX runs the same kernels).
 ISAS = _LEVELS[: _LEVELS.index(_C.detected_cpu_isa()) + 1]
 WEIGHT_DTYPES = ref.LINEAR_WEIGHT_DTYPES
 

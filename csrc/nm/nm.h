@@ -98,6 +98,8 @@ struct LinearParams {
   // float weights: fp32 activations [tokens, x_stride] (bf16 / fp16 input is widened by the caller)
   const float* x = nullptr;
   int64_t x_stride = 0;
+  // bf16 2:4 weights at the AVX512_BF16 level instead: the bf16 activations [tokens, x_stride] as given
+  const uint16_t* x_bf16 = nullptr;
   // float weights in the row-major layout with tokens >= kWideTokens at the AVX-512 level: the same
   // activations token-interleaved, [in_features][ceil(tokens/16)][16] (a column's token blocks adjacent), zero
   // past `tokens` (interleave_tokens_avx512), else null.
@@ -135,6 +137,8 @@ bool vnni_supports(int n, int m);
 struct QuantizeParams {
   const float* x = nullptr;
   int64_t x_stride = 0;
+  // bf16 2:4 weights at the AVX512_BF16 level instead: the bf16 activations [tokens, x_stride] as given
+  const uint16_t* x_bf16 = nullptr;
   int64_t cols = 0;
   int8_t* xq = nullptr;
   int64_t xq_stride = 0;

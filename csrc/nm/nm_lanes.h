@@ -94,4 +94,8 @@ int64_t pack_float_lanes(const MetaParams& p, const void* values, int value_byte
 // linear_lanes_avx512_vnni.
 void linear_lanes_float_avx512(const LinearParams& p, int64_t row_begin, int64_t row_end);
 
+// The same for bf16 2:4 at the AVX512_BF16 level: vdpbf16ps on the layout's weight pairs, activations from
+// LinearParams::x_bf16.
+void linear_lanes_bf16_avx512bf16(const LinearParams& p, int64_t row_begin, int64_t row_end);
+
 }  // namespace sparseflow::nm

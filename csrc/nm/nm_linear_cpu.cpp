@@ -106,26 +106,34 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
   p.y = y.data_ptr();
   p.y_stride = out_features;
 
-  // Activations as fp32 rows with unit column stride (bf16 is widened once here, never per weight). A
-  // contiguous fp32 x is used in place: no view or copy, which costs a microsecond per call at one token.
+  const CpuIsa isa = selected_cpu_isa();
+  const bool lanes = uses_lane_layout(p.weight, p.n, p.m);
+  // bf16 2:4 at the AVX512_BF16 level multiplies bf16 activations as they are.
+  const bool bf16_pairs = lanes && p.weight == Scalar::kBFloat16 && isa >= CpuIsa::kAvx512Bf16;
+  // Activations as rows with unit column stride, fp32 unless bf16_pairs (bf16 is widened once here, never per
+  // weight). A contiguous x of the kernel's dtype is used in place: no view or copy, which costs a microsecond
+  // per call at one token.
+  const at::ScalarType x_dtype = bf16_pairs ? at::kBFloat16 : at::kFloat;
   at::Tensor x2 = x;
   int64_t x_stride = in_features;
-  if (x.scalar_type() != at::kFloat || !x.is_contiguous()) {
+  if (x.scalar_type() != x_dtype || !x.is_contiguous()) {
     x2 = x.reshape({p.tokens, in_features});
-    if (x2.scalar_type() != at::kFloat || (in_features > 1 && x2.stride(1) != 1)) x2 = x2.to(at::kFloat).contiguous();
+    if (x2.scalar_type() != x_dtype || (in_features > 1 && x2.stride(1) != 1)) x2 = x2.to(x_dtype).contiguous();
     x_stride = x2.stride(0);
   }
   const c10::MaybeOwned<at::Tensor> bias32 =
       bias ? contiguous_float(*bias) : c10::MaybeOwned<at::Tensor>::owned(at::Tensor());
   p.bias = bias ? bias32->data_ptr<float>() : nullptr;
 
-  const CpuIsa isa = selected_cpu_isa();
   void (*kernel)(const LinearParams&, int64_t, int64_t) = linear_portable;
   at::Tensor xq, xt;
   const c10::MaybeOwned<at::Tensor> w_scale =
       weight_scale ? weight_scale->expect_contiguous() : c10::MaybeOwned<at::Tensor>::owned(at::Tensor());
-  const bool lanes = uses_lane_layout(p.weight, p.n, p.m);
-  if (p.weight == Scalar::kInt8) {
+  if (bf16_pairs) {
+    kernel = linear_lanes_bf16_avx512bf16;
+    p.x_bf16 = reinterpret_cast<const uint16_t*>(x2.const_data_ptr<at::BFloat16>());
+    p.x_stride = x_stride;
+  } else if (p.weight == Scalar::kInt8) {
     const bool vnni = isa >= CpuIsa::kAvx512Vnni && vnni_supports(p.n, p.m);
     if (vnni) kernel = lanes ? linear_lanes_avx512_vnni : linear_avx512_vnni;
     QuantizeParams q;
