@@ -25,13 +25,6 @@ constexpr int64_t kBlockGroups = 128;  // 512 columns per first-level sum (and a
 template <int T>
 constexpr int kSets = T <= 2 ? 2 : 1;
 
-struct LaneBlock {
-  const uint32_t* values;  // the block's first dword unit: h dwords per unit
-  const uint8_t* meta;     // the block's first meta unit: h dwords per 32 columns
-  __mmask16 lanes;         // the block's h rows
-  int h;
-};
-
 // The 16 rows' first and second kept weights of group g, as fp32.
 template <Scalar kW>
 SF_ALWAYS_INLINE void weights(const LaneBlock& b, int64_t g, __m512& first, __m512& second) {
@@ -108,17 +101,14 @@ void run(const LinearParams& p, int64_t row_begin, int64_t row_end) {
   using BlockFn = void (*)(const LinearParams&, const LaneBlock&, int64_t, float*);
   static constexpr BlockFn kBlocks[kMaxTokens] = {block<kW, 1>, block<kW, 2>, block<kW, 3>, block<kW, 4>,
                                                   block<kW, 5>, block<kW, 6>, block<kW, 7>, block<kW, 8>};
-  const int64_t row_bytes = p.in_features / 2 * (kW == Scalar::kFloat32 ? 4 : 2);
   alignas(64) float out[kMaxTokens * kLaneRows];
   for (int64_t first = row_begin; first < row_end; first += kLaneRows) {
-    const int h = lane_block_height(p.out_features, first);
-    const LaneBlock b{reinterpret_cast<const uint32_t*>(static_cast<const uint8_t*>(p.values) + first * row_bytes),
-                      p.meta + first * meta_row_bytes(p.in_features), static_cast<__mmask16>((1u << h) - 1), h};
+    const LaneBlock b(p, first);
     // Token passes inside the block loop: the block's weights (16 rows) stay in L1/L2 between passes.
     for (int64_t t0 = 0; t0 < p.tokens; t0 += kMaxTokens) {
       const int tokens = static_cast<int>(std::min<int64_t>(kMaxTokens, p.tokens - t0));
       kBlocks[tokens - 1](p, b, t0, out);
-      for (int t = 0; t < tokens; ++t) store_epilogue(p, t0 + t, first, h, out + t * kLaneRows, nullptr);
+      for (int t = 0; t < tokens; ++t) store_epilogue(p, t0 + t, first, b.h, out + t * kLaneRows, nullptr);
     }
   }
 }

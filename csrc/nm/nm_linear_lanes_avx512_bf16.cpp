@@ -26,13 +26,6 @@ constexpr int64_t kBlockGroups = 128;    // 512 columns per first-level sum (a m
 template <int T>
 constexpr int kSets = T == 1 ? 4 : T <= 5 ? 2 : 1;
 
-struct LaneBlock {
-  const uint32_t* values;  // the block's first dword unit: h dwords per group
-  const uint8_t* meta;     // the block's first meta unit: h dwords per 32 columns
-  __mmask16 lanes;         // the block's h rows
-  int h;
-};
-
 // vpermw's control for group J of a meta unit whose nibble J (per lane) holds the row's two positions (bits
 // 0-1 and 2-3): word 2l = 4J + first, word 2l + 1 = 4J + second. vpermw reads bits 0-4 of each word only.
 template <int J>
@@ -121,15 +114,12 @@ void linear_lanes_bf16_avx512bf16(const LinearParams& p, int64_t row_begin, int6
   static constexpr BlockFn kPlanned[kMaxTokens] = {
       block<1, Controls::kLoad>, block<2, Controls::kLoad>, block<3, Controls::kLoad>, block<4, Controls::kLoad>,
       block<5, Controls::kLoad>, block<6, Controls::kLoad>, block<7, Controls::kLoad>, block<8, Controls::kLoad>};
-  const int64_t row_bytes = p.in_features / 2 * 2;
   alignas(64) float out[kMaxTokens * kLaneRows];
   // More than one token pass: the first saves each group's control (64 bytes per 4 columns, L2-resident while
   // the block is worked on) and the later ones load them instead of making them again.
   std::vector<int32_t> controls(p.tokens > kMaxTokens ? p.in_features / 4 * kLaneRows : 0);
   for (int64_t first = row_begin; first < row_end; first += kLaneRows) {
-    const int h = lane_block_height(p.out_features, first);
-    const LaneBlock b{reinterpret_cast<const uint32_t*>(static_cast<const uint8_t*>(p.values) + first * row_bytes),
-                      p.meta + first * meta_row_bytes(p.in_features), static_cast<__mmask16>((1u << h) - 1), h};
+    const LaneBlock b(p, first);
     // Token passes inside the block loop: the block's weights (16 rows) stay in L1/L2 between passes.
     for (int64_t t0 = 0; t0 < p.tokens; t0 += kMaxTokens) {
       const int tokens = static_cast<int>(std::min<int64_t>(kMaxTokens, p.tokens - t0));
@@ -140,7 +130,7 @@ void linear_lanes_bf16_avx512bf16(const LinearParams& p, int64_t row_begin, int6
       } else {
         kPlanned[tokens - 1](p, b, t0, out, controls.data());
       }
-      for (int t = 0; t < tokens; ++t) store_epilogue(p, t0 + t, first, h, out + t * kLaneRows, nullptr);
+      for (int t = 0; t < tokens; ++t) store_epilogue(p, t0 + t, first, b.h, out + t * kLaneRows, nullptr);
     }
   }
 }

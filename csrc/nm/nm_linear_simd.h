@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "nm.h"
+#include "nm_lanes.h"
 #include "sparseflow/avx512_math.h"
 
 #define SF_ALWAYS_INLINE inline __attribute__((always_inline))
@@ -69,6 +70,22 @@ inline __m256i to_bf16(__m512 v) {
   rounded = _mm512_mask_or_epi32(rounded, nan, bits, _mm512_set1_epi32(0x00400000));
   return _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16));
 }
+
+// The 16-row block of a bf16 / fp32 2:4 weight in the lane layout (nm_lanes.h) that starts at row `first`.
+struct LaneBlock {
+  const uint32_t* values;  // the block's first dword unit: h dwords per unit
+  const uint8_t* meta;     // the block's first meta unit: h dwords per 32 columns
+  __mmask16 lanes;         // the block's h rows
+  int h;
+
+  LaneBlock(const LinearParams& p, int64_t first)
+      : values(reinterpret_cast<const uint32_t*>(static_cast<const uint8_t*>(p.values) +
+                                                 first * (p.in_features / 2) * (p.weight == Scalar::kFloat32 ? 4 : 2))),
+        meta(p.meta + first * meta_row_bytes(p.in_features)),
+        h(lane_block_height(p.out_features, first)) {
+    lanes = static_cast<__mmask16>((1u << h) - 1);
+  }
+};
 
 template <Scalar kW>
 using ValueOf = std::conditional_t<kW == Scalar::kFloat32, float, uint16_t>;
