@@ -6,9 +6,9 @@
 // groups), and per group one vpermw puts each row's two activations in its lane: word 2l <- column 4J + first
 // position, word 2l + 1 <- 4J + second, the control built from the meta nibble once for every token of a pass.
 // Per 16 rows, group and token that is one shuffle and one vdpbf16ps (32 products), where the AVX-512F kernel
-// widens to fp32 and spends two vpermilps and two FMAs. Zen 4 issues a vpermw and a vdpbf16ps in the same cycle
-// (a microbenchmark of 8 independent chains: 0.27 ns per pair, the same as either alone), so 2:4 runs up to
-// twice the products per cycle of dense bf16, which computes every product with vdpbf16ps.
+// widens to fp32 and spends two vpermilps and two FMAs. Dense bf16 computes every product with vdpbf16ps, so 2:4
+// can beat it by as much as the shuffle costs less than the skipped vdpbf16ps: Zen 4, 2 threads, 128 tokens,
+// ~0.57 vdpbf16ps per cycle and core, 1.3-1.4x F.linear bf16 (2.0-2.6x the AVX-512F kernel at 8-128 tokens).
 #include <immintrin.h>
 
 #include <vector>
