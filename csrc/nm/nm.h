@@ -137,8 +137,6 @@ bool vnni_supports(int n, int m);
 struct QuantizeParams {
   const float* x = nullptr;
   int64_t x_stride = 0;
-  // bf16 2:4 weights at the AVX512_BF16 level instead: the bf16 activations [tokens, x_stride] as given
-  const uint16_t* x_bf16 = nullptr;
   int64_t cols = 0;
   int8_t* xq = nullptr;
   int64_t xq_stride = 0;
