@@ -144,3 +144,19 @@ def test_demo_quick_runs_on_the_kernels(capsys):
     row = next(line for line in out.splitlines() if line.startswith("wanda 2:4"))
     assert row.split()[-1] == "yes", out  # same greedy tokens as the pruned dense model
     assert "[wanda 2:4] The Python standard library" in out
+
+
+def test_demo_bf16_rows_read_against_dense_bf16(capsys):
+    # After a bf16 recipe the next one runs in fp32 again (the GGUF model refuses .float(): demo._cast).
+    from sparseflow import demo
+
+    labels = ("dense", "dense bf16", "sparsegpt 2:4 bf16", "wanda 2:4")
+    assert demo.main(["--quick", "--recipes", *labels]) == 0
+    out = capsys.readouterr().out
+    # The table's fixed-width columns (demo.main's header): sparse layers, prefill x dense, decode x dense, greedy.
+    rows = {line[:24].strip(): (line[63:78].strip(), line[93:101].strip(), line[115:123].strip(), line[132:].strip())
+            for line in out.splitlines() if line[:24].strip() in labels and len(line) > 123}
+    assert rows["dense bf16"][1:3] == ("1.00", "1.00"), out  # its own baseline, not the fp32 model
+    layers, _, _, greedy = rows["sparsegpt 2:4 bf16"]
+    assert greedy == "(bf16)" and layers.startswith("210/"), out  # one token: every layer on the bf16 2:4 kernel
+    assert rows["wanda 2:4"][3] == "yes", out  # fp32 again: the same greedy tokens as the pruned dense model
