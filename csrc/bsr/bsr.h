@@ -189,6 +189,12 @@ struct Int8Args {
 // M = 8 1.2x; M = 2 is 1.6x faster on span-16 windows.
 constexpr int kSpan16DecodeMaxTokens = 3;
 
+// Whether the int8 decode of `tokens` tokens (at most kInt8DecodeMaxTokens, bsr_cpu.cpp) takes the span-16
+// windows: run_int8 lays out xq for it and the decode kernel takes that path, so both ask here.
+inline bool span16_decode(const Weight& w, int64_t tokens) {
+  return w.tile_span == kTileSpan && tokens <= kSpan16DecodeMaxTokens;
+}
+
 // The VNNI 4x1 kernel's token panels: 64 tokens per panel, [K][64] bytes, token 16q + 4L + d stored at
 // byte 16L + 4q + d so that the unpack sequence in the kernel yields accumulators in token order.
 constexpr int kVnniPanelTokens = 64;

@@ -321,10 +321,10 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
   q.ldx = x2.stride(0);
   q.K = K;
   const bool decode = isa >= CpuIsa::kAvx512Vnni && M <= kInt8DecodeMaxTokens;
-  // The span-16 decode reads 16-byte windows of x (kTileSpan bytes of slack past the last row). For 2-8 tokens
-  // it reads rows 64 bytes more than a multiple of 64 apart: rows a multiple of 4 KiB apart share L1 sets.
-  const bool span16_decode = decode && w.tile_span == kTileSpan && M <= kSpan16DecodeMaxTokens;
-  q.ldxq = span16_decode && M > 1 ? ceil_div(K, 64) * 64 + 64 : K;
+  // The span-16 decode reads 16-byte windows of x (kTileSpan bytes of slack past the last row). For 2 tokens and
+  // more it reads rows 64 bytes more than a multiple of 64 apart: rows a multiple of 4 KiB apart share L1 sets.
+  const bool windows = decode && span16_decode(w, M);
+  q.ldxq = windows && M > 1 ? ceil_div(K, 64) * 64 + 64 : K;
   q.xq = scratch.get<uint8_t>(kSlotXq, M * q.ldxq + kTileSpan);
   q.scale = scratch.get<float>(kSlotScale, M);
   q.zp = scratch.get<int32_t>(kSlotZp, M);
@@ -346,7 +346,7 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
   if (decode) {
     quantize(0, M);  // a few tokens: not worth waking the pool
     // The decode kernels read a single token, and the span-16 4x1 kernel its few tokens, straight from xq.
-    const bool reads_xq = M == 1 || span16_decode;
+    const bool reads_xq = M == 1 || windows;
     if (!reads_xq) {
       const int64_t groups = ceil_div(M, kVnniGroupTokens);
       uint8_t* xp = scratch.get<uint8_t>(kSlotPanels, groups * K * kVnniGroupTokens);

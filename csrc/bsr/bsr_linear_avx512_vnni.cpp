@@ -234,7 +234,7 @@ uint32_t rows_decode(const Int8Args& a, int64_t br_begin, int64_t br_end) {
   uint32_t max_index = 0;
   const int64_t width = n_end - n_begin;
   for (int64_t r = br_begin; r < br_end; ++r) {
-    if (a.w.tile_span == kTileSpan && MT <= kSpan16DecodeMaxTokens) {
+    if (span16_decode(a.w, MT)) {
       max_index = std::max(max_index, row_decode_span16<MT>(a, r, row.data()));
     } else {
       const uint32_t bad = index_out_of_range(a.w.indices + a.w.rowptr[r], a.w.rowptr[r + 1] - a.w.rowptr[r], a.w.K);
