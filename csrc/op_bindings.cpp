@@ -16,6 +16,9 @@
 #include <optional>
 #include <string>
 
+#include "bsr/bsr_common.h"
+#include "nm/nm_linear_common.h"
+
 namespace py = pybind11;
 
 namespace sparseflow {
@@ -77,6 +80,18 @@ at::Tensor bsr_linear(const at::Tensor& x, const at::Tensor& meta, const at::Ten
   END_HANDLE_TH_ERRORS_PYBIND
 }
 
+std::string bsr_linear_cpu_kernel(const at::Tensor& meta, int64_t tokens) {
+  HANDLE_TH_ERRORS
+  return bsr::cpu_kernel_name(meta, tokens);
+  END_HANDLE_TH_ERRORS_PYBIND
+}
+
+std::string nm_linear_cpu_kernel(at::ScalarType weight_dtype, int64_t n, int64_t m, int64_t tokens) {
+  HANDLE_TH_ERRORS
+  return nm::cpu_kernel_name(weight_dtype, n, m, tokens);
+  END_HANDLE_TH_ERRORS_PYBIND
+}
+
 }  // namespace
 
 void bind_ops(py::module_& m) {
@@ -89,6 +104,12 @@ void bind_ops(py::module_& m) {
         py::arg("x"), py::arg("meta"), py::arg("rowptr"), py::arg("indices"), py::arg("packed_values"),
         py::arg("compensation"), py::arg("out_features"), py::arg("in_features"), py::arg("bias") = py::none(),
         py::arg("weight_scale") = py::none(), py::arg("activation") = "none", py::arg("out_dtype") = py::none());
+  m.def("bsr_linear_cpu_kernel", &bsr_linear_cpu_kernel,
+        "The kernel bsr_linear runs on CPU for this packed meta and x of `tokens` rows.", py::arg("meta"),
+        py::arg("tokens"));
+  m.def("nm_linear_cpu_kernel", &nm_linear_cpu_kernel,
+        "The kernel nm_linear runs on CPU for n:m weights of weight_dtype and x of `tokens` rows.",
+        py::arg("weight_dtype"), py::arg("n"), py::arg("m"), py::arg("tokens"));
 }
 
 }  // namespace sparseflow

@@ -150,15 +150,9 @@ struct LinearRequest {
   DType out = DType::kF32;
 };
 
-// Everything bsr_linear can check without reading tensor data except `meta` (a CPU tensor): dtypes,
-// shapes, devices and the consistency of the packed tensors with each other and with x.
-inline LinearRequest check_linear_args(const at::Tensor& x, const at::Tensor& meta, const at::Tensor& rowptr,
-                                       const at::Tensor& indices, const at::Tensor& values,
-                                       const at::Tensor& compensation, int64_t out_features, int64_t in_features,
-                                       const std::optional<at::Tensor>& bias,
-                                       const std::optional<at::Tensor>& weight_scale, const std::string& activation,
-                                       std::optional<at::ScalarType> out_dtype) {
-  constexpr const char* op = kLinearOp;
+// The packed weight's description in `meta` (bsr_pack on CPU): layout, dtype, shape, block-rows, tile span.
+// Sets *nnz to the blocks it records.
+inline Weight read_cpu_meta(const char* op, const at::Tensor& meta, int64_t* nnz) {
   check_dtype(op, "meta", meta, {at::kLong});
   TORCH_CHECK_VALUE(meta.dim() == 1 && meta.numel() == kMetaSize && meta.device().is_cpu(), op,
                     ": meta must be the 1-D int64 CPU tensor of ", int(kMetaSize), " entries returned by bsr_pack, got shape ",
@@ -173,25 +167,43 @@ inline LinearRequest check_linear_args(const at::Tensor& x, const at::Tensor& me
   TORCH_CHECK_VALUE((layout >= 1 && layout <= 3) || layout == 5, op, ": meta holds an unknown layout id ", layout);
   const int64_t dcode = mp[kMetaDtype];
   TORCH_CHECK_VALUE(dcode >= 0 && dcode <= 2, op, ": meta holds an unknown dtype code ", dcode);
-  TORCH_CHECK_VALUE(mp[kMetaOut] == out_features && mp[kMetaIn] == in_features, op, ": the weight was packed for [",
-                    mp[kMetaOut], ", ", mp[kMetaIn], "] but out_features=", out_features,
-                    ", in_features=", in_features, " were passed");
-
-  LinearRequest req;
-  Weight& w = req.w;
+  Weight w;
   w.layout = static_cast<Layout>(layout);
   w.dtype = static_cast<DType>(dcode);
-  w.N = out_features;
-  w.K = in_features;
-  const NativeBlock nb = native_block(w.layout);
-  w.block_rows = ceil_div(w.N, nb.rows);
-  const int64_t nnz = mp[kMetaNnz];
-  const bool is_int8 = w.dtype == DType::kS8;
+  w.N = mp[kMetaOut];
+  w.K = mp[kMetaIn];
+  w.block_rows = ceil_div(w.N, native_block(w.layout).rows);
+  *nnz = mp[kMetaNnz];
   TORCH_CHECK_VALUE(mp[kMetaTileSpan] == 0 || (mp[kMetaTileSpan] == kTileSpan && w.layout == Layout::kInt8_4x1), op,
                     ": meta holds tile span ", mp[kMetaTileSpan], " (0, or ", kTileSpan, " for the int8 4x1 layout)");
   w.tile_span = static_cast<int>(mp[kMetaTileSpan]);
-  TORCH_CHECK_VALUE(is_int8 == is_int8_layout(w.layout), op, ": meta pairs layout ", layout_name(w.layout),
-                    " with dtype ", scalar_type(w.dtype), " (int8 layouts: 4x1, int8 16x1; float: 16x1, 1x16)");
+  TORCH_CHECK_VALUE((w.dtype == DType::kS8) == is_int8_layout(w.layout), op, ": meta pairs layout ",
+                    layout_name(w.layout), " with dtype ", scalar_type(w.dtype),
+                    " (int8 layouts: 4x1, int8 16x1; float: 16x1, 1x16)");
+  return w;
+}
+
+// The kernel bsr_linear runs on CPU, at the selected ISA level, for the weight packed with `meta` and an x of
+// `tokens` rows, e.g. "avx512_vnni:decode_16x1" (sparseflow.info, the bench). Defined in bsr_cpu.cpp.
+std::string cpu_kernel_name(const at::Tensor& meta, int64_t tokens);
+
+// Everything bsr_linear can check without reading tensor data except `meta` (a CPU tensor): dtypes,
+// shapes, devices and the consistency of the packed tensors with each other and with x.
+inline LinearRequest check_linear_args(const at::Tensor& x, const at::Tensor& meta, const at::Tensor& rowptr,
+                                       const at::Tensor& indices, const at::Tensor& values,
+                                       const at::Tensor& compensation, int64_t out_features, int64_t in_features,
+                                       const std::optional<at::Tensor>& bias,
+                                       const std::optional<at::Tensor>& weight_scale, const std::string& activation,
+                                       std::optional<at::ScalarType> out_dtype) {
+  constexpr const char* op = kLinearOp;
+  LinearRequest req;
+  int64_t nnz = 0;
+  req.w = read_cpu_meta(op, meta, &nnz);
+  Weight& w = req.w;
+  TORCH_CHECK_VALUE(w.N == out_features && w.K == in_features, op, ": the weight was packed for [", w.N, ", ", w.K,
+                    "] but out_features=", out_features, ", in_features=", in_features, " were passed");
+  const NativeBlock nb = native_block(w.layout);
+  const bool is_int8 = w.dtype == DType::kS8;
 
   check_dtype(op, "x", x, {at::kFloat, at::kBFloat16});
   TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have shape [..., in_features], got a 0-D tensor");

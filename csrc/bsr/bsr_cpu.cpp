@@ -241,23 +241,43 @@ Kernel amx_kernel(Kernel hardware, Kernel emulated, CpuIsa isa) {
   return nullptr;
 }
 
-Int8PanelKernel int8_panel_kernel(const Weight& w, int64_t M, CpuIsa isa) {
-  Int8PanelKernel amx = nullptr;
-  if (w.layout == Layout::kInt8_16x1 && M >= kAmxMinTokens) amx = amx_kernel(&linear_int8_amx, &linear_int8_amx_emulated, isa);
-  return amx != nullptr ? amx : &linear_int8_vnni;
+// The kernel bsr_linear runs for a weight and token count at an ISA level. run_float / run_int8 follow it and
+// cpu_kernel_name reports it (sparseflow.info, the bench), so the report is the dispatch itself.
+enum class CpuPath {
+  kFloatPortable, kF16x1Avx512, kF1x16Avx512, kBf16x16Avx512Bf16, kBf16Amx,
+  kInt8Portable, kInt8Decode16x1, kInt8Decode4x1, kInt8Decode4x1Span16, kInt8PanelsVnni, kInt8Amx,
+};
+
+CpuPath choose_cpu_path(const Weight& w, int64_t M, CpuIsa isa) {
+  if (w.dtype == DType::kS8) {
+    if (isa < CpuIsa::kAvx512Vnni) return CpuPath::kInt8Portable;
+    if (M <= kInt8DecodeMaxTokens) {
+      if (w.layout == Layout::kInt8_16x1) return CpuPath::kInt8Decode16x1;
+      return span16_decode(w, M) ? CpuPath::kInt8Decode4x1Span16 : CpuPath::kInt8Decode4x1;
+    }
+    const bool amx = w.layout == Layout::kInt8_16x1 && M >= kAmxMinTokens &&
+                     amx_kernel(&linear_int8_amx, &linear_int8_amx_emulated, isa) != nullptr;
+    return amx ? CpuPath::kInt8Amx : CpuPath::kInt8PanelsVnni;
+  }
+  const bool bf16_16x1 = w.layout == Layout::kF16x1 && w.dtype == DType::kBF16;
+  if (bf16_16x1 && M >= kAmxMinTokens && amx_kernel(&linear_bf16_amx, &linear_bf16_amx_emulated, isa) != nullptr) {
+    return CpuPath::kBf16Amx;
+  }
+  if (bf16_16x1 && isa >= CpuIsa::kAvx512Bf16) return CpuPath::kBf16x16Avx512Bf16;
+  if (isa >= CpuIsa::kAvx512) return w.layout == Layout::kF16x1 ? CpuPath::kF16x1Avx512 : CpuPath::kF1x16Avx512;
+  return CpuPath::kFloatPortable;
 }
 
-uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, CpuIsa isa) {
+uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, CpuIsa isa, CpuPath path) {
   const int64_t M = x2.size(0), K = w.K;
   FloatArgs a;
   a.w = w;
   a.ep = ep;
   a.M = M;
   const bool x_bf16 = x2.scalar_type() == at::kBFloat16;
-  const bool bf16_16x1 = w.layout == Layout::kF16x1 && w.dtype == DType::kBF16;
   const Bf16PanelKernel bf16_amx =
-      bf16_16x1 && M >= kAmxMinTokens ? amx_kernel(&linear_bf16_amx, &linear_bf16_amx_emulated, isa) : nullptr;
-  if (bf16_amx != nullptr || (isa >= CpuIsa::kAvx512Bf16 && bf16_16x1)) {
+      path == CpuPath::kBf16Amx ? amx_kernel(&linear_bf16_amx, &linear_bf16_amx_emulated, isa) : nullptr;
+  if (path == CpuPath::kBf16Amx || path == CpuPath::kBf16x16Avx512Bf16) {
     const int64_t panels = ceil_div(M, kF32PanelTokens);
     const auto* x = reinterpret_cast<const uint16_t*>(x2.data_ptr<at::BFloat16>());
     const uint16_t* xt = x;  // one token: its panel [K][1] is the row itself
@@ -275,7 +295,7 @@ uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cp
       return bf16_amx != nullptr ? bf16_amx(a, xt, b, e, p0, p1) : linear_bf16_16x1_avx512bf16(a, xt, b, e, p0, p1);
     });
   }
-  if (isa >= CpuIsa::kAvx512 && w.layout == Layout::kF16x1) {
+  if (path == CpuPath::kF16x1Avx512) {
     const int64_t panels = ceil_div(M, kF32PanelTokens);
     if (M == 1 && !x_bf16) {
       a.xt = x2.data_ptr<float>();  // one token: its panel [K][1] is the row itself
@@ -292,7 +312,7 @@ uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cp
       return linear_f16x1_avx512(a, b, e, mp * per_task, std::min(panels, (mp + 1) * per_task));
     });
   }
-  if (isa >= CpuIsa::kAvx512) {  // 1x16
+  if (path == CpuPath::kF1x16Avx512) {
     const int64_t panels = ceil_div(M, kF32PanelTokens);
     float* xt = thread_scratch().get<float>(kSlotPanels, M * ceil_div(K, 16) * 16);
     at::parallel_for(0, panels, 1, [&](int64_t b, int64_t e) {
@@ -312,7 +332,7 @@ uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cp
   });
 }
 
-uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, CpuIsa isa) {
+uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, CpuIsa isa, CpuPath path) {
   const int64_t M = x2.size(0), K = w.K;
   Scratch& scratch = thread_scratch();
   QuantArgs q;
@@ -320,10 +340,11 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
   q.x_bf16 = x2.scalar_type() == at::kBFloat16;
   q.ldx = x2.stride(0);
   q.K = K;
-  const bool decode = isa >= CpuIsa::kAvx512Vnni && M <= kInt8DecodeMaxTokens;
+  const bool decode = path == CpuPath::kInt8Decode16x1 || path == CpuPath::kInt8Decode4x1 ||
+                      path == CpuPath::kInt8Decode4x1Span16;
   // The span-16 decode reads 16-byte windows of x (kTileSpan bytes of slack past the last row). For 2 tokens and
   // more it reads rows 64 bytes more than a multiple of 64 apart: rows a multiple of 4 KiB apart share L1 sets.
-  const bool windows = decode && span16_decode(w, M);
+  const bool windows = path == CpuPath::kInt8Decode4x1Span16;
   q.ldxq = windows && M > 1 ? ceil_div(K, 64) * 64 + 64 : K;
   q.xq = scratch.get<uint8_t>(kSlotXq, M * q.ldxq + kTileSpan);
   q.scale = scratch.get<float>(kSlotScale, M);
@@ -355,7 +376,7 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
     }
     return run_tasks(w, M, 1, [&](int64_t b, int64_t e, int64_t) { return linear_int8_vnni_decode(a, b, e, 0, M); });
   }
-  if (isa >= CpuIsa::kAvx512Vnni) {
+  if (path == CpuPath::kInt8PanelsVnni || path == CpuPath::kInt8Amx) {
     const int64_t panels = ceil_div(M, kVnniPanelTokens);
     uint8_t* xp = scratch.get<uint8_t>(kSlotPanels, panels * K * kVnniPanelTokens);
     // Tokens, then (panel, column chunk) pairs, across threads: per panel, the other thread sat idle for the
@@ -369,7 +390,8 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
       }
     });
     a.xp = xp;
-    const Int8PanelKernel kernel = int8_panel_kernel(w, M, isa);
+    const Int8PanelKernel kernel =
+        path == CpuPath::kInt8Amx ? amx_kernel(&linear_int8_amx, &linear_int8_amx_emulated, isa) : &linear_int8_vnni;
     const int64_t m_parts = ceil_div(panels, kInt8PanelsPerTask);
     return run_tasks(w, M, m_parts, [&](int64_t b, int64_t e, int64_t mp) {
       return kernel(a, b, e, mp * kInt8PanelsPerTask, std::min(panels, (mp + 1) * kInt8PanelsPerTask));
@@ -433,13 +455,41 @@ at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& meta, const at:
   ep.y = y.data_ptr();
   ep.ldy = out_features;
   const CpuIsa isa = selected_cpu_isa();
-  const uint32_t max_index = w.dtype == DType::kS8 ? run_int8(w, ep, x2, isa) : run_float(w, ep, x2, isa);
+  const CpuPath path = choose_cpu_path(w, M, isa);
+  const uint32_t max_index =
+      w.dtype == DType::kS8 ? run_int8(w, ep, x2, isa, path) : run_float(w, ep, x2, isa, path);
   thread_scratch().release_temporaries();
   check_max_index(w, max_index);
   return y;
 }
 
+const char* cpu_path_name(CpuPath path, Layout layout) {
+  switch (path) {
+    case CpuPath::kFloatPortable: return "portable";
+    case CpuPath::kF16x1Avx512: return "avx512:16x1";
+    case CpuPath::kF1x16Avx512: return "avx512:1x16";
+    case CpuPath::kBf16x16Avx512Bf16: return "avx512_bf16:16x1";
+    case CpuPath::kBf16Amx: return amx_emulation() ? "amx(emulated):bf16_16x1" : "amx:bf16_16x1";
+    case CpuPath::kInt8Portable: return "portable";
+    case CpuPath::kInt8Decode16x1: return "avx512_vnni:decode_16x1";
+    case CpuPath::kInt8Decode4x1: return "avx512_vnni:decode_4x1";
+    case CpuPath::kInt8Decode4x1Span16: return "avx512_vnni:decode_4x1_span16";
+    case CpuPath::kInt8PanelsVnni:
+      return layout == Layout::kInt8_16x1 ? "avx512_vnni:panels_16x1" : "avx512_vnni:panels_4x1";
+    case CpuPath::kInt8Amx: return amx_emulation() ? "amx(emulated):int8_16x1" : "amx:int8_16x1";
+  }
+  return "?";
+}
+
 }  // namespace
+
+std::string cpu_kernel_name(const at::Tensor& meta, int64_t tokens) {
+  constexpr const char* op = "sparseflow.bsr_linear_cpu_kernel";
+  TORCH_CHECK_VALUE(tokens >= 0, op, ": tokens must be >= 0, got ", tokens);
+  int64_t nnz = 0;
+  const Weight w = read_cpu_meta(op, meta, &nnz);
+  return cpu_path_name(choose_cpu_path(w, tokens, selected_cpu_isa()), w.layout);
+}
 
 const char* amx_status() {
   const CpuIsa isa = selected_cpu_isa();

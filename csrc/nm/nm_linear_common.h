@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <string>
 #include <string_view>
 
 #include "nm.h"
@@ -30,6 +31,10 @@ inline Activation parse_activation(std::string_view name) {
   if (name == "silu") return Activation::kSilu;
   TORCH_CHECK_VALUE(false, "sparseflow.nm_linear: activation must be one of none, relu, gelu, silu, got '", name, "'");
 }
+
+// The kernel nm_linear runs on CPU, at the selected ISA level, for weights of weight_dtype with pattern n:m and
+// a contiguous x of `tokens` rows, e.g. "avx512_vnni:lanes" (sparseflow.info, the bench). In nm_linear_cpu.cpp.
+std::string cpu_kernel_name(at::ScalarType weight_dtype, int64_t n, int64_t m, int64_t tokens);
 
 inline Scalar to_scalar(at::ScalarType t) {
   switch (t) {

@@ -81,6 +81,39 @@ bool meta_row_ok(const LinearParams& p, int64_t r) {
   return count == k / p.m * p.n && (word & ~allowed) == 0;
 }
 
+// The kernel nm_linear runs for a weight and token count at an ISA level. nm_linear_cpu follows it and
+// cpu_kernel_name reports it (sparseflow.info, the bench), so the report is the dispatch itself.
+enum class CpuPath { kPortable, kLanesAvx512, kLanesAvx512Bf16, kRowsAvx512, kRowsWideAvx512, kLanesVnni, kRowsVnni };
+
+// x_stride: the activations' row stride in elements (the wide kernel's gather takes 32-bit offsets).
+CpuPath choose_cpu_path(Scalar weight, int n, int m, int64_t tokens, int64_t in_features, int64_t x_stride,
+                        CpuIsa isa) {
+  const bool lanes = uses_lane_layout(weight, n, m);
+  if (weight == Scalar::kInt8) {
+    if (isa < CpuIsa::kAvx512Vnni || !vnni_supports(n, m)) return CpuPath::kPortable;
+    return lanes ? CpuPath::kLanesVnni : CpuPath::kRowsVnni;
+  }
+  if (lanes && weight == Scalar::kBFloat16 && isa >= CpuIsa::kAvx512Bf16) return CpuPath::kLanesAvx512Bf16;
+  if (isa < CpuIsa::kAvx512) return CpuPath::kPortable;
+  if (lanes) return CpuPath::kLanesAvx512;
+  // The lane layout (bf16 / fp32 2:4) has no wide kernel: its own is faster at every token count.
+  const bool wide = tokens >= kWideTokens && in_features > 0 && x_stride < INT32_MAX / 16;
+  return wide ? CpuPath::kRowsWideAvx512 : CpuPath::kRowsAvx512;
+}
+
+const char* cpu_path_name(CpuPath path) {
+  switch (path) {
+    case CpuPath::kPortable: return "portable";
+    case CpuPath::kLanesAvx512: return "avx512:lanes";
+    case CpuPath::kLanesAvx512Bf16: return "avx512_bf16:lanes";
+    case CpuPath::kRowsAvx512: return "avx512:rows";
+    case CpuPath::kRowsWideAvx512: return "avx512:rows_wide";
+    case CpuPath::kLanesVnni: return "avx512_vnni:lanes";
+    case CpuPath::kRowsVnni: return "avx512_vnni:rows";
+  }
+  return "?";
+}
+
 at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta, int64_t n,
                          int64_t m, int64_t out_features, int64_t in_features, const std::optional<at::Tensor>& bias,
                          const std::optional<at::Tensor>& weight_scale, c10::string_view activation,
@@ -109,7 +142,8 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
   const CpuIsa isa = selected_cpu_isa();
   const bool lanes = uses_lane_layout(p.weight, p.n, p.m);
   // bf16 2:4 at the AVX512_BF16 level multiplies bf16 activations as they are.
-  const bool bf16_pairs = lanes && p.weight == Scalar::kBFloat16 && isa >= CpuIsa::kAvx512Bf16;
+  const bool bf16_pairs =
+      choose_cpu_path(p.weight, p.n, p.m, p.tokens, in_features, in_features, isa) == CpuPath::kLanesAvx512Bf16;
   // Activations as rows with unit column stride, fp32 unless bf16_pairs (bf16 is widened once here, never per
   // weight). A contiguous x of the kernel's dtype is used in place: no view or copy, which costs a microsecond
   // per call at one token.
@@ -125,17 +159,18 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
       bias ? contiguous_float(*bias) : c10::MaybeOwned<at::Tensor>::owned(at::Tensor());
   p.bias = bias ? bias32->data_ptr<float>() : nullptr;
 
+  const CpuPath path = choose_cpu_path(p.weight, p.n, p.m, p.tokens, in_features, x_stride, isa);
   void (*kernel)(const LinearParams&, int64_t, int64_t) = linear_portable;
   at::Tensor xq, xt;
   const c10::MaybeOwned<at::Tensor> w_scale =
       weight_scale ? weight_scale->expect_contiguous() : c10::MaybeOwned<at::Tensor>::owned(at::Tensor());
-  if (bf16_pairs) {
+  if (path == CpuPath::kLanesAvx512Bf16) {
     kernel = linear_lanes_bf16_avx512bf16;
     p.x_bf16 = reinterpret_cast<const uint16_t*>(x2.const_data_ptr<at::BFloat16>());
     p.x_stride = x_stride;
   } else if (p.weight == Scalar::kInt8) {
-    const bool vnni = isa >= CpuIsa::kAvx512Vnni && vnni_supports(p.n, p.m);
-    if (vnni) kernel = lanes ? linear_lanes_avx512_vnni : linear_avx512_vnni;
+    const bool vnni = path != CpuPath::kPortable;
+    if (vnni) kernel = path == CpuPath::kLanesVnni ? linear_lanes_avx512_vnni : linear_avx512_vnni;
     QuantizeParams q;
     q.x = x2.data_ptr<float>();
     q.x_stride = x_stride;
@@ -156,12 +191,10 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
   } else {
     p.x = x2.data_ptr<float>();
     p.x_stride = x_stride;
-    if (isa >= CpuIsa::kAvx512) {
+    if (path != CpuPath::kPortable) {
       kernel = linear_avx512;
       const int64_t blocks = (p.tokens + 15) / 16;
-      // interleave_tokens_avx512 gathers 16 rows with 32-bit indices. The lane layout (bf16 / fp32 2:4) has no
-      // wide kernel: its own is faster at every token count.
-      if (!lanes && p.tokens >= kWideTokens && in_features > 0 && p.x_stride < INT32_MAX / 16) {
+      if (path == CpuPath::kRowsWideAvx512) {  // interleave_tokens_avx512 gathers 16 rows with 32-bit offsets
         xt = at::empty({in_features, blocks, 16}, x2.options());
         float* dst = xt.data_ptr<float>();
         at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
@@ -194,6 +227,19 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
 }
 
 }  // namespace
+
+std::string cpu_kernel_name(at::ScalarType weight_dtype, int64_t n, int64_t m, int64_t tokens) {
+  constexpr const char* op = "sparseflow.nm_linear_cpu_kernel";
+  check_n_m(op, n, m);
+  TORCH_CHECK_TYPE(std::find(kLinearWeightDtypes.begin(), kLinearWeightDtypes.end(), weight_dtype) !=
+                       kLinearWeightDtypes.end(),
+                   op, ": weight_dtype must be float32, bfloat16, float16 or int8, got ", weight_dtype);
+  TORCH_CHECK_VALUE(tokens >= 0, op, ": tokens must be >= 0, got ", tokens);
+  // A contiguous x: its row stride is in_features, which only the wide kernel's 32-bit gather limit reads.
+  const CpuPath path = choose_cpu_path(to_scalar(weight_dtype), static_cast<int>(n), static_cast<int>(m), tokens,
+                                       /*in_features=*/m, /*x_stride=*/m, selected_cpu_isa());
+  return cpu_path_name(path);
+}
 
 TORCH_LIBRARY_IMPL(sparseflow, CPU, m) {
   m.impl("nm_pack", &nm_pack_cpu);

@@ -10,7 +10,7 @@ import sys
 import torch
 
 import sparseflow
-from sparseflow import _C, _loader, _meta
+from sparseflow import _C, _loader, _meta, ops
 
 
 def cpu_model() -> str:
@@ -29,6 +29,37 @@ def _has_kernel(name: str, key: str) -> bool:
     if key == "CUDA" and name in _meta.CUDA_FALLBACKS:
         return False
     return torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key)
+
+
+# Token counts at which the CPU kernel choice changes: the span-16 decode (<= 3), the decode kernels (<= 8), AMX
+# and the panel kernels (>= 16 for AMX), nm's wide kernel (>= 32).
+KERNEL_TOKENS = (1, 4, 16, 32)
+
+
+def _bsr_meta(dtype: torch.dtype, block: tuple[int, int], col_step: int) -> torch.Tensor:
+    """The packed meta of a one-block-row weight whose 4 blocks lie col_step block-columns apart (int8 4x1: one
+    span-16 tile for col_step 1, which the one-to-three-token decode reads through 16-byte windows of x)."""
+    rows, cols = block
+    col = torch.arange(0, 4 * col_step, col_step, dtype=torch.int32)
+    crow = torch.tensor([0, 4], dtype=torch.int32)
+    values = torch.ones(4, rows, cols, dtype=dtype)
+    return ops.bsr_pack(crow, col, values, rows, 4 * col_step * cols, f"{rows}x{cols}")[0]
+
+
+def cpu_kernels() -> dict[str, dict[int, str]]:
+    """Per weight kind, the CPU kernel bsr_linear / nm_linear run at each of KERNEL_TOKENS (selected ISA)."""
+    bsr = (("int8 4x1 span-16", torch.int8, (4, 1), 1),
+           ("int8 4x1 wider tiles", torch.int8, (4, 1), 16),
+           ("int8 16x1", torch.int8, (16, 1), 1), ("bf16 16x1", torch.bfloat16, (16, 1), 1),
+           ("fp32 16x1", torch.float32, (16, 1), 1), ("fp32/bf16 1x16", torch.float32, (1, 16), 1))
+    rows = {}
+    for name, dtype, block, col_step in bsr:
+        meta = _bsr_meta(dtype, block, col_step)
+        rows[f"bsr_linear {name}"] = {m: ops.bsr_linear_cpu_kernel(meta, m) for m in KERNEL_TOKENS}
+    for dtype, label in ((torch.int8, "int8"), (torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+        for n, m in ((2, 4), (4, 8), (1, 4)):
+            rows[f"nm_linear {label} {n}:{m}"] = {t: ops.nm_linear_cpu_kernel(dtype, n, m, t) for t in KERNEL_TOKENS}
+    return rows
 
 
 def collect() -> dict:
@@ -53,6 +84,7 @@ def collect() -> dict:
         "cpu_isa_selected": _C.selected_cpu_isa(),
         "amx_kernels": _C.amx_status(),
         "threads": torch.get_num_threads(),
+        "cpu_kernels": cpu_kernels(),
         "ops": {
             name: {"cpu": _has_kernel(name, "CPU"), "cuda": _has_kernel(name, "CUDA"),
                    "cuda_missing_reason": _meta.CUDA_FALLBACKS.get(name)}
@@ -86,6 +118,10 @@ def render(info: dict) -> str:
     for name, op in info["ops"].items():
         note = f"  ({op['cuda_missing_reason']})" if op["cuda_missing_reason"] and b["cuda_enabled"] else ""
         lines.append(f"{name:<24}{yes(op['cpu']):<6}{yes(op['cuda']):<6}{note}")
+    lines += ["", f"CPU kernel per weight and token count (selected ISA {info['cpu_isa_selected']}):",
+              (f"{'weight':<32}" + "".join(f"{'M=' + str(m):<31}" for m in KERNEL_TOKENS)).rstrip()]
+    for name, by_tokens in info["cpu_kernels"].items():
+        lines.append(f"{name:<32}" + "".join(f"{by_tokens[m]:<31}" for m in KERNEL_TOKENS).rstrip())
     return "\n".join(lines)
 
 

@@ -96,6 +96,14 @@ def bsr_linear(x: torch.Tensor, meta: torch.Tensor, rowptr: torch.Tensor, indice
                  out_features, in_features, bias, weight_scale, activation, out_dtype)
 
 
+def bsr_linear_cpu_kernel(meta: torch.Tensor, tokens: int) -> str:
+    """The kernel :func:`bsr_linear` runs on CPU for the weight packed with ``meta`` and an x of ``tokens`` rows,
+    at the ISA level in force (``sparseflow._C.selected_cpu_isa()``): ``"<isa>:<kernel>"``, e.g.
+    ``"avx512_vnni:decode_16x1"``, ``"avx512_bf16:16x1"``, ``"amx:int8_16x1"`` or ``"portable"``. The op's
+    dispatch makes the same choice, so the name is the kernel that runs."""
+    return _C.bsr_linear_cpu_kernel(meta, tokens)
+
+
 def nm_pack(values: torch.Tensor, indices: torch.Tensor, n: int = 2, m: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn a canonical N:M weight (the output of :func:`nm_compress`) into the kernel layout of its device.
 
@@ -152,6 +160,13 @@ def nm_linear(
 
 
 # ---- CUDA 2:4 layout (branch cuda)
+
+def nm_linear_cpu_kernel(weight_dtype: torch.dtype, n: int, m: int, tokens: int) -> str:
+    """The kernel :func:`nm_linear` runs on CPU for n:m weights of ``weight_dtype`` and a contiguous x of
+    ``tokens`` rows, at the ISA level in force: ``"<isa>:<kernel>"``, e.g. ``"avx512_vnni:lanes"`` (the 2:4 / 4:8
+    lane layout), ``"avx512:rows_wide"`` or ``"portable"``. The op's dispatch makes the same choice."""
+    return _C.nm_linear_cpu_kernel(weight_dtype, n, m, tokens)
+
 
 def nm_pack_cutlass(values: torch.Tensor, indices: torch.Tensor, n: int = 2, m: int = 4,
                     target: int = 80) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,6 +37,8 @@ class Prepared:
     check: Callable[[], None] | None = None
     # Baselines that cannot run on this case (name -> why), e.g. a torch path without this dtype.
     skipped: dict[str, str] = field(default_factory=dict)
+    # The kernel fn runs, where the op reports it (e.g. ops.bsr_linear_cpu_kernel): "avx512_vnni:decode_16x1".
+    kernel: str | None = None
 
 
 @dataclass

@@ -47,6 +47,8 @@ def results_table(rows: list[Row]) -> str:
         headers = ["case", "median [ms]", "IQR [%]", "GB/s"]
         headers += ["TFLOP/s dense-eq" if tflops else "GFLOP/s dense-eq"] if with_flops else []
         headers += [f"{name} [ms]" for name in baseline_names] + ["speedup [x]", "fastest baseline"]
+        with_kernel = any(r.kernel for r in group)
+        headers += ["kernel"] if with_kernel else []
         headers += ["check"] if with_check else []
         lines = []
         for r in group:
@@ -57,6 +59,7 @@ def results_table(rows: list[Row]) -> str:
                 line.append(fmt(flops))
             line += [fmt(by_name[n].median_ms) if n in by_name else "-" for n in baseline_names]
             line += [fmt(r.speedup, 3), r.best_baseline or "-"]
+            line += [r.kernel or "-"] if with_kernel else []
             line += [r.check] if with_check else []
             lines.append(line)
         threads = sorted({r.threads for r in group})

@@ -62,6 +62,7 @@ class Row:
     check: str  # "ok", "failed: <why>" or "none" (no check for this case)
     notes: list[str]
     samples_ms: list[float] = field(repr=False)
+    kernel: str | None = None  # the kernel that ran, where the op reports it (CPU bsr_linear / nm_linear)
 
     @property
     def iqr_ms(self) -> float:
@@ -123,7 +124,7 @@ def read_json(path: str) -> tuple[dict[str, Any], list[Row]]:
 
 CSV_COLUMNS = ("suite", "case", "op", "params", "dtype", "sparsity", "device", "threads", "cold_cache",
                "median_ms", "iqr_ms", "min_ms", "max_ms", "n_samples", "gflops_dense_eq", "gbps",
-               "best_baseline", "best_baseline_ms", "speedup", "check", "notes")
+               "best_baseline", "best_baseline_ms", "speedup", "kernel", "check", "notes")
 
 
 def format_params(params: dict[str, Any]) -> str:

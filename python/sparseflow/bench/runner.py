@@ -74,7 +74,7 @@ def run_case(suite: Suite, case: Case, device: torch.device, cfg: TimingConfig) 
         best_baseline_ms=best.median_ms if best else None, speedup=best.speedup if best else None,
         family=case.family or case.name, check=check,
         notes=[f"{name} skipped: {why}" for name, why in prepared.skipped.items()],
-        samples_ms=ours.samples_ms,
+        samples_ms=ours.samples_ms, kernel=prepared.kernel,
     )
 
 

@@ -83,7 +83,8 @@ def _linear_setup(dtype: str, block, N: int, K: int, M: int, sparsity: float) ->
         atol = (1e-6 if y.dtype == torch.float32 else 2e-3) * (y64.abs().max().item() + 1e-3)
         assert err <= 2 * lowp_err + atol, f"max error {err:.3g} > 2 x {lowp_err:.3g} + {atol:.3g}"
 
-    return Prepared(lambda: ops.bsr_linear(x, *packed, N, K, None, scale), baselines, check, skipped)
+    return Prepared(lambda: ops.bsr_linear(x, *packed, N, K, None, scale), baselines, check, skipped,
+                    kernel=ops.bsr_linear_cpu_kernel(packed[0], M))
 
 
 def _pack_setup(dtype: str, block, N: int, K: int, sparsity: float) -> Prepared:

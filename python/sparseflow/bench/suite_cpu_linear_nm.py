@@ -84,7 +84,8 @@ def _linear_setup(tokens: int, rows: int, cols: int, n: int, m: int, dtype: torc
         y = ops.nm_linear(*args)
         nm_linear_tolerance_check(y[:, :CHECK_ROWS].contiguous(), part)
 
-    return Prepared(lambda: ops.nm_linear(*args), baselines, check, skipped)
+    return Prepared(lambda: ops.nm_linear(*args), baselines, check, skipped,
+                    kernel=ops.nm_linear_cpu_kernel(dtype, n, m, tokens))
 
 
 def _pack_setup(rows: int, cols: int, n: int, m: int, dtype: torch.dtype) -> Prepared:

@@ -293,6 +293,21 @@ class SparseLinear(nn.Module):
         """Whether an input of m_tokens rows runs the sparse kernel (False: the measured dense fallback)."""
         return not self._use_dense[_bucket(m_tokens)]
 
+    def kernel(self, m_tokens: int) -> str:
+        """What runs an input of m_tokens rows: ``"F.linear (dense fallback)"``, or on CPU the sparse kernel's name
+        (:func:`sparseflow.ops.bsr_linear_cpu_kernel` / :func:`~sparseflow.ops.nm_linear_cpu_kernel`), on CUDA
+        ``"cuda:nm_linear"`` / ``"cuda:bsr_linear"``."""
+        if self._packed is None and self._dense_weight is None:
+            raise RuntimeError("sparseflow.SparseLinear: the weight is on the meta device; move the module to a real device first")
+        if self._use_dense[_bucket(m_tokens)]:
+            return "F.linear (dense fallback)"
+        device = self.w_values.device.type
+        if device != "cpu":
+            return f"{device}:{self.kind}_linear"
+        if self.kind == "nm":
+            return ops.nm_linear_cpu_kernel(self._packed[0].dtype, *self.pattern, m_tokens)
+        return ops.bsr_linear_cpu_kernel(self._packed[0], m_tokens)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed is None and self._dense_weight is None:
             raise RuntimeError("sparseflow.SparseLinear: the weight is on the meta device; move the module to a real device first")
