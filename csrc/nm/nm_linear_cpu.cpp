@@ -85,9 +85,7 @@ bool meta_row_ok(const LinearParams& p, int64_t r) {
 // cpu_kernel_name reports it (sparseflow.info, the bench), so the report is the dispatch itself.
 enum class CpuPath { kPortable, kLanesAvx512, kLanesAvx512Bf16, kRowsAvx512, kRowsWideAvx512, kLanesVnni, kRowsVnni };
 
-// x_stride: the activations' row stride in elements (the wide kernel's gather takes 32-bit offsets).
-CpuPath choose_cpu_path(Scalar weight, int n, int m, int64_t tokens, int64_t in_features, int64_t x_stride,
-                        CpuIsa isa) {
+CpuPath choose_cpu_path(Scalar weight, int n, int m, int64_t tokens, int64_t in_features, CpuIsa isa) {
   const bool lanes = uses_lane_layout(weight, n, m);
   if (weight == Scalar::kInt8) {
     if (isa < CpuIsa::kAvx512Vnni || !vnni_supports(n, m)) return CpuPath::kPortable;
@@ -97,8 +95,7 @@ CpuPath choose_cpu_path(Scalar weight, int n, int m, int64_t tokens, int64_t in_
   if (isa < CpuIsa::kAvx512) return CpuPath::kPortable;
   if (lanes) return CpuPath::kLanesAvx512;
   // The lane layout (bf16 / fp32 2:4) has no wide kernel: its own is faster at every token count.
-  const bool wide = tokens >= kWideTokens && in_features > 0 && x_stride < INT32_MAX / 16;
-  return wide ? CpuPath::kRowsWideAvx512 : CpuPath::kRowsAvx512;
+  return tokens >= kWideTokens && in_features > 0 ? CpuPath::kRowsWideAvx512 : CpuPath::kRowsAvx512;
 }
 
 const char* cpu_path_name(CpuPath path) {
@@ -141,9 +138,9 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
 
   const CpuIsa isa = selected_cpu_isa();
   const bool lanes = uses_lane_layout(p.weight, p.n, p.m);
+  CpuPath path = choose_cpu_path(p.weight, p.n, p.m, p.tokens, in_features, isa);
   // bf16 2:4 at the AVX512_BF16 level multiplies bf16 activations as they are.
-  const bool bf16_pairs =
-      choose_cpu_path(p.weight, p.n, p.m, p.tokens, in_features, in_features, isa) == CpuPath::kLanesAvx512Bf16;
+  const bool bf16_pairs = path == CpuPath::kLanesAvx512Bf16;
   // Activations as rows with unit column stride, fp32 unless bf16_pairs (bf16 is widened once here, never per
   // weight). A contiguous x of the kernel's dtype is used in place: no view or copy, which costs a microsecond
   // per call at one token.
@@ -159,7 +156,9 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
       bias ? contiguous_float(*bias) : c10::MaybeOwned<at::Tensor>::owned(at::Tensor());
   p.bias = bias ? bias32->data_ptr<float>() : nullptr;
 
-  const CpuPath path = choose_cpu_path(p.weight, p.n, p.m, p.tokens, in_features, x_stride, isa);
+  // interleave_tokens_avx512 gathers 16 rows with 32-bit offsets: rows of a strided x lying further apart take
+  // the row kernel.
+  if (path == CpuPath::kRowsWideAvx512 && x_stride >= INT32_MAX / 16) path = CpuPath::kRowsAvx512;
   void (*kernel)(const LinearParams&, int64_t, int64_t) = linear_portable;
   at::Tensor xq, xt;
   const c10::MaybeOwned<at::Tensor> w_scale =
@@ -194,7 +193,7 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
     if (path != CpuPath::kPortable) {
       kernel = linear_avx512;
       const int64_t blocks = (p.tokens + 15) / 16;
-      if (path == CpuPath::kRowsWideAvx512) {  // interleave_tokens_avx512 gathers 16 rows with 32-bit offsets
+      if (path == CpuPath::kRowsWideAvx512) {
         xt = at::empty({in_features, blocks, 16}, x2.options());
         float* dst = xt.data_ptr<float>();
         at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
@@ -235,9 +234,8 @@ std::string cpu_kernel_name(at::ScalarType weight_dtype, int64_t n, int64_t m, i
                        kLinearWeightDtypes.end(),
                    op, ": weight_dtype must be float32, bfloat16, float16 or int8, got ", weight_dtype);
   TORCH_CHECK_VALUE(tokens >= 0, op, ": tokens must be >= 0, got ", tokens);
-  // A contiguous x: its row stride is in_features, which only the wide kernel's 32-bit gather limit reads.
   const CpuPath path = choose_cpu_path(to_scalar(weight_dtype), static_cast<int>(n), static_cast<int>(m), tokens,
-                                       /*in_features=*/m, /*x_stride=*/m, selected_cpu_isa());
+                                       /*in_features=*/m, selected_cpu_isa());
   return cpu_path_name(path);
 }
 

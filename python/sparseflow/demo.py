@@ -11,6 +11,7 @@ sparse at decode and at prefill).
 from __future__ import annotations
 
 import argparse
+import collections
 import sys
 import time
 from dataclasses import dataclass
@@ -89,6 +90,12 @@ def _cast(model: torch.nn.Module, dtype: torch.dtype) -> None:
 def sparse_layers(model: torch.nn.Module, m_tokens: int) -> int:
     """SparseLinear layers that run their sparse kernel (not the measured dense fallback) for m_tokens."""
     return sum(isinstance(m, SparseLinear) and m.runs_sparse(m_tokens) for m in model.modules())
+
+
+def kernel_counts(model: torch.nn.Module, m_tokens: int) -> str:
+    """What the SparseLinear layers run for m_tokens, e.g. "avx512_vnni:lanes x210" (SparseLinear.kernel)."""
+    counts = collections.Counter(m.kernel(m_tokens) for m in model.modules() if isinstance(m, SparseLinear))
+    return ", ".join(f"{name} x{n}" for name, n in counts.most_common()) or "none"
 
 
 @torch.no_grad()
@@ -170,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                      decode_tps, prune_s, same_tokens, recipe.model_dtype))
         print(f"  {recipe.label}: ppl {ppl:.2f}, sparse layers (decode/prefill) {kernels}, prune {prune_s:.1f} s",
               flush=True)
+        if recipe.kernel_format is not None:
+            print(f"    kernels at decode: {kernel_counts(model, 1)}; at prefill: {kernel_counts(model, prefill_len)}",
+                  flush=True)
         densify_(model)
 
     # x dense: against the dense row of the same model dtype (the first row of that dtype if it was not run)
