@@ -233,12 +233,18 @@ bool amx_checked() {
   return passed;
 }
 
-// The AMX kernel (hardware or, for tests, emulated) for a call that may use one, or null.
-template <class Kernel>
-Kernel amx_kernel(Kernel hardware, Kernel emulated, CpuIsa isa) {
-  if (amx_emulation() && isa >= CpuIsa::kAvx512Vnni) return emulated;
-  if (isa >= CpuIsa::kAmx && amx_checked()) return hardware;
-  return nullptr;
+// The AMX kernels (hardware or, for tests, emulated) a call may use, or null. Read once per call, so the choice
+// and the run agree even if another thread switches the emulation meanwhile; on an AMX CPU the first read runs
+// the self-check, so only a call that could use AMX reads them.
+struct AmxKernels {
+  Int8PanelKernel int8 = nullptr;
+  Bf16PanelKernel bf16 = nullptr;
+};
+
+AmxKernels amx_kernels(CpuIsa isa) {
+  if (amx_emulation() && isa >= CpuIsa::kAvx512Vnni) return {&linear_int8_amx_emulated, &linear_bf16_amx_emulated};
+  if (isa >= CpuIsa::kAmx && amx_checked()) return {&linear_int8_amx, &linear_bf16_amx};
+  return {};
 }
 
 // The kernel bsr_linear runs for a weight and token count at an ISA level. run_float / run_int8 follow it and
@@ -248,35 +254,32 @@ enum class CpuPath {
   kInt8Portable, kInt8Decode16x1, kInt8Decode4x1, kInt8Decode4x1Span16, kInt8PanelsVnni, kInt8Amx,
 };
 
-CpuPath choose_cpu_path(const Weight& w, int64_t M, CpuIsa isa) {
+// *amx: the AMX kernels where the weight and M could use them (else left null), for the run to call.
+CpuPath choose_cpu_path(const Weight& w, int64_t M, CpuIsa isa, AmxKernels* amx) {
+  const bool bf16_16x1 = w.layout == Layout::kF16x1 && w.dtype == DType::kBF16;
+  if (M >= kAmxMinTokens && (w.layout == Layout::kInt8_16x1 || bf16_16x1)) *amx = amx_kernels(isa);
   if (w.dtype == DType::kS8) {
     if (isa < CpuIsa::kAvx512Vnni) return CpuPath::kInt8Portable;
     if (M <= kInt8DecodeMaxTokens) {
       if (w.layout == Layout::kInt8_16x1) return CpuPath::kInt8Decode16x1;
       return span16_decode(w, M) ? CpuPath::kInt8Decode4x1Span16 : CpuPath::kInt8Decode4x1;
     }
-    const bool amx = w.layout == Layout::kInt8_16x1 && M >= kAmxMinTokens &&
-                     amx_kernel(&linear_int8_amx, &linear_int8_amx_emulated, isa) != nullptr;
-    return amx ? CpuPath::kInt8Amx : CpuPath::kInt8PanelsVnni;
+    return amx->int8 != nullptr ? CpuPath::kInt8Amx : CpuPath::kInt8PanelsVnni;
   }
-  const bool bf16_16x1 = w.layout == Layout::kF16x1 && w.dtype == DType::kBF16;
-  if (bf16_16x1 && M >= kAmxMinTokens && amx_kernel(&linear_bf16_amx, &linear_bf16_amx_emulated, isa) != nullptr) {
-    return CpuPath::kBf16Amx;
-  }
+  if (amx->bf16 != nullptr) return CpuPath::kBf16Amx;
   if (bf16_16x1 && isa >= CpuIsa::kAvx512Bf16) return CpuPath::kBf16x16Avx512Bf16;
   if (isa >= CpuIsa::kAvx512) return w.layout == Layout::kF16x1 ? CpuPath::kF16x1Avx512 : CpuPath::kF1x16Avx512;
   return CpuPath::kFloatPortable;
 }
 
-uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, CpuIsa isa, CpuPath path) {
+uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, CpuPath path, const AmxKernels& amx) {
   const int64_t M = x2.size(0), K = w.K;
   FloatArgs a;
   a.w = w;
   a.ep = ep;
   a.M = M;
   const bool x_bf16 = x2.scalar_type() == at::kBFloat16;
-  const Bf16PanelKernel bf16_amx =
-      path == CpuPath::kBf16Amx ? amx_kernel(&linear_bf16_amx, &linear_bf16_amx_emulated, isa) : nullptr;
+  const Bf16PanelKernel bf16_amx = path == CpuPath::kBf16Amx ? amx.bf16 : nullptr;
   if (path == CpuPath::kBf16Amx || path == CpuPath::kBf16x16Avx512Bf16) {
     const int64_t panels = ceil_div(M, kF32PanelTokens);
     const auto* x = reinterpret_cast<const uint16_t*>(x2.data_ptr<at::BFloat16>());
@@ -332,7 +335,8 @@ uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cp
   });
 }
 
-uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, CpuIsa isa, CpuPath path) {
+uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, CpuIsa isa, CpuPath path,
+                  const AmxKernels& amx) {
   const int64_t M = x2.size(0), K = w.K;
   Scratch& scratch = thread_scratch();
   QuantArgs q;
@@ -390,8 +394,7 @@ uint32_t run_int8(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cpu
       }
     });
     a.xp = xp;
-    const Int8PanelKernel kernel =
-        path == CpuPath::kInt8Amx ? amx_kernel(&linear_int8_amx, &linear_int8_amx_emulated, isa) : &linear_int8_vnni;
+    const Int8PanelKernel kernel = path == CpuPath::kInt8Amx ? amx.int8 : &linear_int8_vnni;
     const int64_t m_parts = ceil_div(panels, kInt8PanelsPerTask);
     return run_tasks(w, M, m_parts, [&](int64_t b, int64_t e, int64_t mp) {
       return kernel(a, b, e, mp * kInt8PanelsPerTask, std::min(panels, (mp + 1) * kInt8PanelsPerTask));
@@ -455,9 +458,10 @@ at::Tensor bsr_linear_cpu(const at::Tensor& x, const at::Tensor& meta, const at:
   ep.y = y.data_ptr();
   ep.ldy = out_features;
   const CpuIsa isa = selected_cpu_isa();
-  const CpuPath path = choose_cpu_path(w, M, isa);
+  AmxKernels amx;
+  const CpuPath path = choose_cpu_path(w, M, isa, &amx);
   const uint32_t max_index =
-      w.dtype == DType::kS8 ? run_int8(w, ep, x2, isa, path) : run_float(w, ep, x2, isa, path);
+      w.dtype == DType::kS8 ? run_int8(w, ep, x2, isa, path, amx) : run_float(w, ep, x2, path, amx);
   thread_scratch().release_temporaries();
   check_max_index(w, max_index);
   return y;
@@ -488,7 +492,9 @@ std::string cpu_kernel_name(const at::Tensor& meta, int64_t tokens) {
   TORCH_CHECK_VALUE(tokens >= 0, op, ": tokens must be >= 0, got ", tokens);
   int64_t nnz = 0;
   const Weight w = read_cpu_meta(op, meta, &nnz);
-  return cpu_path_name(choose_cpu_path(w, tokens, selected_cpu_isa()), w.layout);
+  const CpuIsa isa = selected_cpu_isa();
+  AmxKernels amx;
+  return cpu_path_name(choose_cpu_path(w, tokens, isa, &amx), w.layout);
 }
 
 const char* amx_status() {
