@@ -120,7 +120,7 @@ def test_nm_kernel_per_isa_and_tokens(isa_level, dtype, n, m):
 
 
 def test_kernel_report_rejects_bad_arguments():
-    with pytest.raises(TypeError, match="weight_dtype must be float32, bfloat16, float16 or int8, got Double"):
+    with pytest.raises(TypeError, match="nm_linear_cpu_kernel: weight_dtype must have dtype Float, BFloat16, Half, Char, got Double"):
         ops.nm_linear_cpu_kernel(torch.float64, 2, 4, 1)
     with pytest.raises(ValueError, match="tokens must be >= 0, got -1"):
         ops.nm_linear_cpu_kernel(torch.float32, 2, 4, -1)

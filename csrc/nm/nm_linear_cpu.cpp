@@ -139,12 +139,10 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
   const CpuIsa isa = selected_cpu_isa();
   const bool lanes = uses_lane_layout(p.weight, p.n, p.m);
   CpuPath path = choose_cpu_path(p.weight, p.n, p.m, p.tokens, in_features, isa);
-  // bf16 2:4 at the AVX512_BF16 level multiplies bf16 activations as they are.
-  const bool bf16_pairs = path == CpuPath::kLanesAvx512Bf16;
-  // Activations as rows with unit column stride, fp32 unless bf16_pairs (bf16 is widened once here, never per
-  // weight). A contiguous x of the kernel's dtype is used in place: no view or copy, which costs a microsecond
-  // per call at one token.
-  const at::ScalarType x_dtype = bf16_pairs ? at::kBFloat16 : at::kFloat;
+  // Activations as rows with unit column stride: fp32 (bf16 is widened once here, never per weight), except for
+  // the bf16 2:4 AVX512_BF16 kernel, which multiplies bf16 activations as they are. A contiguous x of the
+  // kernel's dtype is used in place: no view or copy, which costs a microsecond per call at one token.
+  const at::ScalarType x_dtype = path == CpuPath::kLanesAvx512Bf16 ? at::kBFloat16 : at::kFloat;
   at::Tensor x2 = x;
   int64_t x_stride = in_features;
   if (x.scalar_type() != x_dtype || !x.is_contiguous()) {
@@ -230,9 +228,7 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
 std::string cpu_kernel_name(at::ScalarType weight_dtype, int64_t n, int64_t m, int64_t tokens) {
   constexpr const char* op = "sparseflow.nm_linear_cpu_kernel";
   check_n_m(op, n, m);
-  TORCH_CHECK_TYPE(std::find(kLinearWeightDtypes.begin(), kLinearWeightDtypes.end(), weight_dtype) !=
-                       kLinearWeightDtypes.end(),
-                   op, ": weight_dtype must be float32, bfloat16, float16 or int8, got ", weight_dtype);
+  check_dtype(op, "weight_dtype", weight_dtype, kLinearWeightDtypes);
   TORCH_CHECK_VALUE(tokens >= 0, op, ": tokens must be >= 0, got ", tokens);
   const CpuPath path = choose_cpu_path(to_scalar(weight_dtype), static_cast<int>(n), static_cast<int>(m), tokens,
                                        /*in_features=*/m, selected_cpu_isa());

@@ -20,13 +20,17 @@ inline std::string dtype_list(std::initializer_list<at::ScalarType> dtypes) {
   return s;
 }
 
-inline void check_dtype(const char* op, const char* arg, const at::Tensor& t,
+inline void check_dtype(const char* op, const char* arg, at::ScalarType dtype,
                         std::initializer_list<at::ScalarType> allowed) {
   for (auto d : allowed) {
-    if (t.scalar_type() == d) return;
+    if (dtype == d) return;
   }
-  TORCH_CHECK_TYPE(false, op, ": ", arg, " must have dtype ", dtype_list(allowed), ", got ",
-                   t.scalar_type());
+  TORCH_CHECK_TYPE(false, op, ": ", arg, " must have dtype ", dtype_list(allowed), ", got ", dtype);
+}
+
+inline void check_dtype(const char* op, const char* arg, const at::Tensor& t,
+                        std::initializer_list<at::ScalarType> allowed) {
+  check_dtype(op, arg, t.scalar_type(), allowed);
 }
 
 inline void check_dim(const char* op, const char* arg, const at::Tensor& t, int64_t dim,
