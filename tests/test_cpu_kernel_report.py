@@ -30,12 +30,8 @@ def amx_emulated():
     _C.set_amx_emulation(before)
 
 
-def _meta(dtype, block, col_step=1, blocks=4):
-    rows, cols = block
-    col = torch.arange(0, blocks * col_step, col_step, dtype=torch.int32)
-    crow = torch.tensor([0, blocks], dtype=torch.int32)
-    values = torch.ones(blocks, rows, cols, dtype=dtype)
-    return ops.bsr_pack(crow, col, values, rows, blocks * col_step * cols, f"{rows}x{cols}")[0]
+def _meta(dtype, block, col_step=1):
+    return info._bsr_meta(dtype, block, col_step)  # the weights sparseflow.info reports on
 
 
 def _at_least(isa, level):

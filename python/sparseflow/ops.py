@@ -159,14 +159,14 @@ def nm_linear(
                  out_dtype)
 
 
-# ---- CUDA 2:4 layout (branch cuda)
-
 def nm_linear_cpu_kernel(weight_dtype: torch.dtype, n: int, m: int, tokens: int) -> str:
     """The kernel :func:`nm_linear` runs on CPU for n:m weights of ``weight_dtype`` and a contiguous x of
     ``tokens`` rows, at the ISA level in force: ``"<isa>:<kernel>"``, e.g. ``"avx512_vnni:lanes"`` (the 2:4 / 4:8
     lane layout), ``"avx512:rows_wide"`` or ``"portable"``. The op's dispatch makes the same choice."""
     return _C.nm_linear_cpu_kernel(weight_dtype, n, m, tokens)
 
+
+# ---- CUDA 2:4 layout (branch cuda)
 
 def nm_pack_cutlass(values: torch.Tensor, indices: torch.Tensor, n: int = 2, m: int = 4,
                     target: int = 80) -> tuple[torch.Tensor, torch.Tensor]:

@@ -297,8 +297,7 @@ class SparseLinear(nn.Module):
         """What runs an input of m_tokens rows: ``"F.linear (dense fallback)"``, or on CPU the sparse kernel's name
         (:func:`sparseflow.ops.bsr_linear_cpu_kernel` / :func:`~sparseflow.ops.nm_linear_cpu_kernel`), on CUDA
         ``"cuda:nm_linear"`` / ``"cuda:bsr_linear"``."""
-        if self._packed is None and self._dense_weight is None:
-            raise RuntimeError("sparseflow.SparseLinear: the weight is on the meta device; move the module to a real device first")
+        self._check_materialized()
         if self._use_dense[_bucket(m_tokens)]:
             return "F.linear (dense fallback)"
         device = self.w_values.device.type
@@ -308,9 +307,12 @@ class SparseLinear(nn.Module):
             return ops.nm_linear_cpu_kernel(self._packed[0].dtype, *self.pattern, m_tokens)
         return ops.bsr_linear_cpu_kernel(self._packed[0], m_tokens)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _check_materialized(self) -> None:
         if self._packed is None and self._dense_weight is None:
             raise RuntimeError("sparseflow.SparseLinear: the weight is on the meta device; move the module to a real device first")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_materialized()
         m_tokens = x.numel() // max(x.shape[-1], 1)
         if self._use_dense[_bucket(m_tokens)]:
             return _ACTIVATION_FNS[self.activation](F.linear(x.to(self._dense_weight.dtype), self._dense_weight, self.bias))
