@@ -53,6 +53,9 @@ RECIPES = [
     Recipe("sparsegpt 2:4 bf16", "sparsegpt", "2:4", kernel_format="2:4", model_dtype=torch.bfloat16),
 ]
 QUICK_RECIPES = ("dense", "magnitude 2:4", "wanda 2:4")
+# One recipe's line of the table.
+Result = collections.namedtuple("Result", "label sparsity ppl stored held kernels prefill_tps decode_tps prune_s "
+                                          "same_tokens model_dtype")
 PROMPT = "The Python standard library"
 
 
@@ -173,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             same_tokens = "(int8)" if recipe.dtype == torch.int8 else "(bf16)" if recipe.kernel_format else ""
         texts[recipe.label] = tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
-        rows.append((recipe.label, sparsity, ppl, stored_bytes(model), resident_bytes(model), kernels, prefill_tps,
-                     decode_tps, prune_s, same_tokens, recipe.model_dtype))
+        rows.append(Result(recipe.label, sparsity, ppl, stored_bytes(model), resident_bytes(model), kernels,
+                           prefill_tps, decode_tps, prune_s, same_tokens, recipe.model_dtype))
         print(f"  {recipe.label}: ppl {ppl:.2f}, sparse layers (decode/prefill) {kernels}, prune {prune_s:.1f} s",
               flush=True)
         if recipe.kernel_format is not None:
@@ -185,14 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     # x dense: against the dense row of the same model dtype (the first row of that dtype if it was not run)
     dense = {}
     for row in rows:
-        dense.setdefault(row[10], row)
+        dense.setdefault(row.model_dtype, row)
     header = (f"{'recipe':<24}{'sparsity':>9}{'ppl':>11}{'MB saved':>10}{'MB held':>9}{'sparse layers':>15}"
               f"{'prefill tok/s':>15}{'x dense':>8}{'decode tok/s':>14}{'x dense':>8}{'prune s':>9}{'same greedy':>13}")
     print("\n" + header + "\n" + "-" * len(header))
     for label, sp, ppl, stored, held, kernels, ptps, dtps, ps, same, model_dtype in rows:
         base = dense[model_dtype]
         print(f"{label:<24}{sp:>9.1%}{ppl:>11.4g}{stored / 1e6:>10.1f}{held / 1e6:>9.1f}{kernels:>15}{ptps:>15.0f}"
-              f"{ptps / base[6]:>8.2f}{dtps:>14.1f}{dtps / base[7]:>8.2f}{ps:>9.1f}{same:>13}")
+              f"{ptps / base.prefill_tps:>8.2f}{dtps:>14.1f}{dtps / base.decode_tps:>8.2f}{ps:>9.1f}{same:>13}")
     print(f"\nMB saved: checkpoint bytes (sparse layers in their canonical formats). MB held: bytes resident for the "
           f"forward pass (packed kernel tensors, plus a dense copy of each layer where F.linear measured faster for "
           f"some token counts). The tied embedding/lm_head (28 M parameters) stays dense. sparse layers: Linear "
