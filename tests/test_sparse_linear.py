@@ -278,6 +278,66 @@ def test_nm_repacks_shared_values_on_to_and_deepcopy():
     assert torch.equal(sparse(x), direct(x))
 
 
+# Block shapes that pack as they are (4x1 / 16x1 int8, 16x1 / 1x16 float) and ones re-cut into other native blocks.
+_ONE_COPY_BLOCKS = [(4, 1), (16, 1), (1, 16), (2, 8), (3, 5), (16, 16), (32, 2)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
+@pytest.mark.parametrize("block", _ONE_COPY_BLOCKS)
+def test_bsr_cpu_holds_one_copy_and_rebuilds_the_canonical_weight(dtype, block):
+    """A block weight on CPU holds only bsr_pack's tensors: state_dict, weight_sparse, to_dense, deepcopy, load and
+    .to() see the canonical weight, bit for bit, rebuilt from them (csrc/bsr/bsr.h, sparseflow._bsr_layouts)."""
+    import copy
+
+    lin = _block_linear(41, 75, block, density=0.4)  # a partial last block-row and block-column for every block
+    canonical = BlockSparseWeight.from_dense(lin.weight.detach(), block, dtype=dtype)
+    sparse = SparseLinear.from_sparse_weight(canonical, lin, fallback="never")
+    for name in ("crow", "col", "values"):
+        held = getattr(sparse, f"w_{name}")
+        assert held.numel() == 0 and held.dtype == getattr(canonical, name).dtype, name
+    # the packed tensors, plus the bias, the int8 scales and the small header buffers (format, block, shape)
+    buffer_bytes = sum(t.nbytes for t in sparse._buffers.values() if t is not None)
+    assert _resident_bytes(sparse) == sum(t.nbytes for t in sparse._packed) + buffer_bytes
+    sd = sparse.state_dict()
+    for k, v in canonical.state_dict().items():
+        assert sd[f"w_{k}"].dtype == v.dtype and torch.equal(sd[f"w_{k}"], v), k
+    assert torch.equal(sparse.weight_sparse.values, canonical.values)
+    dense_copy = SparseLinear.from_sparse_weight(canonical, lin, fallback="always")
+    assert torch.equal(sparse.to_dense().weight, dense_copy.to_dense().weight)
+    x = torch.randn(3, 75).to(torch.float32 if dtype == torch.int8 else dtype)
+    y = sparse(x)
+    assert torch.equal(copy.deepcopy(sparse)(x), y)
+    reloaded = SparseLinear.from_dense(_block_linear(41, 75, block, seed=5), block, dtype=dtype, fallback="never")
+    reloaded.load_state_dict(sd)
+    assert torch.equal(reloaded(x), y) and reloaded.w_values.numel() == 0
+    for a, b in zip(reloaded._packed, sparse._packed):
+        assert torch.equal(a, b)
+    if dtype == torch.float32:  # a move repacks from the rebuilt canonical tensors
+        sparse.to(torch.bfloat16)
+        direct = SparseLinear.from_sparse_weight(canonical, lin, fallback="never").to(torch.bfloat16)
+        assert sparse.w_values.numel() == 0 and sparse.weight_sparse.values.dtype == torch.bfloat16
+        assert torch.equal(sparse(x.bfloat16()), direct(x.bfloat16()))
+
+
+def test_bsr_keeps_the_canonical_copy_when_it_stores_all_zero_blocks():
+    """The pack drops all-zero blocks, so a weight that stores them keeps its canonical tensors (saved as given)."""
+    lin = _block_linear(32, 48, (4, 1), density=0.5)
+    canonical = BlockSparseWeight.from_dense(lin.weight.detach(), (4, 1))
+    canonical.values[3] = 0  # still stored, now all zero
+    sparse = SparseLinear.from_sparse_weight(canonical, lin, fallback="never")
+    assert sparse.w_values is canonical.values and sparse.w_col.numel() == canonical.nnz_blocks
+    sd = sparse.state_dict()
+    for k, v in canonical.state_dict().items():
+        assert torch.equal(sd[f"w_{k}"], v), k
+    x = torch.randn(4, 48)
+    torch.testing.assert_close(sparse(x), torch.nn.functional.linear(x, canonical.to_dense(), lin.bias))
+    # A -0.0 inside a block with non-zeros is fine to drop the copy: it comes back as 0.0 (torch.equal either way).
+    signed = BlockSparseWeight.from_dense(lin.weight.detach(), (4, 1))
+    signed.values[0, 0, 0] = -0.0 if signed.values[0, 1:].any() else signed.values[0, 0, 0]
+    one_copy = SparseLinear.from_sparse_weight(signed, lin, fallback="never")
+    assert one_copy.w_values.numel() == 0 and torch.equal(one_copy.weight_sparse.values, signed.values)
+
+
 @pytest.mark.parametrize("block,layout_id", [((16, 1), 5), ((4, 1), 1)])
 def test_sparsify_auto_int8_takes_the_coarsest_block_layout_that_fits(block, layout_id):
     """int8 weights pruned in 16x1 blocks run the 16x1 layout (faster decode); finer 4x1 zeros the 4x1 one."""

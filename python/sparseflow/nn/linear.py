@@ -16,9 +16,12 @@ Memory: N:M on CPU holds one copy of the sparse weight. Row-major layouts: the k
 buffer itself and adds only a bitmask (one bit per dense weight element). The lane layouts (int8 2:4 / 4:8,
 float32 / bfloat16 2:4, ``csrc/nm/nm_lanes.h``) reorder the values: the module then holds only the packed
 tensors, ``w_values`` / ``w_indices`` are empty, and the canonical tensors are rebuilt from the packed ones
-(a reshuffle) for ``state_dict()``, ``weight_sparse``, ``to_dense()`` and moves. Block-sparse weights and N:M
-on CUDA also hold the packed copy (a different layout: re-cut blocks, CUTLASS tiles). A dense fallback copy, kept when
-some bucket runs ``F.linear``, costs the full dense weight on top (``fallback="never"`` avoids it).
+(a reshuffle) for ``state_dict()``, ``weight_sparse``, ``to_dense()`` and moves. Block-sparse weights on CPU
+hold one copy too: the packed native blocks (``csrc/bsr/bsr.h``), from which ``crow`` / ``col`` / ``values`` are
+rebuilt the same way (``sparseflow._bsr_layouts``) - unless the canonical weight stores an all-zero block, which
+the pack drops, so then the module keeps the canonical tensors beside the packed ones. N:M and block weights on
+CUDA hold both (CUTLASS tiles; the canonical tensors stay). A dense fallback copy, kept when some bucket runs
+``F.linear``, costs the full dense weight on top (``fallback="never"`` avoids it).
 
 On CUDA the sparse kernels take float16/bfloat16 weights (block formats of any R x C are re-cut into
 tensor-core tiles by ``bsr_pack``). A float32 or int8 weight moved to a GPU has no sparse kernel there: with
@@ -36,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _lanes, ops
+from .. import _bsr_layouts, _lanes, ops
 from ..formats import BlockSparseWeight, NMWeight, SparseWeight
 
 ACTIVATIONS = ("none", "relu", "gelu", "silu")
@@ -49,6 +52,9 @@ M_BUCKETS = ((4, 1), (24, 16), (96, 64), (None, 256))
 CUDA_WEIGHT_DTYPES = (torch.float16, torch.bfloat16)
 
 FormatSpec = str | tuple[int, int]
+
+# The canonical tensors a one-copy layout replaces (rebuilt from the packed ones), per weight kind.
+_REBUILT_FROM_PACKED = {"nm": ("values", "indices"), "bsr": ("crow", "col", "values")}
 
 
 def _bucket(m_tokens: int) -> int:
@@ -140,25 +146,33 @@ class SparseLinear(nn.Module):
 
     @property
     def weight_sparse(self) -> SparseWeight:
-        """The canonical sparse weight (a view of this module's buffers, or rebuilt from a lane layout)."""
+        """The canonical sparse weight (a view of this module's buffers, or rebuilt from the packed layout)."""
         sd = {name[2:]: t for name, t in self._buffers.items() if name.startswith("w_")}
         if self._canonical_in_packed:
-            sd["values"], sd["indices"] = self._canonical_from_packed()
+            sd.update(self._canonical_from_packed())
         return self.weight_format.from_state_dict(sd)
 
-    def _canonical_from_packed(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return _lanes.unpack(*self._packed, *self.pattern, self.in_features)
+    def _canonical_from_packed(self) -> dict[str, torch.Tensor]:
+        """The canonical tensors that the packed ones replace (all but ``scale``), by state-dict name."""
+        if self.kind == "nm":
+            tensors = _lanes.unpack(*self._packed, *self.pattern, self.in_features)
+        else:
+            meta, rowptr, indices, packed_values, _ = self._packed
+            tensors = _bsr_layouts.unpack(meta, rowptr, indices, packed_values, self.pattern)
+        return dict(zip(_REBUILT_FROM_PACKED[self.kind], tensors))
 
     def _restore_canonical(self) -> None:
-        """Fill w_values / w_indices again from a lane layout (before a move or a repack)."""
+        """Fill the canonical buffers again from the packed layout (before a move or a repack)."""
         if self._canonical_in_packed:
-            self.w_values, self.w_indices = self._canonical_from_packed()
+            for name, t in self._canonical_from_packed().items():
+                setattr(self, f"w_{name}", t)
             self._canonical_in_packed = False
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self._canonical_in_packed:
-            destination[prefix + "w_values"], destination[prefix + "w_indices"] = self._canonical_from_packed()
+            for name, t in self._canonical_from_packed().items():
+                destination[prefix + f"w_{name}"] = t
 
     def to_dense(self) -> nn.Linear:
         """An equivalent ``nn.Linear`` (int8 weights are dequantized to the output dtype)."""
@@ -202,14 +216,17 @@ class SparseLinear(nn.Module):
             self._packed = (packed_values, packed_meta)
         else:
             self._packed = tuple(torch.ops.sparseflow.bsr_pack(w.crow, w.col, w.values, self.out_features, self.in_features))
+        one_copy = lanes or (self.kind == "bsr" and _bsr_layouts.is_cpu_layout(self._packed[0])
+                             and _bsr_layouts.packed_holds_canonical(w.values))
         self._use_dense = [self.fallback == "always"] * len(M_BUCKETS)
         if self.fallback == "measure":
             self._measure()
         if any(self._use_dense):
             self._dense_weight = w.to_dense(self.out_dtype or w.dtype)
-        if lanes:  # the packed tensors are the one copy (the empty buffers keep the dtype and the device)
-            self.w_values = values.new_empty(self.out_features, 0)
-            self.w_indices = w.indices.new_empty(self.out_features, 0)
+        if one_copy:  # the packed tensors are the one copy (the empty buffers keep the dtypes and the device)
+            for name in _REBUILT_FROM_PACKED[self.kind]:
+                t = getattr(self, f"w_{name}")
+                setattr(self, f"w_{name}", t.new_empty((0,) + tuple(t.shape[1:])))
             self._canonical_in_packed = True
 
     def _compute_dtype(self) -> torch.dtype:
