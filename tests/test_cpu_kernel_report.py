@@ -57,6 +57,10 @@ def expected_bsr(isa, dtype, block, span16, tokens, amx):
             return "avx512_bf16:16x1"
     if not _at_least(isa, "avx512"):
         return "portable"
+    if block == (4, 1):  # fp32 4x1
+        if tokens <= 6:
+            return "avx512:decode_4x1_span16" if span16 else "avx512:decode_4x1"
+        return "avx512:4x1"
     return f"avx512:{block[0]}x{block[1]}"
 
 
@@ -79,15 +83,15 @@ def expected_nm(isa, dtype, n, m, tokens):
 
 BSR_WEIGHTS = [(torch.int8, (4, 1), 1), (torch.int8, (4, 1), 8), (torch.int8, (16, 1), 1),
                (torch.bfloat16, (16, 1), 1), (torch.float32, (16, 1), 1), (torch.float32, (1, 16), 1),
-               (torch.bfloat16, (1, 16), 1)]
+               (torch.bfloat16, (1, 16), 1), (torch.float32, (4, 1), 1), (torch.float32, (4, 1), 8)]
 
 
 @pytest.mark.parametrize("isa_level", AVAILABLE, indirect=True)
 @pytest.mark.parametrize("dtype,block,col_step", BSR_WEIGHTS)
 def test_bsr_kernel_per_isa_and_tokens(isa_level, dtype, block, col_step):
     meta = _meta(dtype, block, col_step)
-    # Blocks one column apart make one int8 4x1 tile within 16 columns; 8 apart, a tile 25 columns wide.
-    span16 = dtype == torch.int8 and block == (4, 1) and col_step == 1
+    # Blocks one column apart make one 4x1 tile within 16 columns; 8 apart, a tile 25 columns wide.
+    span16 = block == (4, 1) and col_step == 1
     assert int(meta[6]) == (16 if span16 else 0)  # meta's tile span, which the decode choice reads
     amx = "amx" if isa_level == "amx" and _C.amx_status() == "active" else None
     got = {t: ops.bsr_linear_cpu_kernel(meta, t) for t in TOKENS}

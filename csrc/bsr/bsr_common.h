@@ -38,6 +38,7 @@ inline const char* layout_name(Layout l) {
   switch (l) {
     case Layout::kInt8_4x1: return "4x1";
     case Layout::kInt8_16x1: return "int8 16x1";
+    case Layout::kF32_4x1: return "fp32 4x1";
     case Layout::kF16x1: return "16x1";
     case Layout::kF1x16: return "1x16";
   }
@@ -89,20 +90,25 @@ inline PackRequest check_pack_args(const at::Tensor& crow, const at::Tensor& col
   req.w.nnz = col.numel();
   const bool is_int8 = req.w.dtype == DType::kS8;
   if (kernel == "4x1") {
-    TORCH_CHECK_VALUE(is_int8, op, ": kernel '4x1' is the int8 VNNI layout; values are ", values.scalar_type(),
-                      " (use '16x1', '1x16' or 'auto')");
-    req.layout = Layout::kInt8_4x1;
+    TORCH_CHECK_VALUE(req.w.dtype != DType::kBF16, op, ": kernel '4x1' takes int8 or float32 values, got ",
+                      values.scalar_type(), " (use '16x1', '1x16' or 'auto')");
+    req.layout = is_int8 ? Layout::kInt8_4x1 : Layout::kF32_4x1;
   } else if (kernel == "16x1") {
     req.layout = is_int8 ? Layout::kInt8_16x1 : Layout::kF16x1;
   } else if (kernel == "1x16") {
     TORCH_CHECK_VALUE(!is_int8, op, ": int8 weights use kernel '4x1' or '16x1' (or 'auto'), got '", kernel, "'");
     req.layout = Layout::kF1x16;
   } else if (kernel == "auto") {
-    // Cut so that a native block spans as few canonical blocks as possible: fp32/bf16 along the longer side
-    // of the canonical block (1x16 for wide blocks, 16x1 otherwise); int8 16x1 when canonical block-rows
-    // are whole 16x1 block-rows (R a multiple of 16), else the finer 4x1.
-    req.layout = is_int8 ? (R % 16 == 0 ? Layout::kInt8_16x1 : Layout::kInt8_4x1)
-                         : C > R ? Layout::kF1x16 : Layout::kF16x1;
+    // Cut so that native blocks store as few zeros as possible: 16x1 when canonical block-rows are whole
+    // 16x1 block-rows (R a multiple of 16); else int8 and fp32 the finer 4x1; fp32/bf16 1x16 for wide blocks
+    // (C > R). bf16 keeps 16x1 for the rest: its 16x1 kernels (AVX512_BF16, AMX) have no 4x1 counterpart.
+    if (is_int8) {
+      req.layout = R % 16 == 0 ? Layout::kInt8_16x1 : Layout::kInt8_4x1;
+    } else if (C > R) {
+      req.layout = Layout::kF1x16;
+    } else {
+      req.layout = R % 16 != 0 && req.w.dtype == DType::kF32 ? Layout::kF32_4x1 : Layout::kF16x1;
+    }
   } else {
     TORCH_CHECK_VALUE(false, op, ": kernel must be 'auto', '4x1', '16x1' or '1x16', got '", kernel, "'");
   }
@@ -164,7 +170,8 @@ inline Weight read_cpu_meta(const char* op, const at::Tensor& meta, int64_t* nnz
   const int64_t layout = mp[kMetaLayout];
   TORCH_CHECK_VALUE(layout != 4, op, ": meta holds layout id 4, the CUDA layout; for the CPU pack the weight with "
                     "bsr_pack on CPU tensors");
-  TORCH_CHECK_VALUE((layout >= 1 && layout <= 3) || layout == 5, op, ": meta holds an unknown layout id ", layout);
+  TORCH_CHECK_VALUE((layout >= 1 && layout <= 3) || layout == 5 || layout == 6, op, ": meta holds an unknown layout id ",
+                    layout);
   const int64_t dcode = mp[kMetaDtype];
   TORCH_CHECK_VALUE(dcode >= 0 && dcode <= 2, op, ": meta holds an unknown dtype code ", dcode);
   Weight w;
@@ -174,12 +181,13 @@ inline Weight read_cpu_meta(const char* op, const at::Tensor& meta, int64_t* nnz
   w.K = mp[kMetaIn];
   w.block_rows = ceil_div(w.N, native_block(w.layout).rows);
   *nnz = mp[kMetaNnz];
-  TORCH_CHECK_VALUE(mp[kMetaTileSpan] == 0 || (mp[kMetaTileSpan] == kTileSpan && w.layout == Layout::kInt8_4x1), op,
-                    ": meta holds tile span ", mp[kMetaTileSpan], " (0, or ", kTileSpan, " for the int8 4x1 layout)");
+  TORCH_CHECK_VALUE(mp[kMetaTileSpan] == 0 || (mp[kMetaTileSpan] == kTileSpan && has_tile_span(w.layout)), op,
+                    ": meta holds tile span ", mp[kMetaTileSpan], " (0, or ", kTileSpan, " for the 4x1 layouts)");
   w.tile_span = static_cast<int>(mp[kMetaTileSpan]);
-  TORCH_CHECK_VALUE((w.dtype == DType::kS8) == is_int8_layout(w.layout), op, ": meta pairs layout ",
-                    layout_name(w.layout), " with dtype ", scalar_type(w.dtype),
-                    " (int8 layouts: 4x1, int8 16x1; float: 16x1, 1x16)");
+  TORCH_CHECK_VALUE((w.dtype == DType::kS8) == is_int8_layout(w.layout) &&
+                        (w.layout != Layout::kF32_4x1 || w.dtype == DType::kF32),
+                    op, ": meta pairs layout ", layout_name(w.layout), " with dtype ", scalar_type(w.dtype),
+                    " (int8 layouts: 4x1, int8 16x1; float: 16x1, 1x16; float32: fp32 4x1)");
   return w;
 }
 
@@ -222,9 +230,10 @@ inline LinearRequest check_linear_args(const at::Tensor& x, const at::Tensor& me
                     " blocks, got shape ", rowptr.sizes());
   TORCH_CHECK_VALUE(indices.dim() == 1 && indices.numel() == nnz, op, ": indices must be 1-D with the ", nnz,
                     " blocks recorded in meta, got shape ", indices.sizes());
+  const bool tiled = is_tiled_layout(w.layout);
   const std::vector<int64_t> vshape =
-      is_int8 ? std::vector<int64_t>{nnz / 4, nb.rows, 4} : std::vector<int64_t>{nnz, 16};
-  TORCH_CHECK_VALUE(values.sizes() == at::IntArrayRef(vshape) && (!is_int8 || nnz % 4 == 0), op,
+      tiled ? std::vector<int64_t>{nnz / 4, nb.rows, 4} : std::vector<int64_t>{nnz, 16};
+  TORCH_CHECK_VALUE(values.sizes() == at::IntArrayRef(vshape) && (!tiled || nnz % 4 == 0), op,
                     ": values must have shape ", at::IntArrayRef(vshape), ", got ", values.sizes());
   TORCH_CHECK_VALUE(compensation.dim() == 1 && compensation.numel() == (is_int8 ? w.N : 0), op,
                     ": compensation must be 1-D with ", is_int8 ? w.N : 0, " entries, got shape ",

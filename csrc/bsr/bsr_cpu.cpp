@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <memory>
 #include <new>
 #include <numeric>
@@ -136,9 +137,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bsr_pack_
 
   const Layout layout = req.layout;
   const int64_t block_rows = ceil_div(out_features, native_block(layout).rows);
-  // Block counts per block-row, plain and (int8 4x1) with tiles of span 16, which are used when they cost at
-  // most 1/4 more blocks (bsr.h).
-  const bool try_span = layout == Layout::kInt8_4x1;
+  // Block counts per block-row, plain and (4x1) with tiles of span 16, which are used when they cost at most 1/4
+  // more blocks (bsr.h).
+  const bool try_span = has_tile_span(layout);
   at::Tensor counts = at::empty({try_span ? 2 : 1, block_rows}, crow.options());
   int32_t* cp = counts.data_ptr<int32_t>();
   int32_t* span_cp = try_span ? cp + block_rows : nullptr;
@@ -163,8 +164,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bsr_pack_
   for (int64_t r = 0; r < block_rows; ++r) rp[r + 1] = rp[r] + cp[r];
   const bool is_int8 = is_int8_layout(layout);
   at::Tensor indices = at::empty({total}, crow.options().dtype(at::kShort));
-  at::Tensor packed = is_int8 ? at::empty({total / 4, nb.rows, 4}, values.options())
-                              : at::empty({total, int64_t(nb.rows) * nb.cols}, values.options());
+  at::Tensor packed = is_tiled_layout(layout) ? at::empty({total / 4, nb.rows, 4}, values.options())
+                                              : at::empty({total, int64_t(nb.rows) * nb.cols}, values.options());
   at::Tensor compensation = at::zeros({is_int8 ? out_features : 0}, crow.options());
   auto* idx = reinterpret_cast<uint16_t*>(indices.data_ptr<int16_t>());
   int32_t* comp = is_int8 ? compensation.data_ptr<int32_t>() : nullptr;
@@ -250,7 +251,7 @@ AmxKernels amx_kernels(CpuIsa isa) {
 // The kernel bsr_linear runs for a weight and token count at an ISA level. run_float / run_int8 follow it and
 // cpu_kernel_name reports it (sparseflow.info, the bench), so the report is the dispatch itself.
 enum class CpuPath {
-  kFloatPortable, kF16x1Avx512, kF1x16Avx512, kBf16x16Avx512Bf16, kBf16Amx,
+  kFloatPortable, kF16x1Avx512, kF1x16Avx512, kF4x1Avx512, kF4x1Decode, kF4x1DecodeSpan16, kBf16x16Avx512Bf16, kBf16Amx,
   kInt8Portable, kInt8Decode16x1, kInt8Decode4x1, kInt8Decode4x1Span16, kInt8PanelsVnni, kInt8Amx,
 };
 
@@ -265,6 +266,11 @@ CpuPath choose_cpu_path(const Weight& w, int64_t M, CpuIsa isa, AmxKernels* amx)
       return span16_decode(w, M) ? CpuPath::kInt8Decode4x1Span16 : CpuPath::kInt8Decode4x1;
     }
     return amx->int8 != nullptr ? CpuPath::kInt8Amx : CpuPath::kInt8PanelsVnni;
+  }
+  if (w.layout == Layout::kF32_4x1) {
+    if (isa < CpuIsa::kAvx512) return CpuPath::kFloatPortable;
+    if (M <= kF32DecodeMaxTokens) return w.tile_span == kTileSpan ? CpuPath::kF4x1DecodeSpan16 : CpuPath::kF4x1Decode;
+    return CpuPath::kF4x1Avx512;
   }
   if (amx->bf16 != nullptr) return CpuPath::kBf16Amx;
   if (bf16_16x1 && isa >= CpuIsa::kAvx512Bf16) return CpuPath::kBf16x16Avx512Bf16;
@@ -298,7 +304,19 @@ uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cp
       return bf16_amx != nullptr ? bf16_amx(a, xt, b, e, p0, p1) : linear_bf16_16x1_avx512bf16(a, xt, b, e, p0, p1);
     });
   }
-  if (path == CpuPath::kF16x1Avx512) {
+  if (path == CpuPath::kF4x1Decode || path == CpuPath::kF4x1DecodeSpan16) {
+    // Rows with kTileSpan floats of zeros past K, for the span-16 windows (x itself has no such slack).
+    a.ldx = K + kTileSpan;
+    float* rows = thread_scratch().get<float>(kSlotPanels, M * a.ldx);
+    const float* x = x2.data_ptr<float>();
+    for (int64_t m = 0; m < M; ++m) {
+      std::memcpy(rows + m * a.ldx, x + m * x2.stride(0), K * sizeof(float));
+      std::memset(rows + m * a.ldx + K, 0, kTileSpan * sizeof(float));
+    }
+    a.xt = rows;
+    return run_tasks(w, M, 1, [&](int64_t b, int64_t e, int64_t) { return linear_f4x1_decode_avx512(a, b, e, 0, M); });
+  }
+  if (path == CpuPath::kF16x1Avx512 || path == CpuPath::kF4x1Avx512) {
     const int64_t panels = ceil_div(M, kF32PanelTokens);
     if (M == 1 && !x_bf16) {
       a.xt = x2.data_ptr<float>();  // one token: its panel [K][1] is the row itself
@@ -311,8 +329,9 @@ uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cp
     }
     const int64_t per_task = kFloatTokensPerTask / kF32PanelTokens;
     const int64_t m_parts = ceil_div(panels, per_task);
+    const auto kernel = path == CpuPath::kF4x1Avx512 ? &linear_f4x1_avx512 : &linear_f16x1_avx512;
     return run_tasks(w, M, m_parts, [&](int64_t b, int64_t e, int64_t mp) {
-      return linear_f16x1_avx512(a, b, e, mp * per_task, std::min(panels, (mp + 1) * per_task));
+      return kernel(a, b, e, mp * per_task, std::min(panels, (mp + 1) * per_task));
     });
   }
   if (path == CpuPath::kF1x16Avx512) {
@@ -472,6 +491,9 @@ const char* cpu_path_name(CpuPath path, Layout layout) {
     case CpuPath::kFloatPortable: return "portable";
     case CpuPath::kF16x1Avx512: return "avx512:16x1";
     case CpuPath::kF1x16Avx512: return "avx512:1x16";
+    case CpuPath::kF4x1Avx512: return "avx512:4x1";
+    case CpuPath::kF4x1Decode: return "avx512:decode_4x1";
+    case CpuPath::kF4x1DecodeSpan16: return "avx512:decode_4x1_span16";
     case CpuPath::kBf16x16Avx512Bf16: return "avx512_bf16:16x1";
     case CpuPath::kBf16Amx: return amx_emulation() ? "amx(emulated):bf16_16x1" : "amx:bf16_16x1";
     case CpuPath::kInt8Portable: return "portable";

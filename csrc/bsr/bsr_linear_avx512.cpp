@@ -5,7 +5,9 @@
 // per token, vfmadd231ps with the token's activation broadcast from the transposed panel, where the 16
 // tokens of a panel share one cache line per input channel. 1x16 (lanes = 16 input channels): per block and
 // token one contiguous activation load and FMA into a per-token accumulator, reduced across lanes once per
-// output row.
+// output row. fp32 4x1 (4x4 tiles of 4 blocks): with a panel of tokens, lanes = tokens and each weight is
+// broadcast from memory; for a few tokens (decode), lanes = the tile and the 4 activations are picked per
+// token (one permute of a 16-float window of x for span-16 tiles).
 #include <algorithm>
 
 #include "bsr.h"
@@ -108,6 +110,110 @@ void row_1x16(const FloatArgs& a, int64_t n, const float* panel, int64_t m0) {
   }
 }
 
+// One block-row of the fp32 4x1 layout against a panel of MT tokens (lanes = tokens): per tile, the four
+// blocks' activation lines (each shared by the tile's 4 output channels) and 16 FMAs with the weights broadcast
+// from memory. At MT = 16 every lane is a useful product: the 16x1 kernel's FMAs per stored weight, without the
+// zeros a 16x1 re-cut of 4x1 blocks stores. No software prefetch of the activation lines: with one per block
+// (the 16x1 kernel's) it ran 10-25 % slower (Zen 4, 576x1536 and 1536x576, 50 %, 16-256 tokens).
+template <int MT>
+void row_4x1(const FloatArgs& a, int64_t r, const float* panel, int64_t m0) {
+  const Weight& w = a.w;
+  const float* values = static_cast<const float*>(w.values);
+  const __mmask16 lanes = lanes16(MT);
+  __m512 sum[4];
+  for (int c = 0; c < 4; ++c) sum[c] = _mm512_setzero_ps();
+  const int64_t end = w.rowptr[r + 1];
+  for (int64_t b0 = w.rowptr[r]; b0 < end; b0 += kSumChunkBlocks) {  // rows hold whole tiles; 64 = 16 tiles
+    const int64_t b1 = std::min<int64_t>(end, b0 + kSumChunkBlocks);
+    __m512 acc[4][2];  // two chains per output channel: FMA latency
+    for (int c = 0; c < 4; ++c) acc[c][0] = acc[c][1] = _mm512_setzero_ps();
+    for (int64_t b = b0; b < b1; b += 4) {
+      const float* tile = values + b * 4;
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        const __m512 xj = _mm512_maskz_loadu_ps(lanes, panel + int64_t(w.indices[b + j]) * MT);
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) acc[c][j & 1] = _mm512_fmadd_ps(_mm512_set1_ps(tile[4 * c + j]), xj, acc[c][j & 1]);
+      }
+    }
+    for (int c = 0; c < 4; ++c) sum[c] = _mm512_add_ps(sum[c], _mm512_add_ps(acc[c][0], acc[c][1]));
+  }
+  const int64_t n0 = r * 4, rows = std::min<int64_t>(4, w.N - n0);
+  alignas(64) float out[16];
+  alignas(64) uint16_t out16[16];
+  for (int64_t c = 0; c < rows; ++c) {
+    __m512 v = sum[c];
+    if (a.ep.bias != nullptr) v = _mm512_add_ps(v, _mm512_set1_ps(a.ep.bias[n0 + c]));
+    v = activate_ps(v, a.ep.act);
+    if (a.ep.out == DType::kBF16) {
+      _mm256_store_si256((__m256i*)out16, cvt_bf16(v));
+      for (int t = 0; t < MT; ++t) static_cast<uint16_t*>(a.ep.y)[(m0 + t) * a.ep.ldy + n0 + c] = out16[t];
+    } else {
+      _mm512_store_ps(out, v);
+      for (int t = 0; t < MT; ++t) static_cast<float*>(a.ep.y)[(m0 + t) * a.ep.ldy + n0 + c] = out[t];
+    }
+  }
+}
+
+// Word 2L of the result is word L % 4 of the tile's four 16-bit indices (word 4, zero, fills the odd words):
+// as dwords, lane 4c + j holds block j's index, which is what vpermps reads (its low 4 bits).
+inline __m512i spread_tile_indices(const uint16_t* idx) {
+  const __m512i order = _mm512_set_epi16(4, 3, 4, 2, 4, 1, 4, 0, 4, 3, 4, 2, 4, 1, 4, 0, 4, 3, 4, 2, 4, 1, 4, 0,
+                                         4, 3, 4, 2, 4, 1, 4, 0);
+  return _mm512_permutexvar_epi16(order, _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i*)idx)));
+}
+
+// One block-row of the fp32 4x1 layout against MT <= kF32DecodeMaxTokens tokens of padded rows x (kTileSpan floats of slack, ldx
+// apart): lanes = the tile, lane 4c + j = W[4r + c, k_j] * x[k_j]; each token's 4 activations come from one
+// permute of the 16 floats at k_0 (span-16 tiles) or from 4 scalar loads. Returns kTileSpanBroken if a span-16
+// tile's indices do not lie within 16 channels of its first (a corrupted weight; the permute stays in the window).
+template <int MT, bool kSpan16>
+uint32_t row_4x1_decode(const FloatArgs& a, int64_t r, const float* x, int64_t ldx, int64_t m0) {
+  const Weight& w = a.w;
+  const float* values = static_cast<const float*>(w.values);
+  __m512 sum[MT];
+  for (int t = 0; t < MT; ++t) sum[t] = _mm512_setzero_ps();
+  __mmask32 broken = 0;
+  const __m512i span = _mm512_set1_epi16(kTileSpan);
+  const int64_t end = w.rowptr[r + 1];
+  for (int64_t b0 = w.rowptr[r]; b0 < end; b0 += kSumChunkBlocks) {
+    const int64_t b1 = std::min<int64_t>(end, b0 + kSumChunkBlocks);
+    __m512 acc[MT];
+    for (int t = 0; t < MT; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = b0; b < b1; b += 4) {
+      const __m512 wv = _mm512_loadu_ps(values + b * 4);
+      const uint16_t* idx = w.indices + b;
+      if constexpr (kSpan16) {
+        const __m512i offsets = _mm512_sub_epi16(spread_tile_indices(idx), _mm512_set1_epi16(static_cast<int16_t>(idx[0])));
+        broken |= _mm512_mask_cmpge_epu16_mask(0x55555555u, offsets, span);
+        for (int t = 0; t < MT; ++t) {
+          const __m512 window = _mm512_loadu_ps(x + t * ldx + idx[0]);
+          acc[t] = _mm512_fmadd_ps(wv, _mm512_permutexvar_ps(offsets, window), acc[t]);
+        }
+      } else {
+        for (int t = 0; t < MT; ++t) {
+          const float* xt = x + t * ldx;
+          const __m512 xv = _mm512_broadcast_f32x4(_mm_setr_ps(xt[idx[0]], xt[idx[1]], xt[idx[2]], xt[idx[3]]));
+          acc[t] = _mm512_fmadd_ps(wv, xv, acc[t]);
+        }
+      }
+    }
+    for (int t = 0; t < MT; ++t) sum[t] = _mm512_add_ps(sum[t], acc[t]);
+  }
+  if (broken != 0) return kTileSpanBroken;
+  const int64_t n0 = r * 4, rows = std::min<int64_t>(4, w.N - n0);
+  const __m512 bias = a.ep.bias != nullptr ? _mm512_maskz_loadu_ps(lanes16(rows), a.ep.bias + n0) : _mm512_setzero_ps();
+  const int64_t esize = a.ep.out == DType::kBF16 ? 2 : 4;
+  const __m512i firsts = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+  for (int t = 0; t < MT; ++t) {
+    __m512 v = _mm512_add_ps(sum[t], _mm512_permute_ps(sum[t], 0xB1));  // pairs of blocks
+    v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));                   // all 4 blocks: lane 4c = channel c
+    v = activate_ps(_mm512_add_ps(_mm512_permutexvar_ps(firsts, v), bias), a.ep.act);
+    store_lanes(v, a.ep.out, static_cast<char*>(a.ep.y) + ((m0 + t) * a.ep.ldy + n0) * esize, rows);
+  }
+  return 0;
+}
+
 template <bool kBf16>
 uint32_t rows_1x16(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin, int64_t p_end) {
   const int64_t k16 = (a.w.K + 15) / 16 * 16;
@@ -133,6 +239,48 @@ uint32_t linear_f1x16_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_en
                              int64_t p_end) {
   return a.w.dtype == DType::kBF16 ? rows_1x16<true>(a, br_begin, br_end, p_begin, p_end)
                                    : rows_1x16<false>(a, br_begin, br_end, p_begin, p_end);
+}
+
+uint32_t linear_f4x1_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin, int64_t p_end) {
+  return for_block_rows(a, br_begin, br_end, p_begin, p_end, [&a](auto mt, int64_t r, int64_t m0) {
+    row_4x1<mt>(a, r, a.xt + m0 * a.w.K, m0);
+  });
+}
+
+namespace {
+
+template <bool kSpan16>
+uint32_t decode_group(const FloatArgs& a, int64_t r, const float* x, int64_t m0, int64_t tokens) {
+  static_assert(kF32DecodeMaxTokens == 6, "one case per token count");
+  switch (tokens) {
+#define SPARSEFLOW_CASE(n) \
+  case n: return row_4x1_decode<n, kSpan16>(a, r, x, a.ldx, m0);
+    SPARSEFLOW_CASE(1) SPARSEFLOW_CASE(2) SPARSEFLOW_CASE(3) SPARSEFLOW_CASE(4) SPARSEFLOW_CASE(5) SPARSEFLOW_CASE(6)
+#undef SPARSEFLOW_CASE
+  }
+  return 0;
+}
+
+}  // namespace
+
+uint32_t linear_f4x1_decode_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t m_begin,
+                                   int64_t m_end) {
+  const Weight& w = a.w;
+  const bool span16 = w.tile_span == kTileSpan;
+  uint32_t max_index = 0;
+  for (int64_t r = br_begin; r < br_end; ++r) {
+    if (const uint32_t bad = index_out_of_range(w.indices + w.rowptr[r], w.rowptr[r + 1] - w.rowptr[r], w.K)) {
+      max_index = std::max(max_index, bad);
+      continue;
+    }
+    for (int64_t m0 = m_begin; m0 < m_end; m0 += kF32DecodeMaxTokens) {
+      const float* x = a.xt + m0 * a.ldx;
+      const int64_t tokens = std::min<int64_t>(kF32DecodeMaxTokens, m_end - m0);
+      max_index = std::max(max_index, span16 ? decode_group<true>(a, r, x, m0, tokens)
+                                             : decode_group<false>(a, r, x, m0, tokens));
+    }
+  }
+  return max_index;
 }
 
 void transpose_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_t M, int64_t K, float* xt,

@@ -23,6 +23,7 @@ uint32_t float_rows(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_
   const Weight& w = a.w;
   const NativeBlock nb = native_block(w.layout);
   const bool lanes_are_channels = w.layout == Layout::kF16x1;
+  const bool tiled = is_tiled_layout(w.layout);  // fp32 4x1: float 4c + j of tile b / 4 is W[4r + c, k of block 4t + j]
   uint32_t max_index = 0;
   for (int64_t r = br_begin; r < br_end; ++r) {
     const int64_t row0 = r * nb.rows;
@@ -36,7 +37,9 @@ uint32_t float_rows(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_
           const uint32_t k = w.indices[b];
           max_index = std::max(max_index, k);
           const int64_t kc = std::min<int64_t>(k, w.K - 1);
-          if (lanes_are_channels) {
+          if (tiled) {
+            for (int c = 0; c < 4; ++c) acc[c] += weight_at<kW>(w.values, (b / 4) * 16 + 4 * c + b % 4) * x[kc];
+          } else if (lanes_are_channels) {
             for (int c = 0; c < 16; ++c) acc[c] += weight_at<kW>(w.values, b * 16 + c) * x[kc];
           } else {
             const int64_t width = std::min<int64_t>(16, w.K - kc);

@@ -1,7 +1,7 @@
 """The CPU block-sparse layouts of ``csrc/bsr/bsr.h`` read back into a canonical ``BlockSparseWeight``'s tensors.
 
-``bsr_pack`` on CPU re-cuts the canonical R x C blocks into native blocks (4x1 / 16x1 int8 tiles, 16x1 / 1x16
-float blocks) and drops the all-zero ones. When the canonical weight stores no all-zero block (``from_dense``
+``bsr_pack`` on CPU re-cuts the canonical R x C blocks into native blocks (4x1 / 16x1 int8 tiles, fp32 4x1
+tiles, 16x1 / 1x16 float blocks) and drops the all-zero ones. When the canonical weight stores no all-zero block (``from_dense``
 never does) the packed tensors hold everything the canonical ones do, so ``SparseLinear`` keeps only the packed
 copy and rebuilds ``crow`` / ``col`` / ``values`` from it to save, read or move the weight (a reshuffle, no
 arithmetic; a stored -0.0 comes back as 0.0, as the kernels see it)."""
@@ -13,9 +13,9 @@ import math
 import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-# meta slots and layout ids (bsr.h): layout -> (native block rows, native block cols, whether int8 tiles)
+# meta slots and layout ids (bsr.h): layout -> (native block rows, native block cols, whether 4-block tiles)
 _META_LAYOUT, _META_OUT, _META_IN = 1, 3, 4
-_NATIVE = {1: (4, 1, True), 2: (16, 1, False), 3: (1, 16, False), 5: (16, 1, True)}
+_NATIVE = {1: (4, 1, True), 2: (16, 1, False), 3: (1, 16, False), 5: (16, 1, True), 6: (4, 1, True)}
 # Entries of the native blocks handled at once (bounds the int64 temporaries at ~100 MB).
 _CHUNK_ENTRIES = 1 << 22
 
@@ -35,9 +35,9 @@ def _native_entries(meta: torch.Tensor, rowptr: torch.Tensor, indices: torch.Ten
                     packed_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
     """Every native block's entries as ``[blocks, rows * cols]`` values, with the first output row and the
     first input channel of each block, and the native block's rows and cols."""
-    rows, cols, int8_tiles = _NATIVE[int(meta[_META_LAYOUT])]
+    rows, cols, tiled = _NATIVE[int(meta[_META_LAYOUT])]
     blocks = indices.shape[0]
-    if int8_tiles:  # tile t: byte 4c + j = W[rows * r + c, k of block 4t + j]
+    if tiled:  # tile t: element 4c + j = W[rows * r + c, k of block 4t + j]
         values = packed_values.reshape(blocks // 4, rows, 4).transpose(1, 2).reshape(blocks, rows)
     else:
         values = packed_values.reshape(blocks, rows * cols)

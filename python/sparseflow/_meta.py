@@ -100,21 +100,24 @@ def _bsr_pack_fake(crow, col, values, out_features, in_features, kernel="auto"):
     is_int8 = values.dtype == torch.int8
     if kernel not in ("auto", "4x1", "16x1", "1x16"):
         raise ValueError(f"{op}: kernel must be 'auto', '4x1', '16x1' or '1x16', got {kernel!r}")
-    if kernel == "4x1" and not is_int8:
-        raise ValueError(f"{op}: kernel '4x1' is the int8 VNNI layout; values are {values.dtype}")
+    if kernel == "4x1" and values.dtype == torch.bfloat16:
+        raise ValueError(f"{op}: kernel '4x1' takes int8 or float32 values, got {values.dtype}")
     if kernel == "1x16" and is_int8:
         raise ValueError(f"{op}: int8 weights use kernel '4x1' or '16x1' (or 'auto'), got {kernel!r}")
     if is_int8:
         rows = 16 if kernel == "16x1" or (kernel == "auto" and R % 16 == 0) else 4
+    elif kernel == "auto":  # (csrc/bsr/bsr_common.h, check_pack_args)
+        rows = 1 if C > R else 4 if R % 16 and values.dtype == torch.float32 else 16
     else:
-        rows = 1 if kernel == "1x16" or (kernel == "auto" and C > R) else 16
+        rows = {"4x1": 4, "16x1": 16, "1x16": 1}[kernel]
+    tiled = is_int8 or rows == 4  # [blocks / 4, rows, 4] values
     ctx = torch.library.get_ctx()
     tiles = ctx.new_dynamic_size()
-    nnz = tiles * 4 if is_int8 else tiles
+    nnz = tiles * 4 if tiled else tiles
     meta = crow.new_empty((8,), dtype=torch.int64)
     rowptr = crow.new_empty((_ceil_div(out_features, rows) + 1,))
     indices = crow.new_empty((nnz,), dtype=torch.int16)
-    packed = values.new_empty((tiles, rows, 4) if is_int8 else (nnz, 16))
+    packed = values.new_empty((tiles, rows, 4) if tiled else (nnz, 16))
     compensation = crow.new_empty((out_features if is_int8 else 0,))
     return meta, rowptr, indices, packed, compensation
 

@@ -117,12 +117,15 @@ def nm_decompress(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -
 
 BSR_VALUE_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
 BSR_FORMAT_VERSION = 1
-BSR_LAYOUTS = {1: "4x1", 2: "16x1", 3: "1x16", 5: "int8 16x1"}
-_BSR_NATIVE = {"4x1": (4, 1, 4), "16x1": (16, 1, 1), "1x16": (1, 16, 1), "int8 16x1": (16, 1, 4)}  # rows, cols, blocks per tile
+BSR_LAYOUTS = {1: "4x1", 2: "16x1", 3: "1x16", 5: "int8 16x1", 6: "fp32 4x1"}
+_BSR_NATIVE = {"4x1": (4, 1, 4), "16x1": (16, 1, 1), "1x16": (1, 16, 1), "int8 16x1": (16, 1, 4),
+               "fp32 4x1": (4, 1, 4)}  # rows, cols, blocks per tile
 _BSR_INT8_LAYOUTS = ("4x1", "int8 16x1")
+_BSR_TILED_LAYOUTS = ("4x1", "int8 16x1", "fp32 4x1")  # [blocks / 4, rows, 4] values
+_BSR_SPAN_LAYOUTS = ("4x1", "fp32 4x1")  # may hold span-16 tiles
 _BSR_DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 BSR_MAX_IN_FEATURES = 65536
-BSR_TILE_SPAN = 16  # meta slot 6 of int8 4x1 weights whose tiles each lie within 16 input channels, else 0
+BSR_TILE_SPAN = 16  # meta slot 6 of 4x1 weights whose tiles each lie within 16 input channels, else 0
 ACTIVATIONS = ("none", "relu", "gelu", "silu")
 
 
@@ -160,7 +163,7 @@ def _check_canonical(crow, col, values, out_features, in_features, kernel):
     if len(col) != nnz:
         raise ValueError(f"col has {len(col)} entries for {nnz} blocks")
     is_int8 = values.dtype == torch.int8
-    if kernel not in ("auto", "4x1", "16x1", "1x16") or (kernel == "4x1" and not is_int8) or (
+    if kernel not in ("auto", "4x1", "16x1", "1x16") or (kernel == "4x1" and values.dtype == torch.bfloat16) or (
             kernel == "1x16" and is_int8):
         raise ValueError(f"kernel {kernel!r} does not fit {values.dtype} weights")
     crow_l, col_l = crow.long().cpu(), col.long().cpu()
@@ -174,8 +177,11 @@ def _check_canonical(crow, col, values, out_features, in_features, kernel):
     if is_int8:  # int8 16x1 tiles are 16x4; 'auto' takes them when canonical blocks cover whole 16-row strips
         return "int8 16x1" if kernel == "16x1" or (kernel == "auto" and R % 16 == 0) else "4x1"
     if kernel != "auto":
-        return kernel
-    return "1x16" if C > R else "16x1"
+        return "fp32 4x1" if kernel == "4x1" else kernel
+    # the fewest stored zeros: 16x1 for whole 16-row strips, else fp32 4x1 (bf16 keeps 16x1), 1x16 for wide blocks
+    if C > R:
+        return "1x16"
+    return "fp32 4x1" if R % 16 and values.dtype == torch.float32 else "16x1"
 
 
 def _bsr_tiles(columns: list[int], group: int, span: int) -> list[list[int]]:
@@ -204,7 +210,7 @@ def bsr_pack(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, out_fe
     nonzero = (blocks != 0).flatten(2).any(-1)
     row_columns = [nonzero[r].nonzero().flatten().tolist() for r in range(block_rows)]
     span = 0
-    if layout == "4x1":  # tiles within 16 input channels when they add at most 1/4 more blocks
+    if layout in _BSR_SPAN_LAYOUTS:  # tiles within 16 input channels when they add at most 1/4 more blocks
         plain, spanned = (sum(len(_bsr_tiles(c, group, s)) * group for c in row_columns) for s in (0, BSR_TILE_SPAN))
         span = BSR_TILE_SPAN if 4 * spanned <= 5 * plain else 0
     rowptr, indices, vals = [0], [], []
@@ -220,13 +226,13 @@ def bsr_pack(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, out_fe
         b[b == 0] = 0  # -0.0 is stored as +0.0
         rowptr.append(rowptr[-1] + count)
         indices.append(kc * cols)
-        if layout in _BSR_INT8_LAYOUTS:  # tile t: byte 4c + j = W[rows * r + c, k of block 4t + j]
+        if layout in _BSR_TILED_LAYOUTS:  # tile t: element 4c + j = W[rows * r + c, k of block 4t + j]
             vals.append(b.reshape(count // 4, 4, rows).transpose(1, 2).contiguous())
         else:
             vals.append(b.reshape(count, 16))
     nnz = rowptr[-1]
     indices = torch.cat(indices).to(torch.int16) if indices else torch.zeros(0, dtype=torch.int16)
-    empty_shape = (0, rows, 4) if layout in _BSR_INT8_LAYOUTS else (0, 16)
+    empty_shape = (0, rows, 4) if layout in _BSR_TILED_LAYOUTS else (0, 16)
     values_out = torch.cat(vals) if vals else torch.zeros(empty_shape, dtype=dense.dtype)
     compensation = (dense.to(torch.int32).sum(1, dtype=torch.int32) if layout in _BSR_INT8_LAYOUTS
                     else torch.zeros(0, dtype=torch.int32))
@@ -335,16 +341,16 @@ def bsr_unpack(meta, rowptr, indices, packed_values, compensation, out_features:
         raise ValueError(f"the weight was packed for [{N}, {K}], not [{out_features}, {in_features}]")
     layout = BSR_LAYOUTS[layout_id]
     dtype = {v: k for k, v in _BSR_DTYPE_CODE.items()}[dcode]
-    if (dtype == torch.int8) != (layout in _BSR_INT8_LAYOUTS):
-        raise ValueError("meta pairs an int8 layout with a float dtype or vice versa")
+    if (dtype == torch.int8) != (layout in _BSR_INT8_LAYOUTS) or (layout == "fp32 4x1" and dtype != torch.float32):
+        raise ValueError("meta pairs a layout with a dtype it does not hold")
     if packed_values.dtype != dtype:
         raise TypeError(f"packed_values must be {dtype}, got {packed_values.dtype}")
     if rowptr.dtype != torch.int32 or indices.dtype != torch.int16 or compensation.dtype != torch.int32:
         raise TypeError("rowptr must be int32, indices int16 and compensation int32")
     rows, cols, group = _BSR_NATIVE[layout]
     block_rows = _ceil_div(N, rows)
-    is_int8 = layout in _BSR_INT8_LAYOUTS
-    vshape = (nnz // 4, rows, 4) if is_int8 else (nnz, 16)
+    is_int8, tiled = layout in _BSR_INT8_LAYOUTS, layout in _BSR_TILED_LAYOUTS
+    vshape = (nnz // 4, rows, 4) if tiled else (nnz, 16)
     if (rowptr.shape != (block_rows + 1,) or indices.shape != (nnz,) or packed_values.shape != vshape
             or nnz % group or compensation.shape != ((N,) if is_int8 else (0,))):
         raise ValueError("the packed tensors' shapes do not match meta")
@@ -356,14 +362,14 @@ def bsr_unpack(meta, rowptr, indices, packed_values, compensation, out_features:
     if nnz and idx.max() >= K:
         raise IndexError(f"a packed index is {int(idx.max())}, out of range for in_features={K}")
     span = int(meta[6])
-    if span not in (0, BSR_TILE_SPAN) or (span and layout != "4x1"):
-        raise ValueError(f"meta holds tile span {span} (0, or {BSR_TILE_SPAN} for the int8 4x1 layout)")
+    if span not in (0, BSR_TILE_SPAN) or (span and layout not in _BSR_SPAN_LAYOUTS):
+        raise ValueError(f"meta holds tile span {span} (0, or {BSR_TILE_SPAN} for the 4x1 layouts)")
     if span:
         offsets = idx.reshape(-1, 4) - idx.reshape(-1, 4)[:, :1]  # from each tile's first index
         if ((offsets < 0) | (offsets >= span)).any():
             raise IndexError(f"meta says every tile lies within {span} input channels, but a tile's indices span "
                              "further")
-    if is_int8:
+    if tiled:
         blocks = packed_values.cpu().transpose(1, 2).reshape(nnz, rows, 1)
     else:
         blocks = packed_values.cpu().reshape(nnz, rows, cols)
