@@ -310,7 +310,7 @@ uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cp
     float* rows = thread_scratch().get<float>(kSlotPanels, M * a.ldx);
     const float* x = x2.data_ptr<float>();
     for (int64_t m = 0; m < M; ++m) {
-      std::memcpy(rows + m * a.ldx, x + m * x2.stride(0), K * sizeof(float));
+      if (K > 0) std::memcpy(rows + m * a.ldx, x + m * x2.stride(0), K * sizeof(float));  // (x may be null)
       std::memset(rows + m * a.ldx + K, 0, kTileSpan * sizeof(float));
     }
     a.xt = rows;

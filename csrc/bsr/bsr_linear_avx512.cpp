@@ -163,10 +163,11 @@ inline __m512i spread_tile_indices(const uint16_t* idx) {
   return _mm512_permutexvar_epi16(order, _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i*)idx)));
 }
 
-// One block-row of the fp32 4x1 layout against MT <= kF32DecodeMaxTokens tokens of padded rows x (kTileSpan floats of slack, ldx
-// apart): lanes = the tile, lane 4c + j = W[4r + c, k_j] * x[k_j]; each token's 4 activations come from one
-// permute of the 16 floats at k_0 (span-16 tiles) or from 4 scalar loads. Returns kTileSpanBroken if a span-16
-// tile's indices do not lie within 16 channels of its first (a corrupted weight; the permute stays in the window).
+// One block-row of the fp32 4x1 layout against MT <= kF32DecodeMaxTokens tokens of padded rows x (kTileSpan
+// floats of slack, ldx apart): lanes = the tile, lane 4c + j = W[4r + c, k_j] * x[k_j]; each token's 4
+// activations come from one permute of the 16 floats at k_0 (span-16 tiles) or from 4 scalar loads. Returns
+// kTileSpanBroken if a span-16 tile's indices do not lie within 16 channels of its first (a corrupted weight; the
+// permute stays in the window).
 template <int MT, bool kSpan16>
 uint32_t row_4x1_decode(const FloatArgs& a, int64_t r, const float* x, int64_t ldx, int64_t m0) {
   const Weight& w = a.w;
@@ -184,7 +185,8 @@ uint32_t row_4x1_decode(const FloatArgs& a, int64_t r, const float* x, int64_t l
       const __m512 wv = _mm512_loadu_ps(values + b * 4);
       const uint16_t* idx = w.indices + b;
       if constexpr (kSpan16) {
-        const __m512i offsets = _mm512_sub_epi16(spread_tile_indices(idx), _mm512_set1_epi16(static_cast<int16_t>(idx[0])));
+        const __m512i first = _mm512_set1_epi16(static_cast<int16_t>(idx[0]));
+        const __m512i offsets = _mm512_sub_epi16(spread_tile_indices(idx), first);
         broken |= _mm512_mask_cmpge_epu16_mask(0x55555555u, offsets, span);
         for (int t = 0; t < MT; ++t) {
           const __m512 window = _mm512_loadu_ps(x + t * ldx + idx[0]);
