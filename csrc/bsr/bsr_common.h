@@ -99,9 +99,10 @@ inline PackRequest check_pack_args(const at::Tensor& crow, const at::Tensor& col
     TORCH_CHECK_VALUE(!is_int8, op, ": int8 weights use kernel '4x1' or '16x1' (or 'auto'), got '", kernel, "'");
     req.layout = Layout::kF1x16;
   } else if (kernel == "auto") {
-    // Cut so that native blocks store as few zeros as possible: 16x1 when canonical block-rows are whole
-    // 16x1 block-rows (R a multiple of 16); else int8 and fp32 the finer 4x1; fp32/bf16 1x16 for wide blocks
-    // (C > R). bf16 keeps 16x1 for the rest: its 16x1 kernels (AVX512_BF16, AMX) have no 4x1 counterpart.
+    // Cut so that native blocks store as few zeros as possible. int8: 16x1 when canonical block-rows are whole
+    // 16x1 block-rows (R a multiple of 16), else the finer 4x1. Float: 1x16 for wide blocks (C > R); else 16x1
+    // when R is a multiple of 16, else fp32 4x1 - and bf16 16x1, whose kernels (AVX512_BF16, AMX) have no 4x1
+    // counterpart.
     if (is_int8) {
       req.layout = R % 16 == 0 ? Layout::kInt8_16x1 : Layout::kInt8_4x1;
     } else if (C > R) {
