@@ -178,7 +178,7 @@ def _check_canonical(crow, col, values, out_features, in_features, kernel):
         return "int8 16x1" if kernel == "16x1" or (kernel == "auto" and R % 16 == 0) else "4x1"
     if kernel != "auto":
         return "fp32 4x1" if kernel == "4x1" else kernel
-    # the fewest stored zeros: 16x1 for whole 16-row strips, else fp32 4x1 (bf16 keeps 16x1), 1x16 for wide blocks
+    # the fewest stored zeros: 1x16 for wide blocks, 16x1 for whole 16-row strips, else fp32 4x1 (bf16: 16x1)
     if C > R:
         return "1x16"
     return "fp32 4x1" if R % 16 and values.dtype == torch.float32 else "16x1"
