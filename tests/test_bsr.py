@@ -369,7 +369,7 @@ def test_fp32_4x1_weights_take_span16_and_plain_tiles():
 
 
 def test_an_fp32_tile_that_breaks_its_span_is_reported(isa_guard):
-    """The fp32 4x1 decode (AVX-512, M <= 8) relies on the span like the int8 one: a tile changed to span 16 or more
+    """The fp32 4x1 decode (AVX-512, M <= 6) relies on the span like the int8 one: a tile changed to span 16 or more
     channels, or to run backwards, is refused (by the reference too); the panel kernel does not need the span."""
     packed = _fp32_4x1_weight(70, 300, 0.5)
     tiles = packed[2].long().reshape(-1, 4)
