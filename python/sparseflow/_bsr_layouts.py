@@ -49,7 +49,9 @@ def _native_entries(meta: torch.Tensor, rowptr: torch.Tensor, indices: torch.Ten
 def unpack(meta: torch.Tensor, rowptr: torch.Tensor, indices: torch.Tensor, packed_values: torch.Tensor,
            block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The canonical ``(crow, col, values)`` with ``block = (R, C)`` of a weight ``bsr_pack`` packed on CPU
-    (a valid packed weight assumed): the blocks holding a non-zero, in row-major order.
+    (a valid packed weight assumed): the blocks holding a non-zero, in row-major order. Native blocks of the
+    canonical shape are selected as they are (the all-zero ones are tile padding); other shapes regroup the
+    non-zeros.
 
     The number of blocks depends on the values, so this reads real data even under a FakeTensorMode (a module's
     buffers stay real tensors there, e.g. while a move to another device is traced)."""
@@ -63,6 +65,16 @@ def _unpack(meta: torch.Tensor, rowptr: torch.Tensor, indices: torch.Tensor, pac
     out_features, in_features = int(meta[_META_OUT]), int(meta[_META_IN])
     out_blocks, in_blocks = -(-out_features // R), -(-in_features // C)
     values, row0, k0, rows, cols = _native_entries(meta, rowptr, indices, packed_values)
+    if (rows, cols) == (R, C):  # packed as they are: the native blocks are the canonical ones, plus zero padding
+        keep = (values != 0).any(1)
+        crow = torch.zeros(out_blocks + 1, dtype=torch.int32)
+        crow[1:] = torch.bincount(row0[keep] // R, minlength=out_blocks).cumsum(0)
+        col = (k0[keep] // C).to(torch.int32)
+        if cols == 1:
+            blocks = values[keep].reshape(-1, R, 1)
+        else:
+            blocks = values[keep].reshape(-1, 1, C)
+        return crow, col, blocks
     # Chunks of whole canonical block-rows (native block-rows are ordered by output row), so the chunks' block
     # lists concatenate in row-major order.
     step = math.lcm(R, rows)
