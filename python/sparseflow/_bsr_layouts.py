@@ -1,10 +1,10 @@
 """The CPU block-sparse layouts of ``csrc/bsr/bsr.h`` read back into a canonical ``BlockSparseWeight``'s tensors.
 
 ``bsr_pack`` on CPU re-cuts the canonical R x C blocks into native blocks (4x1 / 16x1 int8 tiles, fp32 4x1
-tiles, 16x1 / 1x16 float blocks) and drops the all-zero ones. When the canonical weight stores no all-zero block (``from_dense``
-never does) the packed tensors hold everything the canonical ones do, so ``SparseLinear`` keeps only the packed
-copy and rebuilds ``crow`` / ``col`` / ``values`` from it to save, read or move the weight (a reshuffle, no
-arithmetic; a stored -0.0 comes back as 0.0, as the kernels see it)."""
+tiles, 16x1 / 1x16 float blocks) and drops the all-zero ones. When the canonical weight stores no all-zero
+block (``from_dense`` never does) the packed tensors hold everything the canonical ones do, so ``SparseLinear``
+keeps only the packed copy and rebuilds ``crow`` / ``col`` / ``values`` from it to save, read or move the weight
+(a reshuffle, no arithmetic; a stored -0.0 comes back as 0.0, as the kernels see it)."""
 
 from __future__ import annotations
 
@@ -69,12 +69,7 @@ def _unpack(meta: torch.Tensor, rowptr: torch.Tensor, indices: torch.Tensor, pac
         keep = (values != 0).any(1)
         crow = torch.zeros(out_blocks + 1, dtype=torch.int32)
         crow[1:] = torch.bincount(row0[keep] // R, minlength=out_blocks).cumsum(0)
-        col = (k0[keep] // C).to(torch.int32)
-        if cols == 1:
-            blocks = values[keep].reshape(-1, R, 1)
-        else:
-            blocks = values[keep].reshape(-1, 1, C)
-        return crow, col, blocks
+        return crow, (k0[keep] // C).to(torch.int32), values[keep].reshape(-1, R, C)
     # Chunks of whole canonical block-rows (native block-rows are ordered by output row), so the chunks' block
     # lists concatenate in row-major order.
     step = math.lcm(R, rows)
@@ -88,11 +83,10 @@ def _unpack(meta: torch.Tensor, rowptr: torch.Tensor, indices: torch.Tensor, pac
             continue
         chunk = values[lo:hi]
         b, e = (chunk != 0).nonzero(as_tuple=True)
-        n = row0[lo:hi][b] + torch.div(e, cols, rounding_mode="floor")
+        n = row0[lo:hi][b] + e // cols  # the entry's output row and input channel
         k = k0[lo:hi][b] + e % cols
-        ids, where = torch.unique(torch.div(n, R, rounding_mode="floor") * in_blocks + torch.div(k, C, rounding_mode="floor"),
-                                  sorted=True, return_inverse=True)
-        crow_counts += torch.bincount(torch.div(ids, in_blocks, rounding_mode="floor"), minlength=out_blocks)
+        ids, where = torch.unique(n // R * in_blocks + k // C, sorted=True, return_inverse=True)
+        crow_counts += torch.bincount(ids // in_blocks, minlength=out_blocks)
         cols_out.append((ids % in_blocks).to(torch.int32))
         blocks = chunk.new_zeros(ids.shape[0], R, C)
         blocks[where, n % R, k % C] = chunk[b, e]
@@ -100,5 +94,4 @@ def _unpack(meta: torch.Tensor, rowptr: torch.Tensor, indices: torch.Tensor, pac
     crow = torch.zeros(out_blocks + 1, dtype=torch.int32)
     crow[1:] = crow_counts.cumsum(0)
     col = torch.cat(cols_out) if cols_out else torch.zeros(0, dtype=torch.int32)
-    dtype = packed_values.dtype
-    return crow, col, torch.cat(values_out) if values_out else torch.zeros(0, R, C, dtype=dtype)
+    return crow, col, torch.cat(values_out) if values_out else torch.zeros(0, R, C, dtype=packed_values.dtype)
