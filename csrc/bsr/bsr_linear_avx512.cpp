@@ -9,6 +9,7 @@
 // broadcast from memory; for a few tokens (decode), lanes = the tile and the 4 activations are picked per
 // token (one permute of a 16-float window of x for span-16 tiles).
 #include <algorithm>
+#include <type_traits>
 
 #include "bsr.h"
 #include "bsr_avx512_math.h"
@@ -110,6 +111,25 @@ void row_1x16(const FloatArgs& a, int64_t n, const float* panel, int64_t m0) {
   }
 }
 
+// Vectors of the fp32 4x1 panel kernel: 16 tokens in a zmm, or up to 8 in a ymm, which on CPUs that split
+// 512-bit operations in two halves (Zen 4) runs a panel of 8 or fewer tokens in half the time.
+struct Zmm {
+  using V = __m512;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(int n, const float* p) { return _mm512_maskz_loadu_ps(lanes16(n), p); }
+  static V fmadd(float w, V x, V acc) { return _mm512_fmadd_ps(_mm512_set1_ps(w), x, acc); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static __m512 wide(V v) { return v; }
+};
+struct Ymm {
+  using V = __m256;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(int n, const float* p) { return _mm256_maskz_loadu_ps(static_cast<__mmask8>(lanes16(n)), p); }
+  static V fmadd(float w, V x, V acc) { return _mm256_fmadd_ps(_mm256_set1_ps(w), x, acc); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static __m512 wide(V v) { return _mm512_zextps256_ps512(v); }
+};
+
 // One block-row of the fp32 4x1 layout against a panel of MT tokens (lanes = tokens): per tile, the four
 // blocks' activation lines (each shared by the tile's 4 output channels) and 16 FMAs with the weights broadcast
 // from memory. At MT = 16 every lane is a useful product: the 16x1 kernel's FMAs per stored weight, without the
@@ -117,32 +137,33 @@ void row_1x16(const FloatArgs& a, int64_t n, const float* panel, int64_t m0) {
 // (the 16x1 kernel's) it ran 10-25 % slower (Zen 4, 576x1536 and 1536x576, 50 %, 16-256 tokens).
 template <int MT>
 void row_4x1(const FloatArgs& a, int64_t r, const float* panel, int64_t m0) {
+  using Vec = std::conditional_t<(MT <= 8), Ymm, Zmm>;
+  using V = typename Vec::V;
   const Weight& w = a.w;
   const float* values = static_cast<const float*>(w.values);
-  const __mmask16 lanes = lanes16(MT);
-  __m512 sum[4];
-  for (int c = 0; c < 4; ++c) sum[c] = _mm512_setzero_ps();
+  V sum[4];
+  for (int c = 0; c < 4; ++c) sum[c] = Vec::zero();
   const int64_t end = w.rowptr[r + 1];
   for (int64_t b0 = w.rowptr[r]; b0 < end; b0 += kSumChunkBlocks) {  // rows hold whole tiles; 64 = 16 tiles
     const int64_t b1 = std::min<int64_t>(end, b0 + kSumChunkBlocks);
-    __m512 acc[4][2];  // two chains per output channel: FMA latency
-    for (int c = 0; c < 4; ++c) acc[c][0] = acc[c][1] = _mm512_setzero_ps();
+    V acc[4][2];  // two chains per output channel: FMA latency
+    for (int c = 0; c < 4; ++c) acc[c][0] = acc[c][1] = Vec::zero();
     for (int64_t b = b0; b < b1; b += 4) {
       const float* tile = values + b * 4;
 #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) {
-        const __m512 xj = _mm512_maskz_loadu_ps(lanes, panel + int64_t(w.indices[b + j]) * MT);
+        const V xj = Vec::load(MT, panel + int64_t(w.indices[b + j]) * MT);
 #pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c) acc[c][j & 1] = _mm512_fmadd_ps(_mm512_set1_ps(tile[4 * c + j]), xj, acc[c][j & 1]);
+        for (int c = 0; c < 4; ++c) acc[c][j & 1] = Vec::fmadd(tile[4 * c + j], xj, acc[c][j & 1]);
       }
     }
-    for (int c = 0; c < 4; ++c) sum[c] = _mm512_add_ps(sum[c], _mm512_add_ps(acc[c][0], acc[c][1]));
+    for (int c = 0; c < 4; ++c) sum[c] = Vec::add(sum[c], Vec::add(acc[c][0], acc[c][1]));
   }
   const int64_t n0 = r * 4, rows = std::min<int64_t>(4, w.N - n0);
   alignas(64) float out[16];
   alignas(64) uint16_t out16[16];
   for (int64_t c = 0; c < rows; ++c) {
-    __m512 v = sum[c];
+    __m512 v = Vec::wide(sum[c]);
     if (a.ep.bias != nullptr) v = _mm512_add_ps(v, _mm512_set1_ps(a.ep.bias[n0 + c]));
     v = activate_ps(v, a.ep.act);
     if (a.ep.out == DType::kBF16) {
