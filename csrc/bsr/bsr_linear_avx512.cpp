@@ -80,6 +80,22 @@ inline __m512 reduce16(const __m512 a[16]) {
   return _mm512_permutexvar_ps(order, e);
 }
 
+// Epilogue of the kernels whose lanes are tokens: y[m0 + t, n] = act(v[t] + bias[n]) for the panel's MT tokens.
+template <int MT>
+void store_channel_tokens(const FloatArgs& a, int64_t n, int64_t m0, __m512 v) {
+  if (a.ep.bias != nullptr) v = _mm512_add_ps(v, _mm512_set1_ps(a.ep.bias[n]));
+  v = activate_ps(v, a.ep.act);
+  alignas(64) float out[16];
+  alignas(64) uint16_t out16[16];
+  if (a.ep.out == DType::kBF16) {
+    _mm256_store_si256((__m256i*)out16, cvt_bf16(v));
+    for (int t = 0; t < MT; ++t) static_cast<uint16_t*>(a.ep.y)[(m0 + t) * a.ep.ldy + n] = out16[t];
+  } else {
+    _mm512_store_ps(out, v);
+    for (int t = 0; t < MT; ++t) static_cast<float*>(a.ep.y)[(m0 + t) * a.ep.ldy + n] = out[t];
+  }
+}
+
 // One output row of the 1x16 layout against the MT tokens of a k-block panel starting at token m0.
 template <int MT, bool kBf16>
 void row_1x16(const FloatArgs& a, int64_t n, const float* panel, int64_t m0) {
@@ -98,17 +114,7 @@ void row_1x16(const FloatArgs& a, int64_t n, const float* panel, int64_t m0) {
   } else {
     v = reduce16(acc);
   }
-  if (a.ep.bias != nullptr) v = _mm512_add_ps(v, _mm512_set1_ps(a.ep.bias[n]));
-  v = activate_ps(v, a.ep.act);
-  alignas(64) float out[16];
-  alignas(64) uint16_t out16[16];
-  if (a.ep.out == DType::kBF16) {
-    _mm256_store_si256((__m256i*)out16, cvt_bf16(v));
-    for (int t = 0; t < MT; ++t) static_cast<uint16_t*>(a.ep.y)[(m0 + t) * a.ep.ldy + n] = out16[t];
-  } else {
-    _mm512_store_ps(out, v);
-    for (int t = 0; t < MT; ++t) static_cast<float*>(a.ep.y)[(m0 + t) * a.ep.ldy + n] = out[t];
-  }
+  store_channel_tokens<MT>(a, n, m0, v);
 }
 
 // Vectors of the fp32 4x1 panel kernel: 16 tokens in a zmm, or up to 8 in a ymm, which on CPUs that split
@@ -160,20 +166,7 @@ void row_4x1(const FloatArgs& a, int64_t r, const float* panel, int64_t m0) {
     for (int c = 0; c < 4; ++c) sum[c] = Vec::add(sum[c], Vec::add(acc[c][0], acc[c][1]));
   }
   const int64_t n0 = r * 4, rows = std::min<int64_t>(4, w.N - n0);
-  alignas(64) float out[16];
-  alignas(64) uint16_t out16[16];
-  for (int64_t c = 0; c < rows; ++c) {
-    __m512 v = Vec::wide(sum[c]);
-    if (a.ep.bias != nullptr) v = _mm512_add_ps(v, _mm512_set1_ps(a.ep.bias[n0 + c]));
-    v = activate_ps(v, a.ep.act);
-    if (a.ep.out == DType::kBF16) {
-      _mm256_store_si256((__m256i*)out16, cvt_bf16(v));
-      for (int t = 0; t < MT; ++t) static_cast<uint16_t*>(a.ep.y)[(m0 + t) * a.ep.ldy + n0 + c] = out16[t];
-    } else {
-      _mm512_store_ps(out, v);
-      for (int t = 0; t < MT; ++t) static_cast<float*>(a.ep.y)[(m0 + t) * a.ep.ldy + n0 + c] = out[t];
-    }
-  }
+  for (int64_t c = 0; c < rows; ++c) store_channel_tokens<MT>(a, n0 + c, m0, Vec::wide(sum[c]));
 }
 
 // Word 2L of the result is word L % 4 of the tile's four 16-bit indices (word 4, zero, fills the odd words):
