@@ -77,6 +77,8 @@ constexpr NativeBlock native_block(Layout l) {
 constexpr bool is_int8_layout(Layout l) { return l == Layout::kInt8_4x1 || l == Layout::kInt8_16x1; }
 // Layouts of 4-block tiles ([blocks / 4, rows, 4] values, float or byte 4c + j = W[rows*row + c, k of block 4t + j]).
 constexpr bool is_tiled_layout(Layout l) { return native_block(l).group == 4; }
+// Where channel c of block b lies in a tiled layout's values (tile b / 4, element 4c + b % 4).
+constexpr int64_t tile_element(int64_t b, int64_t rows, int64_t c) { return (b / 4) * 4 * rows + 4 * c + b % 4; }
 // Layouts whose pack may cut span-16 tiles (meta[kMetaTileSpan]).
 constexpr bool has_tile_span(Layout l) { return l == Layout::kInt8_4x1 || l == Layout::kF32_4x1; }
 

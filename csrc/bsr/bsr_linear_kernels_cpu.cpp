@@ -23,7 +23,7 @@ uint32_t float_rows(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_
   const Weight& w = a.w;
   const NativeBlock nb = native_block(w.layout);
   const bool lanes_are_channels = w.layout == Layout::kF16x1;
-  const bool tiled = is_tiled_layout(w.layout);  // fp32 4x1: float 4c + j of tile b / 4 is W[4r + c, k of block 4t + j]
+  const bool tiled = is_tiled_layout(w.layout);  // fp32 4x1
   uint32_t max_index = 0;
   for (int64_t r = br_begin; r < br_end; ++r) {
     const int64_t row0 = r * nb.rows;
@@ -38,7 +38,7 @@ uint32_t float_rows(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_
           max_index = std::max(max_index, k);
           const int64_t kc = std::min<int64_t>(k, w.K - 1);
           if (tiled) {
-            for (int c = 0; c < 4; ++c) acc[c] += weight_at<kW>(w.values, (b / 4) * 16 + 4 * c + b % 4) * x[kc];
+            for (int c = 0; c < 4; ++c) acc[c] += weight_at<kW>(w.values, tile_element(b, 4, c)) * x[kc];
           } else if (lanes_are_channels) {
             for (int c = 0; c < 16; ++c) acc[c] += weight_at<kW>(w.values, b * 16 + c) * x[kc];
           } else {
@@ -78,8 +78,7 @@ uint32_t linear_int8_portable(const Int8Args& a, int64_t br_begin, int64_t br_en
         const uint32_t k = w.indices[b];
         max_index = std::max(max_index, k);
         const int64_t xv = xq[std::min<int64_t>(k, w.K - 1)];
-        const int8_t* tile = values + (b / 4) * 4 * tile_rows + (b % 4);
-        for (int64_t c = 0; c < tile_rows; ++c) acc[c] += xv * tile[c * 4];
+        for (int64_t c = 0; c < tile_rows; ++c) acc[c] += xv * values[tile_element(b, tile_rows, c)];
       }
       for (int64_t c = 0; c < rows; ++c) {
         const int64_t comp = int64_t(a.x_zp[m]) * w.compensation[row0 + c];
