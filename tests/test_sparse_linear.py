@@ -333,7 +333,8 @@ def test_bsr_keeps_the_canonical_copy_when_it_stores_all_zero_blocks():
     torch.testing.assert_close(sparse(x), torch.nn.functional.linear(x, canonical.to_dense(), lin.bias))
     # A -0.0 inside a block with non-zeros is fine to drop the copy: it comes back as 0.0 (torch.equal either way).
     signed = BlockSparseWeight.from_dense(lin.weight.detach(), (4, 1))
-    signed.values[0, 0, 0] = -0.0 if signed.values[0, 1:].any() else signed.values[0, 0, 0]
+    assert signed.values[0, 1:].any()  # the block keeps a non-zero beside the -0.0
+    signed.values[0, 0, 0] = -0.0
     one_copy = SparseLinear.from_sparse_weight(signed, lin, fallback="never")
     assert one_copy.w_values.numel() == 0 and torch.equal(one_copy.weight_sparse.values, signed.values)
 
