@@ -36,7 +36,9 @@ CONFIGS = (
     (torch.bfloat16, (4, 4), "1x16"),
     (torch.int8, (3, 2), "16x1"),
     (torch.float32, (4, 1), "4x1"),
-    (torch.float32, (6, 2), "auto"),  # fp32 4x1 tiles re-cut from 6-row blocks
+    (torch.float32, (6, 2), "auto"),  # float 4x1 tiles re-cut from 6-row blocks
+    (torch.bfloat16, (4, 1), "4x1"),
+    (torch.bfloat16, (6, 2), "auto"),
 )
 # Token counts around the int8 decode/panel switch (8), the decode's 4-token groups, the 16-token groups
 # and the 64-token panels.
@@ -334,57 +336,64 @@ def test_span16_decode_reads_windows_up_to_the_end_of_x(isa, K, isa_guard):
         assert torch.equal(ops.bsr_linear(*args[:8], out_dtype=torch.int32), ref.bsr_linear(*args))
 
 
-def _fp32_4x1_weight(N, K, density):
-    """An fp32 weight of 4x1 blocks with its last 3 input channels kept and an empty block-row, packed by 'auto'."""
+def _float_4x1_weight(N, K, density, dtype=torch.float32):
+    """A weight of 4x1 blocks with its last 3 input channels kept and an empty block-row, packed by 'auto'."""
     g = torch.Generator().manual_seed(K)
     dense = torch.randn(N, K, generator=g)
     dense[torch.rand(N, K, generator=g) > density] = 0
     dense[:, -3:] = torch.randn(N, min(3, K), generator=g)  # the last channels kept
     dense[4:8] = 0  # an empty block-row
-    canonical = BlockSparseWeight.from_dense(dense, (4, 1))
+    canonical = BlockSparseWeight.from_dense(dense.to(dtype), (4, 1))
     return ops.bsr_pack(canonical.crow, canonical.col, canonical.values, N, K)
 
 
 @pytest.mark.parametrize("isa", PATHS)
 @pytest.mark.parametrize("K", [1, 5, 16, 17, 40, 300])
 @pytest.mark.parametrize("density", [0.5, 0.01])
-def test_fp32_4x1_tiles_on_every_path(isa, K, density, isa_guard):
-    """fp32 4x1 tiles, span-16 or plain (sparse and wide): tiles that start within 15 channels of the end of x (the
-    decode's windows reach past it), ragged last tiles, an empty block-row, a partial last block-row; token counts
-    around the decode's switch to the panel kernel (after 6 tokens) and the panels' 16 tokens."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_float_4x1_tiles_on_every_path(isa, K, density, dtype, isa_guard):
+    """float 4x1 tiles, span-16 or plain (sparse and wide): tiles that start within 15 channels of the end of x (the
+    decodes' windows reach past it), ragged last tiles (the bf16 decode takes two tiles a step: odd tile counts),
+    an empty block-row, a partial last block-row; token counts around the decode's switch to the panel kernel
+    (after 6 tokens), the panels' 16 tokens, and last panels of 7 and 9 tokens (padded to whole lines)."""
     _select(isa)
     N = 38
-    packed = _fp32_4x1_weight(N, K, density)
-    assert int(packed[0][1]) == 6  # 'auto' takes fp32 4x1 for 4x1 blocks
+    packed = _float_4x1_weight(N, K, density, dtype)
+    assert int(packed[0][1]) == 6  # 'auto' takes float 4x1 for 4x1 blocks
     bias = torch.randn(N)
-    for M in (1, 2, 3, 5, 6, 7, 16, 17):
-        x = _x(M, K, torch.float32, seed=M)
+    for M in (1, 2, 3, 5, 6, 7, 9, 16, 17, 25):
+        x = _x(M, K, dtype, seed=M)
         args = (x, *packed, N, K, bias, None, ref.ACTIVATIONS[M % 4], (torch.float32, torch.bfloat16)[M % 2])
         assert_bsr_linear_close(ops.bsr_linear(*args), ref.bsr_linear(*args), args)
 
 
-def test_fp32_4x1_weights_take_span16_and_plain_tiles():
-    assert int(_fp32_4x1_weight(38, 300, 0.5)[0][6]) == 16
-    assert int(_fp32_4x1_weight(38, 300, 0.01)[0][6]) == 0
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_float_4x1_weights_take_span16_and_plain_tiles(dtype):
+    assert int(_float_4x1_weight(38, 300, 0.5, dtype)[0][6]) == 16
+    assert int(_float_4x1_weight(38, 300, 0.01, dtype)[0][6]) == 0
 
 
-def test_an_fp32_tile_that_breaks_its_span_is_reported(isa_guard):
-    """The fp32 4x1 decode (AVX-512, M <= 6) relies on the span like the int8 one: a tile changed to span 16 or more
-    channels, or to run backwards, is refused (by the reference too); the panel kernel does not need the span."""
-    packed = _fp32_4x1_weight(70, 300, 0.5)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_float_tile_that_breaks_its_span_is_reported(dtype, isa_guard):
+    """The float 4x1 decodes (AVX-512 and, for bf16, AVX512_BF16; M <= 6) rely on the span like the int8 one: a tile
+    changed to span 16 or more channels, or to run backwards, is refused (by the reference too); the panel kernel
+    does not need the span. Both halves of the bf16 decode's two-tile steps are checked (an even and an odd tile)."""
+    packed = _float_4x1_weight(70, 300, 0.5, dtype)
     tiles = packed[2].long().reshape(-1, 4)
-    t = int(((tiles[:, 0] > 0) & (tiles[:, 0] < 250) & (tiles[:, 1] > tiles[:, 0])).nonzero()[0, 0])
-    for value in (int(tiles[t, 0]) + 16, int(tiles[t, 0]) - 1):
-        indices = packed[2].clone()
-        indices[4 * t + 1] = value
-        args = (_x(3, 300, torch.float32), packed[0], packed[1], indices, *packed[3:], 70, 300)
-        with pytest.raises(IndexError, match="a tile's indices span further"):
-            ref.bsr_linear(*args, None, None, "none", None)
-        if "avx512" in ISAS:
-            _C.set_cpu_isa("avx512")
-            with pytest.raises(IndexError, match=r"sparseflow.bsr_linear: meta says every tile lies within 16 input "
-                                                 r"channels, but a tile's indices span further \(corrupted packed"):
-                ops.bsr_linear(*args)
+    candidates = ((tiles[:, 0] > 0) & (tiles[:, 0] < 250) & (tiles[:, 1] > tiles[:, 0])).nonzero()[:, 0].tolist()
+    isas = [isa for isa in ("avx512", "avx512_bf16" if dtype == torch.bfloat16 else None) if isa in ISAS]
+    for t in (next(t for t in candidates if t % 2 == 0), next(t for t in candidates if t % 2 == 1)):
+        for value in (int(tiles[t, 0]) + 16, int(tiles[t, 0]) - 1):
+            indices = packed[2].clone()
+            indices[4 * t + 1] = value
+            args = (_x(3, 300, dtype), packed[0], packed[1], indices, *packed[3:], 70, 300)
+            with pytest.raises(IndexError, match="a tile's indices span further"):
+                ref.bsr_linear(*args, None, None, "none", None)
+            for isa in isas:
+                _C.set_cpu_isa(isa)
+                with pytest.raises(IndexError, match=r"sparseflow.bsr_linear: meta says every tile lies within 16 "
+                                                     r"input channels, but a tile's indices span further \(corrupted"):
+                    ops.bsr_linear(*args)
 
 
 def test_a_tile_that_breaks_its_span_is_reported(isa_guard):

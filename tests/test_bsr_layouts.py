@@ -9,7 +9,7 @@ from sparseflow import _bsr_layouts, ops
 from sparseflow.formats import BlockSparseWeight
 
 BLOCKS = [(1, 1), (4, 1), (16, 1), (1, 16), (2, 8), (3, 5), (16, 16), (32, 2), (5, 24)]
-KERNELS = {torch.float32: ("auto", "16x1", "1x16"), torch.bfloat16: ("auto", "16x1", "1x16"),
+KERNELS = {torch.float32: ("auto", "4x1", "16x1", "1x16"), torch.bfloat16: ("auto", "4x1", "16x1", "1x16"),
            torch.int8: ("auto", "4x1", "16x1")}
 CASES = [(dtype, kernel) for dtype, kernels in KERNELS.items() for kernel in kernels]
 
@@ -41,7 +41,7 @@ def test_unpack_rebuilds_the_canonical_tensors(block, dtype, kernel, in_features
 def test_unpack_in_chunks_of_whole_block_rows(monkeypatch, chunk_entries):
     """Chunks hold whole canonical and native block-rows (R = 24 and 16-row native blocks: 48-row steps)."""
     monkeypatch.setattr(_bsr_layouts, "_CHUNK_ENTRIES", chunk_entries)
-    for block, dtype in itertools.product([(24, 3), (4, 1), (1, 16)], [torch.float32, torch.int8]):
+    for block, dtype in itertools.product([(24, 3), (4, 1), (1, 16)], [torch.float32, torch.bfloat16, torch.int8]):
         w = _weight(150, 70, block, dtype, 0.3, seed=2)
         packed = ops.bsr_pack(w.crow, w.col, w.values, 150, 70)
         crow, col, values = _bsr_layouts.unpack(*packed[:4], block)

@@ -23,8 +23,9 @@
 //               W[16*row + c, k of block 4t + j]. One zmm holds a tile and all 16 channels share the tile's
 //               four activations, so a one-token decode gathers 4 activation bytes per 64 weight bytes
 //               (4x1: 16), and the 16-bit index costs 1/8 byte per weight instead of 1/2.
-//   kF32_4x1    fp32 4x1 blocks in 4x4 tiles of 4 blocks, as kInt8_4x1 (also with span-16 tiles): tile t holds
-//               16 floats, float 4c + j = W[4*row + c, k of block 4t + j], so one zmm holds a tile. For canonical
+//   kFloat4x1   fp32 or bf16 4x1 blocks in 4x4 tiles of 4 blocks, as kInt8_4x1 (also with span-16 tiles):
+//               tile t holds 16 values, value 4c + j = W[4*row + c, k of block 4t + j], so one zmm holds an fp32
+//               tile, and a bf16 tile pairs (k0, k1) and (k2, k3) of each channel for vdpbf16ps. For canonical
 //               blocks of fewer than 16 rows it stores ~4x fewer zeros than 16x1 (50 % random 4x1 blocks fill
 //               ~94 % of the 16x1 blocks).
 //   kF16x1      16 output channels x 1 input channel: indices[b] = k, values[b][c] = W[16*row + c, k].
@@ -42,7 +43,7 @@ constexpr int64_t kFormatVersion = 1;
 constexpr int64_t kMaxInFeatures = 65536;  // input-channel indices are uint16
 
 // Id 4 is the CUDA layout (bsr_cuda.h).
-enum class Layout : int64_t { kInt8_4x1 = 1, kF16x1 = 2, kF1x16 = 3, kInt8_16x1 = 5, kF32_4x1 = 6 };
+enum class Layout : int64_t { kInt8_4x1 = 1, kF16x1 = 2, kF1x16 = 3, kInt8_16x1 = 5, kFloat4x1 = 6 };
 enum class DType : int64_t { kF32 = 0, kBF16 = 1, kS8 = 2, kS32 = 3 };
 enum class Activation : int { kNone = 0, kRelu = 1, kGelu = 2, kSilu = 3 };
 
@@ -51,7 +52,7 @@ enum MetaSlot : int {
   kMetaVersion = 0, kMetaLayout, kMetaDtype, kMetaOut, kMetaIn, kMetaNnz, kMetaTileSpan, kMetaSize = 8
 };
 
-// The tile span of 4x1 weights (int8 or fp32) whose tiles each lie within 16 input channels (else meta holds 0).
+// The tile span of 4x1 weights (int8 or float) whose tiles each lie within 16 input channels (else meta holds 0).
 constexpr int kTileSpan = 16;
 // What a kernel returns (when no index is >= K) if such a weight has a tile that spans
 // further (a corrupted weight): above every 16-bit index, so it survives the max over threads.
@@ -67,7 +68,7 @@ constexpr NativeBlock native_block(Layout l) {
   switch (l) {
     case Layout::kInt8_4x1: return {4, 1, 4};
     case Layout::kInt8_16x1: return {16, 1, 4};
-    case Layout::kF32_4x1: return {4, 1, 4};
+    case Layout::kFloat4x1: return {4, 1, 4};
     case Layout::kF16x1: return {16, 1, 1};
     case Layout::kF1x16: return {1, 16, 1};
   }
@@ -80,7 +81,7 @@ constexpr bool is_tiled_layout(Layout l) { return native_block(l).group == 4; }
 // Where channel c of block b lies in a tiled layout's values (tile b / 4, element 4c + b % 4).
 constexpr int64_t tile_element(int64_t b, int64_t rows, int64_t c) { return (b / 4) * 4 * rows + 4 * c + b % 4; }
 // Layouts whose pack may cut span-16 tiles (meta[kMetaTileSpan]).
-constexpr bool has_tile_span(Layout l) { return l == Layout::kInt8_4x1 || l == Layout::kF32_4x1; }
+constexpr bool has_tile_span(Layout l) { return l == Layout::kInt8_4x1 || l == Layout::kFloat4x1; }
 
 // ------------------------------------------------------------------------------------------------ pack
 
@@ -162,7 +163,7 @@ struct FloatArgs {
   Epilogue ep;
   int64_t M = 0;
   const float* x = nullptr;  // portable kernel: row-major [M, ldx]
-  int64_t ldx = 0;            // (also the fp32 4x1 decode's padded rows in xt)
+  int64_t ldx = 0;            // (also the float 4x1 decodes' padded rows)
   const float* xt = nullptr;  // AVX-512 kernels: token panels, see below
 };
 
@@ -171,13 +172,15 @@ struct FloatArgs {
 // times less accurate than MKL's blocked GEMM.
 constexpr int64_t kSumChunkBlocks = 64;
 
-// The fp32 4x1 decode kernel runs up to this many tokens in one pass over the weight; the panel kernel, whose
+// The float 4x1 decode kernels run up to this many tokens in one pass over the weight; the panel kernel, whose
 // lanes are tokens, takes over from there (Zen 4, 2 threads, 50 %: 576x576 / 1536x576 / 576x1536, M = 6 decode
-// 26 / 62 / 63 us against panels 40 / 77 / 83; M = 8 33-36 / 75-107 / 77-103 against 34 / 75 / 77).
-constexpr int64_t kF32DecodeMaxTokens = 6;
+// 26 / 62 / 63 us against panels 40 / 77 / 83; M = 8 33-36 / 75-107 / 77-103 against 34 / 75 / 77). bf16 (AVX512_BF16),
+// same shapes: M = 6 decode 20 / 46 / 45 us against panels 40 / 64 / 105; at M = 7-8 each wins one shape.
+constexpr int64_t kFloat4x1DecodeMaxTokens = 6;
 
 // Token panels of the AVX-512 float kernels; panel p holds tokens [16p, 16p + w), w = min(16, M - 16p).
-// 16x1: [K][w] at offset 16p * K, so one cache line serves all the panel's tokens for one input channel.
+// 16x1: [K][w] at offset 16p * K (float 4x1: [K][16], zeros past the w tokens), so one cache line serves all
+// the panel's tokens for one input channel.
 // 1x16: [K16 / 16][w][16] at offset 16p * K16 (K16 = K rounded up to 16, zero-padded), so a block's 16
 // input channels are one aligned line per token and the tokens' lines are adjacent (rows of x itself are
 // a multiple of 4 KiB apart for typical K and would fight over the same L1 sets).
@@ -241,8 +244,9 @@ void quantize_rows_portable(const QuantArgs& q, int64_t m_begin, int64_t m_end);
 
 // ---- AVX-512F (bsr_linear_avx512.cpp)
 void quantize_rows_avx512(const QuantArgs& q, int64_t m_begin, int64_t m_end);
-// Writes panels [p_begin, p_end) of xt from x rows (fp32 or bf16).
-void transpose_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_t M, int64_t K,
+// Writes panels [p_begin, p_end) of xt from x rows (fp32 or bf16); full_lines: the last panel's lines also hold
+// kF32PanelTokens floats (zeros past its tokens), so every line is one aligned cache line.
+void transpose_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_t M, int64_t K, bool full_lines,
                                  float* xt, int64_t p_begin, int64_t p_end);
 // bf16 x rows -> [K][w] bf16 panels (the AVX512_BF16 kernel's layout, same offsets as the fp32 16x1 one).
 void transpose_panels_bf16_avx512(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, uint16_t* xt,
@@ -253,15 +257,22 @@ uint32_t linear_f16x1_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_en
                              int64_t p_end);
 uint32_t linear_f1x16_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin,
                              int64_t p_end);
-// fp32 4x1 tiles on the 16x1 kernel's token panels (a.xt), and the decode of tokens [m_begin, m_end) on padded
-// rows (a.xt, a.ldx apart, kTileSpan floats of slack each) in passes of up to kF32DecodeMaxTokens tokens.
+// float 4x1 tiles (fp32, or bf16 widened) on the 16x1 kernel's token panels (a.xt), and the decode of tokens
+// [m_begin, m_end) on padded fp32 rows (a.xt, a.ldx apart, kTileSpan floats of slack each) in passes of up to
+// kFloat4x1DecodeMaxTokens tokens.
 uint32_t linear_f4x1_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin, int64_t p_end);
 uint32_t linear_f4x1_decode_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t m_begin,
                                    int64_t m_end);
 
-// ---- AVX512_BF16 (bsr_linear_avx512_bf16.cpp): bf16 weights, 16x1, vdpbf16ps on bf16 panels
+// ---- AVX512_BF16 (bsr_linear_avx512_bf16.cpp): bf16 weights, vdpbf16ps. 16x1 on bf16 panels; float 4x1 on the
+// AVX-512F kernels' fp32 panels of bf16 x (a.xt), and its decode of tokens [m_begin, m_end) on padded bf16 rows x
+// (a.ldx apart, kTileSpan zeros of slack each) in passes of up to kFloat4x1DecodeMaxTokens tokens.
 uint32_t linear_bf16_16x1_avx512bf16(const FloatArgs& a, const uint16_t* panels, int64_t br_begin, int64_t br_end,
                                      int64_t p_begin, int64_t p_end);
+uint32_t linear_bf16_4x1_avx512bf16(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin,
+                                    int64_t p_end);
+uint32_t linear_bf16_4x1_decode_avx512bf16(const FloatArgs& a, const uint16_t* x, int64_t br_begin, int64_t br_end,
+                                           int64_t m_begin, int64_t m_end);
 
 // ---- AVX512_VNNI (bsr_linear_avx512_vnni.cpp)
 // Builds columns [k_begin, k_end) (multiples of 16, or K) of panel p (main kernel), or groups [g_begin, g_end)

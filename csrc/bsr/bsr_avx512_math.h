@@ -123,6 +123,31 @@ inline void store_16x1(const FloatArgs& a, int64_t r, int64_t m0, const __m512 s
   store_16x1_tokens(a, r, m0, MT, sum);
 }
 
+// Epilogue of the kernels whose lanes are tokens: y[m0 + t, n] = act(v[t] + bias[n]) for the panel's MT tokens.
+template <int MT>
+void store_channel_tokens(const FloatArgs& a, int64_t n, int64_t m0, __m512 v) {
+  if (a.ep.bias != nullptr) v = _mm512_add_ps(v, _mm512_set1_ps(a.ep.bias[n]));
+  v = activate_ps(v, a.ep.act);
+  alignas(64) float out[16];
+  alignas(64) uint16_t out16[16];
+  if (a.ep.out == DType::kBF16) {
+    _mm256_store_si256((__m256i*)out16, cvt_bf16(v));
+    for (int t = 0; t < MT; ++t) static_cast<uint16_t*>(a.ep.y)[(m0 + t) * a.ep.ldy + n] = out16[t];
+  } else {
+    _mm512_store_ps(out, v);
+    for (int t = 0; t < MT; ++t) static_cast<float*>(a.ep.y)[(m0 + t) * a.ep.ldy + n] = out[t];
+  }
+}
+
+// Epilogue of the float 4x1 decode kernels: y[m, 4r + c] = act(v[c] + bias) for the block-row's (up to) 4 channels
+// in lanes 0-3 of v.
+inline void store_row4(const FloatArgs& a, int64_t r, int64_t m, __m512 v) {
+  const int64_t n0 = r * 4, rows = std::min<int64_t>(4, a.w.N - n0);
+  if (a.ep.bias != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(lanes16(rows), a.ep.bias + n0));
+  const int64_t esize = a.ep.out == DType::kBF16 ? 2 : 4;
+  store_lanes(activate_ps(v, a.ep.act), a.ep.out, static_cast<char*>(a.ep.y) + (m * a.ep.ldy + n0) * esize, rows);
+}
+
 // Calls row(std::integral_constant<int, MT>, r, m0) for each block-row r in [br_begin, br_end) and each
 // token panel p in [p_begin, p_end) (m0 = first token, MT = its token count), skipping block-rows with an
 // index >= K (corrupted: never read). Returns the largest index of a skipped block-row (0 if none), which the caller

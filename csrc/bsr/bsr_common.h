@@ -38,7 +38,7 @@ inline const char* layout_name(Layout l) {
   switch (l) {
     case Layout::kInt8_4x1: return "4x1";
     case Layout::kInt8_16x1: return "int8 16x1";
-    case Layout::kF32_4x1: return "fp32 4x1";
+    case Layout::kFloat4x1: return "float 4x1";
     case Layout::kF16x1: return "16x1";
     case Layout::kF1x16: return "1x16";
   }
@@ -90,9 +90,7 @@ inline PackRequest check_pack_args(const at::Tensor& crow, const at::Tensor& col
   req.w.nnz = col.numel();
   const bool is_int8 = req.w.dtype == DType::kS8;
   if (kernel == "4x1") {
-    TORCH_CHECK_VALUE(req.w.dtype != DType::kBF16, op, ": kernel '4x1' takes int8 or float32 values, got ",
-                      values.scalar_type(), " (use '16x1', '1x16' or 'auto')");
-    req.layout = is_int8 ? Layout::kInt8_4x1 : Layout::kF32_4x1;
+    req.layout = is_int8 ? Layout::kInt8_4x1 : Layout::kFloat4x1;
   } else if (kernel == "16x1") {
     req.layout = is_int8 ? Layout::kInt8_16x1 : Layout::kF16x1;
   } else if (kernel == "1x16") {
@@ -101,14 +99,13 @@ inline PackRequest check_pack_args(const at::Tensor& crow, const at::Tensor& col
   } else if (kernel == "auto") {
     // Cut so that native blocks store as few zeros as possible. int8: 16x1 when canonical block-rows are whole
     // 16x1 block-rows (R a multiple of 16), else the finer 4x1. Float: 1x16 for wide blocks (C > R); else 16x1
-    // when R is a multiple of 16, else fp32 4x1 - and bf16 16x1, whose kernels (AVX512_BF16, AMX) have no 4x1
-    // counterpart.
+    // when R is a multiple of 16, else float 4x1.
     if (is_int8) {
       req.layout = R % 16 == 0 ? Layout::kInt8_16x1 : Layout::kInt8_4x1;
     } else if (C > R) {
       req.layout = Layout::kF1x16;
     } else {
-      req.layout = R % 16 != 0 && req.w.dtype == DType::kF32 ? Layout::kF32_4x1 : Layout::kF16x1;
+      req.layout = R % 16 != 0 ? Layout::kFloat4x1 : Layout::kF16x1;
     }
   } else {
     TORCH_CHECK_VALUE(false, op, ": kernel must be 'auto', '4x1', '16x1' or '1x16', got '", kernel, "'");
@@ -185,10 +182,9 @@ inline Weight read_cpu_meta(const char* op, const at::Tensor& meta, int64_t* nnz
   TORCH_CHECK_VALUE(mp[kMetaTileSpan] == 0 || (mp[kMetaTileSpan] == kTileSpan && has_tile_span(w.layout)), op,
                     ": meta holds tile span ", mp[kMetaTileSpan], " (0, or ", kTileSpan, " for the 4x1 layouts)");
   w.tile_span = static_cast<int>(mp[kMetaTileSpan]);
-  TORCH_CHECK_VALUE((w.dtype == DType::kS8) == is_int8_layout(w.layout) &&
-                        (w.layout != Layout::kF32_4x1 || w.dtype == DType::kF32),
-                    op, ": meta pairs layout ", layout_name(w.layout), " with dtype ", scalar_type(w.dtype),
-                    " (int8 layouts: 4x1, int8 16x1; float: 16x1, 1x16; float32: fp32 4x1)");
+  TORCH_CHECK_VALUE((w.dtype == DType::kS8) == is_int8_layout(w.layout), op, ": meta pairs layout ",
+                    layout_name(w.layout), " with dtype ", scalar_type(w.dtype),
+                    " (int8 layouts: 4x1, int8 16x1; float: 16x1, 1x16, float 4x1)");
   return w;
 }
 

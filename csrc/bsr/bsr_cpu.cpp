@@ -252,6 +252,7 @@ AmxKernels amx_kernels(CpuIsa isa) {
 // cpu_kernel_name reports it (sparseflow.info, the bench), so the report is the dispatch itself.
 enum class CpuPath {
   kFloatPortable, kF16x1Avx512, kF1x16Avx512, kF4x1Avx512, kF4x1Decode, kF4x1DecodeSpan16, kBf16x16Avx512Bf16, kBf16Amx,
+  kBf4x1Avx512Bf16, kBf4x1DecodeAvx512Bf16, kBf4x1DecodeSpan16Avx512Bf16,
   kInt8Portable, kInt8Decode16x1, kInt8Decode4x1, kInt8Decode4x1Span16, kInt8PanelsVnni, kInt8Amx,
 };
 
@@ -267,9 +268,14 @@ CpuPath choose_cpu_path(const Weight& w, int64_t M, CpuIsa isa, AmxKernels* amx)
     }
     return amx->int8 != nullptr ? CpuPath::kInt8Amx : CpuPath::kInt8PanelsVnni;
   }
-  if (w.layout == Layout::kF32_4x1) {
+  if (w.layout == Layout::kFloat4x1) {
     if (isa < CpuIsa::kAvx512) return CpuPath::kFloatPortable;
-    if (M <= kF32DecodeMaxTokens) return w.tile_span == kTileSpan ? CpuPath::kF4x1DecodeSpan16 : CpuPath::kF4x1Decode;
+    const bool span16 = w.tile_span == kTileSpan;
+    if (w.dtype == DType::kBF16 && isa >= CpuIsa::kAvx512Bf16) {
+      if (M > kFloat4x1DecodeMaxTokens) return CpuPath::kBf4x1Avx512Bf16;
+      return span16 ? CpuPath::kBf4x1DecodeSpan16Avx512Bf16 : CpuPath::kBf4x1DecodeAvx512Bf16;
+    }
+    if (M <= kFloat4x1DecodeMaxTokens) return span16 ? CpuPath::kF4x1DecodeSpan16 : CpuPath::kF4x1Decode;
     return CpuPath::kF4x1Avx512;
   }
   if (amx->bf16 != nullptr) return CpuPath::kBf16Amx;
@@ -304,32 +310,54 @@ uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cp
       return bf16_amx != nullptr ? bf16_amx(a, xt, b, e, p0, p1) : linear_bf16_16x1_avx512bf16(a, xt, b, e, p0, p1);
     });
   }
+  // The float 4x1 decodes read rows with kTileSpan zeros past K, for the span-16 windows (x itself has no such
+  // slack): bf16 rows for the AVX512_BF16 kernel, fp32 rows (bf16 x widened) for the AVX-512F one.
+  if (path == CpuPath::kBf4x1DecodeAvx512Bf16 || path == CpuPath::kBf4x1DecodeSpan16Avx512Bf16) {
+    a.ldx = K + kTileSpan;
+    uint16_t* rows = thread_scratch().get<uint16_t>(kSlotPanels, M * a.ldx);
+    const auto* x = reinterpret_cast<const uint16_t*>(x2.data_ptr<at::BFloat16>());
+    for (int64_t m = 0; m < M; ++m) {
+      if (K > 0) std::memcpy(rows + m * a.ldx, x + m * x2.stride(0), K * sizeof(uint16_t));  // (x may be null)
+      std::memset(rows + m * a.ldx + K, 0, kTileSpan * sizeof(uint16_t));
+    }
+    return run_tasks(w, M, 1, [&](int64_t b, int64_t e, int64_t) {
+      return linear_bf16_4x1_decode_avx512bf16(a, rows, b, e, 0, M);
+    });
+  }
   if (path == CpuPath::kF4x1Decode || path == CpuPath::kF4x1DecodeSpan16) {
-    // Rows with kTileSpan floats of zeros past K, for the span-16 windows (x itself has no such slack).
     a.ldx = K + kTileSpan;
     float* rows = thread_scratch().get<float>(kSlotPanels, M * a.ldx);
-    const float* x = x2.data_ptr<float>();
     for (int64_t m = 0; m < M; ++m) {
-      if (K > 0) std::memcpy(rows + m * a.ldx, x + m * x2.stride(0), K * sizeof(float));  // (x may be null)
+      if (x_bf16) {
+        const at::BFloat16* x = x2.data_ptr<at::BFloat16>() + m * x2.stride(0);
+        for (int64_t k = 0; k < K; ++k) rows[m * a.ldx + k] = static_cast<float>(x[k]);
+      } else if (K > 0) {  // (x may be null)
+        std::memcpy(rows + m * a.ldx, x2.data_ptr<float>() + m * x2.stride(0), K * sizeof(float));
+      }
       std::memset(rows + m * a.ldx + K, 0, kTileSpan * sizeof(float));
     }
     a.xt = rows;
     return run_tasks(w, M, 1, [&](int64_t b, int64_t e, int64_t) { return linear_f4x1_decode_avx512(a, b, e, 0, M); });
   }
-  if (path == CpuPath::kF16x1Avx512 || path == CpuPath::kF4x1Avx512) {
+  if (path == CpuPath::kF16x1Avx512 || path == CpuPath::kF4x1Avx512 || path == CpuPath::kBf4x1Avx512Bf16) {
     const int64_t panels = ceil_div(M, kF32PanelTokens);
     if (M == 1 && !x_bf16) {
       a.xt = x2.data_ptr<float>();  // one token: its panel [K][1] is the row itself
     } else {
-      float* xt = thread_scratch().get<float>(kSlotPanels, M * K);
+      // The 4x1 kernels load whole 64-byte panel lines (the last panel's padded with zeros): a line of 7 or 9
+      // tokens straddled cache lines and ran slower than one of 16.
+      const bool full_lines = path != CpuPath::kF16x1Avx512;
+      float* xt = thread_scratch().get<float>(kSlotPanels, (full_lines ? panels * kF32PanelTokens : M) * K);
       at::parallel_for(0, panels, 1, [&](int64_t b, int64_t e) {
-        transpose_panels_f32_avx512(x2.data_ptr(), x_bf16, x2.stride(0), M, K, xt, b, e);
+        transpose_panels_f32_avx512(x2.data_ptr(), x_bf16, x2.stride(0), M, K, full_lines, xt, b, e);
       });
       a.xt = xt;
     }
     const int64_t per_task = kFloatTokensPerTask / kF32PanelTokens;
     const int64_t m_parts = ceil_div(panels, per_task);
-    const auto kernel = path == CpuPath::kF4x1Avx512 ? &linear_f4x1_avx512 : &linear_f16x1_avx512;
+    const auto kernel = path == CpuPath::kBf4x1Avx512Bf16 ? &linear_bf16_4x1_avx512bf16
+                        : path == CpuPath::kF4x1Avx512    ? &linear_f4x1_avx512
+                                                          : &linear_f16x1_avx512;
     return run_tasks(w, M, m_parts, [&](int64_t b, int64_t e, int64_t mp) {
       return kernel(a, b, e, mp * per_task, std::min(panels, (mp + 1) * per_task));
     });
@@ -494,6 +522,9 @@ const char* cpu_path_name(CpuPath path, Layout layout) {
     case CpuPath::kF4x1Avx512: return "avx512:4x1";
     case CpuPath::kF4x1Decode: return "avx512:decode_4x1";
     case CpuPath::kF4x1DecodeSpan16: return "avx512:decode_4x1_span16";
+    case CpuPath::kBf4x1Avx512Bf16: return "avx512_bf16:4x1";
+    case CpuPath::kBf4x1DecodeAvx512Bf16: return "avx512_bf16:decode_4x1";
+    case CpuPath::kBf4x1DecodeSpan16Avx512Bf16: return "avx512_bf16:decode_4x1_span16";
     case CpuPath::kBf16x16Avx512Bf16: return "avx512_bf16:16x1";
     case CpuPath::kBf16Amx: return amx_emulation() ? "amx(emulated):bf16_16x1" : "amx:bf16_16x1";
     case CpuPath::kInt8Portable: return "portable";

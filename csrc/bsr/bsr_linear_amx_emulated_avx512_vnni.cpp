@@ -76,7 +76,7 @@ int64_t bf16_panel_kernel_mismatches(Bf16PanelKernel kernel) {
   std::vector<uint16_t> xt(M * K);
   std::vector<float> xt_f32(M * K), y_kernel(M * N), y_ref(M * N);
   transpose_panels_bf16_avx512(x.data(), K, M, K, xt.data(), 0, panels);
-  transpose_panels_f32_avx512(x.data(), true, K, M, K, xt_f32.data(), 0, panels);
+  transpose_panels_f32_avx512(x.data(), true, K, M, K, false, xt_f32.data(), 0, panels);
 
   FloatArgs a;
   a.w = check_weight(Layout::kF16x1, DType::kBF16, N, K, rowptr, indices, values.data());

@@ -5,9 +5,9 @@
 // per token, vfmadd231ps with the token's activation broadcast from the transposed panel, where the 16
 // tokens of a panel share one cache line per input channel. 1x16 (lanes = 16 input channels): per block and
 // token one contiguous activation load and FMA into a per-token accumulator, reduced across lanes once per
-// output row. fp32 4x1 (4x4 tiles of 4 blocks): with a panel of tokens, lanes = tokens and each weight is
-// broadcast from memory; for a few tokens (decode), lanes = the tile and the 4 activations are picked per
-// token (one permute of a 16-float window of x for span-16 tiles).
+// output row. float 4x1 (4x4 tiles of 4 blocks; bf16 weights widened, for CPUs without AVX512_BF16): with a
+// panel of tokens, lanes = tokens and each weight is broadcast from memory; for a few tokens (decode), lanes =
+// the tile and the 4 activations are picked per token (one permute of a 16-float window of x for span-16 tiles).
 #include <algorithm>
 #include <type_traits>
 
@@ -80,22 +80,6 @@ inline __m512 reduce16(const __m512 a[16]) {
   return _mm512_permutexvar_ps(order, e);
 }
 
-// Epilogue of the kernels whose lanes are tokens: y[m0 + t, n] = act(v[t] + bias[n]) for the panel's MT tokens.
-template <int MT>
-void store_channel_tokens(const FloatArgs& a, int64_t n, int64_t m0, __m512 v) {
-  if (a.ep.bias != nullptr) v = _mm512_add_ps(v, _mm512_set1_ps(a.ep.bias[n]));
-  v = activate_ps(v, a.ep.act);
-  alignas(64) float out[16];
-  alignas(64) uint16_t out16[16];
-  if (a.ep.out == DType::kBF16) {
-    _mm256_store_si256((__m256i*)out16, cvt_bf16(v));
-    for (int t = 0; t < MT; ++t) static_cast<uint16_t*>(a.ep.y)[(m0 + t) * a.ep.ldy + n] = out16[t];
-  } else {
-    _mm512_store_ps(out, v);
-    for (int t = 0; t < MT; ++t) static_cast<float*>(a.ep.y)[(m0 + t) * a.ep.ldy + n] = out[t];
-  }
-}
-
 // One output row of the 1x16 layout against the MT tokens of a k-block panel starting at token m0.
 template <int MT, bool kBf16>
 void row_1x16(const FloatArgs& a, int64_t n, const float* panel, int64_t m0) {
@@ -117,12 +101,12 @@ void row_1x16(const FloatArgs& a, int64_t n, const float* panel, int64_t m0) {
   store_channel_tokens<MT>(a, n, m0, v);
 }
 
-// Vectors of the fp32 4x1 panel kernel: 16 tokens in a zmm, or up to 8 in a ymm, which on CPUs that split
+// Vectors of the float 4x1 panel kernel: 16 tokens in a zmm, or up to 8 in a ymm, which on CPUs that split
 // 512-bit operations in two halves (Zen 4) runs a panel of 8 or fewer tokens in half the time.
 struct Zmm {
   using V = __m512;
   static V zero() { return _mm512_setzero_ps(); }
-  static V load(int n, const float* p) { return _mm512_maskz_loadu_ps(lanes16(n), p); }
+  static V load(const float* p) { return _mm512_load_ps(p); }
   static V fmadd(float w, V x, V acc) { return _mm512_fmadd_ps(_mm512_set1_ps(w), x, acc); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static __m512 wide(V v) { return v; }
@@ -130,23 +114,23 @@ struct Zmm {
 struct Ymm {
   using V = __m256;
   static V zero() { return _mm256_setzero_ps(); }
-  static V load(int n, const float* p) { return _mm256_maskz_loadu_ps(static_cast<__mmask8>(lanes16(n)), p); }
+  static V load(const float* p) { return _mm256_load_ps(p); }
   static V fmadd(float w, V x, V acc) { return _mm256_fmadd_ps(_mm256_set1_ps(w), x, acc); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static __m512 wide(V v) { return _mm512_zextps256_ps512(v); }
 };
 
-// One block-row of the fp32 4x1 layout against a panel of MT tokens (lanes = tokens): per tile, the four
+// One block-row of the float 4x1 layout against a panel of MT tokens (lanes = tokens): per tile, the four
 // blocks' activation lines (each shared by the tile's 4 output channels) and 16 FMAs with the weights broadcast
 // from memory. At MT = 16 every lane is a useful product: the 16x1 kernel's FMAs per stored weight, without the
 // zeros a 16x1 re-cut of 4x1 blocks stores. No software prefetch of the activation lines: with one per block
 // (the 16x1 kernel's) it ran 10-25 % slower (Zen 4, 576x1536 and 1536x576, 50 %, 16-256 tokens).
-template <int MT>
+template <int MT, bool kBf16>
 void row_4x1(const FloatArgs& a, int64_t r, const float* panel, int64_t m0) {
   using Vec = std::conditional_t<(MT <= 8), Ymm, Zmm>;
   using V = typename Vec::V;
   const Weight& w = a.w;
-  const float* values = static_cast<const float*>(w.values);
+  const auto* values = static_cast<const std::conditional_t<kBf16, uint16_t, float>*>(w.values);
   V sum[4];
   for (int c = 0; c < 4; ++c) sum[c] = Vec::zero();
   const int64_t end = w.rowptr[r + 1];
@@ -155,12 +139,15 @@ void row_4x1(const FloatArgs& a, int64_t r, const float* panel, int64_t m0) {
     V acc[4][2];  // two chains per output channel: FMA latency
     for (int c = 0; c < 4; ++c) acc[c][0] = acc[c][1] = Vec::zero();
     for (int64_t b = b0; b < b1; b += 4) {
-      const float* tile = values + b * 4;
+      const auto* tile = values + b * 4;
 #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) {
-        const V xj = Vec::load(MT, panel + int64_t(w.indices[b + j]) * MT);
+        const V xj = Vec::load(panel + int64_t(w.indices[b + j]) * kF32PanelTokens);
 #pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c) acc[c][j & 1] = Vec::fmadd(tile[4 * c + j], xj, acc[c][j & 1]);
+        for (int c = 0; c < 4; ++c) {
+          const float wc = kBf16 ? bf16_to_float(tile[4 * c + j]) : tile[4 * c + j];
+          acc[c][j & 1] = Vec::fmadd(wc, xj, acc[c][j & 1]);
+        }
       }
     }
     for (int c = 0; c < 4; ++c) sum[c] = Vec::add(sum[c], Vec::add(acc[c][0], acc[c][1]));
@@ -177,15 +164,14 @@ inline __m512i spread_tile_indices(const uint16_t* idx) {
   return _mm512_permutexvar_epi16(order, _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i*)idx)));
 }
 
-// One block-row of the fp32 4x1 layout against MT <= kF32DecodeMaxTokens tokens of padded rows x (kTileSpan
+// One block-row of the float 4x1 layout against MT <= kFloat4x1DecodeMaxTokens tokens of fp32 padded rows x (kTileSpan
 // floats of slack, ldx apart): lanes = the tile, lane 4c + j = W[4r + c, k_j] * x[k_j]; each token's 4
 // activations come from one permute of the 16 floats at k_0 (span-16 tiles) or from 4 scalar loads. Returns
 // kTileSpanBroken if a span-16 tile's indices do not lie within 16 channels of its first (a corrupted weight; the
 // permute stays in the window).
-template <int MT, bool kSpan16>
+template <int MT, bool kSpan16, bool kBf16>
 uint32_t row_4x1_decode(const FloatArgs& a, int64_t r, const float* x, int64_t ldx, int64_t m0) {
   const Weight& w = a.w;
-  const float* values = static_cast<const float*>(w.values);
   __m512 sum[MT];
   for (int t = 0; t < MT; ++t) sum[t] = _mm512_setzero_ps();
   __mmask32 broken = 0;
@@ -196,7 +182,7 @@ uint32_t row_4x1_decode(const FloatArgs& a, int64_t r, const float* x, int64_t l
     __m512 acc[MT];
     for (int t = 0; t < MT; ++t) acc[t] = _mm512_setzero_ps();
     for (int64_t b = b0; b < b1; b += 4) {
-      const __m512 wv = _mm512_loadu_ps(values + b * 4);
+      const __m512 wv = load_weights<kBf16>(w.values, b / 4);  // a tile: 16 values
       const uint16_t* idx = w.indices + b;
       if constexpr (kSpan16) {
         const __m512i first = _mm512_set1_epi16(static_cast<int16_t>(idx[0]));
@@ -217,15 +203,11 @@ uint32_t row_4x1_decode(const FloatArgs& a, int64_t r, const float* x, int64_t l
     for (int t = 0; t < MT; ++t) sum[t] = _mm512_add_ps(sum[t], acc[t]);
   }
   if (broken != 0) return kTileSpanBroken;
-  const int64_t n0 = r * 4, rows = std::min<int64_t>(4, w.N - n0);
-  const __m512 bias = a.ep.bias != nullptr ? _mm512_maskz_loadu_ps(lanes16(rows), a.ep.bias + n0) : _mm512_setzero_ps();
-  const int64_t esize = a.ep.out == DType::kBF16 ? 2 : 4;
   const __m512i firsts = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
   for (int t = 0; t < MT; ++t) {
     __m512 v = _mm512_add_ps(sum[t], _mm512_permute_ps(sum[t], 0xB1));  // pairs of blocks
     v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));                   // all 4 blocks: lane 4c = channel c
-    v = activate_ps(_mm512_add_ps(_mm512_permutexvar_ps(firsts, v), bias), a.ep.act);
-    store_lanes(v, a.ep.out, static_cast<char*>(a.ep.y) + ((m0 + t) * a.ep.ldy + n0) * esize, rows);
+    store_row4(a, r, m0 + t, _mm512_permutexvar_ps(firsts, v));
   }
   return 0;
 }
@@ -258,19 +240,24 @@ uint32_t linear_f1x16_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_en
 }
 
 uint32_t linear_f4x1_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin, int64_t p_end) {
-  return for_block_rows(a, br_begin, br_end, p_begin, p_end, [&a](auto mt, int64_t r, int64_t m0) {
-    row_4x1<mt>(a, r, a.xt + m0 * a.w.K, m0);
+  const bool bf16 = a.w.dtype == DType::kBF16;
+  return for_block_rows(a, br_begin, br_end, p_begin, p_end, [&a, bf16](auto mt, int64_t r, int64_t m0) {
+    if (bf16) {
+      row_4x1<mt, true>(a, r, a.xt + m0 * a.w.K, m0);
+    } else {
+      row_4x1<mt, false>(a, r, a.xt + m0 * a.w.K, m0);
+    }
   });
 }
 
 namespace {
 
-template <bool kSpan16>
+template <bool kSpan16, bool kBf16>
 uint32_t decode_group(const FloatArgs& a, int64_t r, const float* x, int64_t m0, int64_t tokens) {
-  static_assert(kF32DecodeMaxTokens == 6, "one case per token count");
+  static_assert(kFloat4x1DecodeMaxTokens == 6, "one case per token count");
   switch (tokens) {
 #define SPARSEFLOW_CASE(n) \
-  case n: return row_4x1_decode<n, kSpan16>(a, r, x, a.ldx, m0);
+  case n: return row_4x1_decode<n, kSpan16, kBf16>(a, r, x, a.ldx, m0);
     SPARSEFLOW_CASE(1) SPARSEFLOW_CASE(2) SPARSEFLOW_CASE(3) SPARSEFLOW_CASE(4) SPARSEFLOW_CASE(5) SPARSEFLOW_CASE(6)
 #undef SPARSEFLOW_CASE
   }
@@ -282,37 +269,39 @@ uint32_t decode_group(const FloatArgs& a, int64_t r, const float* x, int64_t m0,
 uint32_t linear_f4x1_decode_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t m_begin,
                                    int64_t m_end) {
   const Weight& w = a.w;
-  const bool span16 = w.tile_span == kTileSpan;
+  const bool span16 = w.tile_span == kTileSpan, bf16 = w.dtype == DType::kBF16;
+  auto group = span16 ? (bf16 ? &decode_group<true, true> : &decode_group<true, false>)
+                      : (bf16 ? &decode_group<false, true> : &decode_group<false, false>);
   uint32_t max_index = 0;
   for (int64_t r = br_begin; r < br_end; ++r) {
     if (const uint32_t bad = index_out_of_range(w.indices + w.rowptr[r], w.rowptr[r + 1] - w.rowptr[r], w.K)) {
       max_index = std::max(max_index, bad);
       continue;
     }
-    for (int64_t m0 = m_begin; m0 < m_end; m0 += kF32DecodeMaxTokens) {
+    for (int64_t m0 = m_begin; m0 < m_end; m0 += kFloat4x1DecodeMaxTokens) {
       const float* x = a.xt + m0 * a.ldx;
-      const int64_t tokens = std::min<int64_t>(kF32DecodeMaxTokens, m_end - m0);
-      max_index = std::max(max_index, span16 ? decode_group<true>(a, r, x, m0, tokens)
-                                             : decode_group<false>(a, r, x, m0, tokens));
+      const int64_t tokens = std::min<int64_t>(kFloat4x1DecodeMaxTokens, m_end - m0);
+      max_index = std::max(max_index, group(a, r, x, m0, tokens));
     }
   }
   return max_index;
 }
 
-void transpose_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_t M, int64_t K, float* xt,
-                                 int64_t p_begin, int64_t p_end) {
+void transpose_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_t M, int64_t K, bool full_lines,
+                                 float* xt, int64_t p_begin, int64_t p_end) {
   const int64_t esize = x_bf16 ? 2 : 4;
   for (int64_t p = p_begin; p < p_end; ++p) {
     const int64_t m0 = p * kF32PanelTokens;
-    const int64_t width = std::min<int64_t>(kF32PanelTokens, M - m0);
+    const int64_t tokens = std::min<int64_t>(kF32PanelTokens, M - m0);
+    const int64_t width = full_lines ? kF32PanelTokens : tokens;
     float* panel = xt + m0 * K;
     const __mmask16 store_mask = lanes16(width);
     for (int64_t k = 0; k < K; k += 16) {
       const __mmask16 load_mask = lanes16(K - k);
       __m512 r[16];
       for (int t = 0; t < 16; ++t) {
-        r[t] = t < width ? load_x(static_cast<const char*>(x) + (m0 + t) * ldx * esize, x_bf16, k, load_mask)
-                         : _mm512_setzero_ps();
+        r[t] = t < tokens ? load_x(static_cast<const char*>(x) + (m0 + t) * ldx * esize, x_bf16, k, load_mask)
+                          : _mm512_setzero_ps();
       }
       transpose16x16_ps(r);
       const int64_t kn = std::min<int64_t>(16, K - k);

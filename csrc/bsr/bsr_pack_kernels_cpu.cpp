@@ -115,7 +115,7 @@ void fill_rows(const CanonicalBsr& w, Layout layout, int span, int64_t begin, in
       switch (layout) {
         case Layout::kInt8_4x1:
         case Layout::kInt8_16x1:
-        case Layout::kF32_4x1: values[tile_element(b, nb.rows, row - row0)] = v; break;
+        case Layout::kFloat4x1: values[tile_element(b, nb.rows, row - row0)] = v; break;
         case Layout::kF16x1: values[b * 16 + (row - row0)] = v; break;
         case Layout::kF1x16: values[b * 16 + (k % 16)] = v; break;
       }

@@ -1,6 +1,6 @@
 """The CPU block-sparse layouts of ``csrc/bsr/bsr.h`` read back into a canonical ``BlockSparseWeight``'s tensors.
 
-``bsr_pack`` on CPU re-cuts the canonical R x C blocks into native blocks (4x1 / 16x1 int8 tiles, fp32 4x1
+``bsr_pack`` on CPU re-cuts the canonical R x C blocks into native blocks (4x1 / 16x1 int8 tiles, float 4x1
 tiles, 16x1 / 1x16 float blocks) and drops the all-zero ones. When the canonical weight stores no all-zero
 block (``from_dense`` never does) the packed tensors hold everything the canonical ones do, so ``SparseLinear``
 keeps only the packed copy and rebuilds ``crow`` / ``col`` / ``values`` from it to save, read or move the weight

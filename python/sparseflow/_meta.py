@@ -100,14 +100,12 @@ def _bsr_pack_fake(crow, col, values, out_features, in_features, kernel="auto"):
     is_int8 = values.dtype == torch.int8
     if kernel not in ("auto", "4x1", "16x1", "1x16"):
         raise ValueError(f"{op}: kernel must be 'auto', '4x1', '16x1' or '1x16', got {kernel!r}")
-    if kernel == "4x1" and values.dtype == torch.bfloat16:
-        raise ValueError(f"{op}: kernel '4x1' takes int8 or float32 values, got {values.dtype}")
     if kernel == "1x16" and is_int8:
         raise ValueError(f"{op}: int8 weights use kernel '4x1' or '16x1' (or 'auto'), got {kernel!r}")
     if is_int8:
         rows = 16 if kernel == "16x1" or (kernel == "auto" and R % 16 == 0) else 4
     elif kernel == "auto":  # (csrc/bsr/bsr_common.h, check_pack_args)
-        rows = 1 if C > R else 4 if R % 16 and values.dtype == torch.float32 else 16
+        rows = 1 if C > R else 4 if R % 16 else 16
     else:
         rows = {"4x1": 4, "16x1": 16, "1x16": 1}[kernel]
     tiled = is_int8 or rows == 4  # [blocks / 4, rows, 4] values

@@ -37,7 +37,7 @@ KERNEL_TOKENS = (1, 4, 16, 32)
 
 
 def _bsr_meta(dtype: torch.dtype, block: tuple[int, int], col_step: int) -> torch.Tensor:
-    """The packed meta of a one-block-row weight whose 4 blocks lie col_step block-columns apart (int8 / fp32 4x1:
+    """The packed meta of a one-block-row weight whose 4 blocks lie col_step block-columns apart (int8 / float 4x1:
     one span-16 tile for col_step 1, which the decode reads through 16-element windows of x)."""
     rows, cols = block
     col = torch.arange(0, 4 * col_step, col_step, dtype=torch.int32)
@@ -52,6 +52,7 @@ def cpu_kernels() -> dict[str, dict[int, str]]:
            ("int8 4x1 wider tiles", torch.int8, (4, 1), 16),
            ("int8 16x1", torch.int8, (16, 1), 1), ("bf16 16x1", torch.bfloat16, (16, 1), 1),
            ("fp32 4x1 span-16", torch.float32, (4, 1), 1), ("fp32 4x1 wider tiles", torch.float32, (4, 1), 16),
+           ("bf16 4x1 span-16", torch.bfloat16, (4, 1), 1), ("bf16 4x1 wider tiles", torch.bfloat16, (4, 1), 16),
            ("fp32 16x1", torch.float32, (16, 1), 1), ("fp32/bf16 1x16", torch.float32, (1, 16), 1))
     rows = {}
     for name, dtype, block, col_step in bsr:

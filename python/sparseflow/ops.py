@@ -59,9 +59,9 @@ def bsr_pack(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, out_fe
     ``crow`` int32 [ceil(out/R) + 1], ``col`` int32 [nnz] (block columns, strictly ascending per block-row)
     and ``values`` [nnz, R, C] (float32, bfloat16 or int8) describe W [out_features, in_features]; blocks may
     overhang the matrix. The blocks are re-cut into the kernel's native blocks (all-zero ones dropped):
-    ``kernel`` "4x1" (int8, the paper's VNNI pattern; fp32: 4x4 tiles of 4 blocks), "16x1" (int8: 16x4 tiles,
-    the faster decode; fp32/bf16) or "1x16" (fp32/bf16), or "auto" (int8: 16x1 when R is a multiple of 16, else
-    4x1; float: 1x16 when C > R, else 16x1 when R is a multiple of 16, else fp32 4x1 and bf16 16x1).
+    ``kernel`` "4x1" (int8, the paper's VNNI pattern; fp32/bf16: 4x4 tiles of 4 blocks), "16x1" (int8: 16x4
+    tiles, the faster decode; fp32/bf16) or "1x16" (fp32/bf16), or "auto" (int8: 16x1 when R is a multiple of
+    16, else 4x1; float: 1x16 when C > R, else 16x1 when R is a multiple of 16, else 4x1).
     in_features must be <= 65536 (16-bit indices).
 
     Returns ``(meta, rowptr, indices, packed_values, compensation)``: plain tensors, to be kept (e.g. as

@@ -1,7 +1,7 @@
 """``cpu-linear``: block-sparse linear layers on CPU (``bsr_linear``, and packing them with ``bsr_pack``).
 
 Weights are random patterns of the kernels' native blocks: int8 4x1 (the paper's VNNI kernel) and 16x1
-(16x4 tiles), fp32 4x1 (4x4 tiles), fp32 and bf16 16x1 and 1x16 (AVX-512). Baselines, measured in the same run:
+(16x4 tiles), fp32 and bf16 4x1 (4x4 tiles), fp32 and bf16 16x1 and 1x16 (AVX-512, AVX512_BF16). Baselines, measured in the same run:
 - dense at the same dtype: fp32 ``F.linear`` (MKL), bf16 ``F.linear`` (oneDNN), int8 ``torch._int_mm`` on
   pre-quantized int8 operands (it neither quantizes x nor dequantizes, which ``bsr_linear`` does);
 - torch CSR (``torch.sparse.mm``) for fp32; torch has no bf16/int8 CSR kernel on CPU and its CPU BSR rejects
@@ -25,8 +25,8 @@ from ..testing.op_db import assert_bitwise_equal, random_bsr
 from .registry import Case, Prepared, SuiteContext, suite
 
 # (dtype, canonical block = the kernel's native block)
-KERNELS = (("int8", (4, 1)), ("int8", (16, 1)), ("bf16", (16, 1)), ("fp32", (4, 1)), ("fp32", (16, 1)),
-           ("fp32", (1, 16)))
+KERNELS = (("int8", (4, 1)), ("int8", (16, 1)), ("bf16", (16, 1)), ("bf16", (4, 1)), ("fp32", (4, 1)),
+           ("fp32", (16, 1)), ("fp32", (1, 16)))
 TORCH_DTYPE = {"int8": torch.int8, "bf16": torch.bfloat16, "fp32": torch.float32}
 ELEMENT_BYTES = {"int8": 1, "bf16": 2, "fp32": 4}
 
@@ -100,7 +100,7 @@ def _pack_setup(dtype: str, block, N: int, K: int, sparsity: float) -> Prepared:
 
 @suite("cpu-linear", ops=("bsr_pack", "bsr_linear"), devices=("cpu",), sparsity_axis=True)
 def cpu_linear(ctx: SuiteContext):
-    """Block-sparse linear (int8 4x1 / 16x1 VNNI, fp32 4x1, fp32/bf16 16x1 and 1x16 AVX-512) vs dense F.linear /
+    """Block-sparse linear (int8 4x1 / 16x1 VNNI, fp32/bf16 4x1, fp32/bf16 16x1 and 1x16 AVX-512) vs dense F.linear /
     _int_mm / CSR."""
     shapes = ctx.pick(full=[(768, 3072), (3072, 768), (4096, 4096), (11008, 4096), (4096, 11008)], quick=[(4096, 4096)], tiny=[(40, 70)])
     tokens = ctx.pick(full=(1, 8, 32, 128), quick=(1, 32, 128), tiny=(1, 17))

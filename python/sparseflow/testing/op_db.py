@@ -264,9 +264,12 @@ BSR_CASES = (
     (20, 45, 1, 16, 0.5, torch.float32, "auto"),
     (17, 19, 2, 3, 0.5, torch.float32, "16x1"),
     (17, 19, 2, 3, 0.5, torch.float32, "1x16"),
-    (41, 75, 4, 1, 0.5, torch.float32, "auto"),  # fp32 4x1 tiles, span-16
-    (30, 600, 1, 1, 0.05, torch.float32, "4x1"),  # fp32 4x1, plain tiles
-    (18, 40, 6, 2, 0.5, torch.float32, "auto"),  # fp32 4x1 re-cut from 6-row blocks
+    (41, 75, 4, 1, 0.5, torch.float32, "auto"),  # float 4x1 tiles, span-16
+    (30, 600, 1, 1, 0.05, torch.float32, "4x1"),  # float 4x1, plain tiles
+    (18, 40, 6, 2, 0.5, torch.float32, "auto"),  # float 4x1 re-cut from 6-row blocks
+    (43, 75, 4, 1, 0.5, torch.bfloat16, "auto"),  # bf16 float 4x1 tiles, span-16 (an odd tile count per row)
+    (30, 600, 1, 1, 0.05, torch.bfloat16, "4x1"),  # bf16 float 4x1, plain tiles
+    (18, 40, 6, 2, 0.5, torch.bfloat16, "auto"),  # bf16 float 4x1 re-cut from 6-row blocks
     (24, 66, 8, 8, 0.5, torch.bfloat16, "auto"),
     (5, 16, 1, 4, 0.5, torch.bfloat16, "1x16"),
     (6, 10, 4, 1, 0.0, torch.float32, "auto"),
@@ -341,8 +344,6 @@ def _bsr_pack_bad(device):
         yield BadSample((crow, col, values, 8, 16, "4x1"), ValueError, r"kernel '4x1' is not a CUDA layout")
         yield BadSample((crow, col, values, 8, 16, "48x48"), ValueError, r"kernel '48x48' is not a CUDA layout")
     else:
-        yield BadSample((crow, col, values.bfloat16(), 8, 16, "4x1"), ValueError,
-                        r"kernel '4x1' takes int8 or float32 values, got (BFloat16|torch.bfloat16)")
         yield BadSample((crow, col, values, 8, 16, "2x2"), ValueError, r"kernel must be 'auto'")
         yield BadSample((crow, col, values.to(torch.int8), 8, 16, "1x16"), ValueError,
                         r"int8 weights use kernel '4x1' or '16x1'")

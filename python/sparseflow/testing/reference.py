@@ -117,12 +117,12 @@ def nm_decompress(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -
 
 BSR_VALUE_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
 BSR_FORMAT_VERSION = 1
-BSR_LAYOUTS = {1: "4x1", 2: "16x1", 3: "1x16", 5: "int8 16x1", 6: "fp32 4x1"}
+BSR_LAYOUTS = {1: "4x1", 2: "16x1", 3: "1x16", 5: "int8 16x1", 6: "float 4x1"}
 _BSR_NATIVE = {"4x1": (4, 1, 4), "16x1": (16, 1, 1), "1x16": (1, 16, 1), "int8 16x1": (16, 1, 4),
-               "fp32 4x1": (4, 1, 4)}  # rows, cols, blocks per tile
+               "float 4x1": (4, 1, 4)}  # rows, cols, blocks per tile
 _BSR_INT8_LAYOUTS = ("4x1", "int8 16x1")
-_BSR_TILED_LAYOUTS = ("4x1", "int8 16x1", "fp32 4x1")  # [blocks / 4, rows, 4] values
-_BSR_SPAN_LAYOUTS = ("4x1", "fp32 4x1")  # may hold span-16 tiles
+_BSR_TILED_LAYOUTS = ("4x1", "int8 16x1", "float 4x1")  # [blocks / 4, rows, 4] values
+_BSR_SPAN_LAYOUTS = ("4x1", "float 4x1")  # may hold span-16 tiles
 _BSR_DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 BSR_MAX_IN_FEATURES = 65536
 BSR_TILE_SPAN = 16  # meta slot 6 of 4x1 weights whose tiles each lie within 16 input channels, else 0
@@ -163,8 +163,7 @@ def _check_canonical(crow, col, values, out_features, in_features, kernel):
     if len(col) != nnz:
         raise ValueError(f"col has {len(col)} entries for {nnz} blocks")
     is_int8 = values.dtype == torch.int8
-    if kernel not in ("auto", "4x1", "16x1", "1x16") or (kernel == "4x1" and values.dtype == torch.bfloat16) or (
-            kernel == "1x16" and is_int8):
+    if kernel not in ("auto", "4x1", "16x1", "1x16") or (kernel == "1x16" and is_int8):
         raise ValueError(f"kernel {kernel!r} does not fit {values.dtype} weights")
     crow_l, col_l = crow.long().cpu(), col.long().cpu()
     if crow_l[0] != 0 or (crow_l.diff() < 0).any() or crow_l[-1] != nnz:
@@ -177,11 +176,11 @@ def _check_canonical(crow, col, values, out_features, in_features, kernel):
     if is_int8:  # int8 16x1 tiles are 16x4; 'auto' takes them when canonical blocks cover whole 16-row strips
         return "int8 16x1" if kernel == "16x1" or (kernel == "auto" and R % 16 == 0) else "4x1"
     if kernel != "auto":
-        return "fp32 4x1" if kernel == "4x1" else kernel
-    # the fewest stored zeros: 1x16 for wide blocks, 16x1 for whole 16-row strips, else fp32 4x1 (bf16: 16x1)
+        return "float 4x1" if kernel == "4x1" else kernel
+    # the fewest stored zeros: 1x16 for wide blocks, 16x1 for whole 16-row strips, else float 4x1
     if C > R:
         return "1x16"
-    return "fp32 4x1" if R % 16 and values.dtype == torch.float32 else "16x1"
+    return "float 4x1" if R % 16 else "16x1"
 
 
 def _bsr_tiles(columns: list[int], group: int, span: int) -> list[list[int]]:
@@ -341,7 +340,7 @@ def bsr_unpack(meta, rowptr, indices, packed_values, compensation, out_features:
         raise ValueError(f"the weight was packed for [{N}, {K}], not [{out_features}, {in_features}]")
     layout = BSR_LAYOUTS[layout_id]
     dtype = {v: k for k, v in _BSR_DTYPE_CODE.items()}[dcode]
-    if (dtype == torch.int8) != (layout in _BSR_INT8_LAYOUTS) or (layout == "fp32 4x1" and dtype != torch.float32):
+    if (dtype == torch.int8) != (layout in _BSR_INT8_LAYOUTS):
         raise ValueError("meta pairs a layout with a dtype it does not hold")
     if packed_values.dtype != dtype:
         raise TypeError(f"packed_values must be {dtype}, got {packed_values.dtype}")
