@@ -159,7 +159,8 @@ uint32_t row_4x1_decode(const FloatArgs& a, int64_t r, const uint16_t* x, int64_
         const __m128i k4 = _mm_loadl_epi64((const __m128i*)idx);
         const __m128i k8 = two ? _mm_loadu_si128((const __m128i*)idx) : _mm_unpacklo_epi64(k4, k4);
         const __m512i k = _mm512_castsi128_si512(k8);
-        const __m512i offsets = _mm512_sub_epi16(_mm512_permutexvar_epi16(spread, k), _mm512_permutexvar_epi16(firsts, k));
+        const __m512i offsets =
+            _mm512_sub_epi16(_mm512_permutexvar_epi16(spread, k), _mm512_permutexvar_epi16(firsts, k));
         broken |= _mm512_cmpge_epu16_mask(offsets, span);
         const __m512i control = _mm512_add_epi16(offsets, upper);
         const uint16_t k_lo = idx[0], k_hi = two ? idx[4] : idx[0];
@@ -177,7 +178,8 @@ uint32_t row_4x1_decode(const FloatArgs& a, int64_t r, const uint16_t* x, int64_
             return uint64_t(xt[k[0]]) | uint64_t(xt[k[1]]) << 16 | uint64_t(xt[k[2]]) << 32 | uint64_t(xt[k[3]]) << 48;
           };
           const __m128i q = _mm_set_epi64x(two ? int64_t(pairs(idx + 4)) : 0, int64_t(pairs(idx)));
-          const __m512i xv = _mm512_permutexvar_epi64(_mm512_set_epi64(1, 1, 1, 1, 0, 0, 0, 0), _mm512_castsi128_si512(q));
+          const __m512i tile_of_qword = _mm512_set_epi64(1, 1, 1, 1, 0, 0, 0, 0);
+          const __m512i xv = _mm512_permutexvar_epi64(tile_of_qword, _mm512_castsi128_si512(q));
           acc[t] = _mm512_dpbf16_ps(acc[t], (__m512bh)xv, (__m512bh)wz);
         }
       }

@@ -1,7 +1,8 @@
 """``cpu-linear``: block-sparse linear layers on CPU (``bsr_linear``, and packing them with ``bsr_pack``).
 
 Weights are random patterns of the kernels' native blocks: int8 4x1 (the paper's VNNI kernel) and 16x1
-(16x4 tiles), fp32 and bf16 4x1 (4x4 tiles), fp32 and bf16 16x1 and 1x16 (AVX-512, AVX512_BF16). Baselines, measured in the same run:
+(16x4 tiles), fp32 and bf16 4x1 (4x4 tiles), fp32 and bf16 16x1 and 1x16 (AVX-512, AVX512_BF16). Baselines,
+measured in the same run:
 - dense at the same dtype: fp32 ``F.linear`` (MKL), bf16 ``F.linear`` (oneDNN), int8 ``torch._int_mm`` on
   pre-quantized int8 operands (it neither quantizes x nor dequantizes, which ``bsr_linear`` does);
 - torch CSR (``torch.sparse.mm``) for fp32; torch has no bf16/int8 CSR kernel on CPU and its CPU BSR rejects
