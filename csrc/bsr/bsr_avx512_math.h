@@ -177,6 +177,35 @@ inline uint32_t for_block_rows(const FloatArgs& a, int64_t br_begin, int64_t br_
   return max_index;
 }
 
+// The float 4x1 decodes: calls pass(std::integral_constant<int, MT>, r, m0) for each block-row r in [br_begin,
+// br_end) and each pass of MT <= kFloat4x1DecodeMaxTokens tokens from m0 over [m_begin, m_end), skipping block-rows
+// with an index >= K (never read). Returns the largest of their indices and of the passes' results (0 if none).
+template <class Pass>
+inline uint32_t for_decode_passes(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t m_begin,
+                                  int64_t m_end, Pass pass) {
+  static_assert(kFloat4x1DecodeMaxTokens == 6, "one case per token count");
+  uint32_t max_index = 0;
+  for (int64_t r = br_begin; r < br_end; ++r) {
+    const int64_t begin = a.w.rowptr[r], blocks = a.w.rowptr[r + 1] - begin;
+    if (const uint32_t bad = index_out_of_range(a.w.indices + begin, blocks, a.w.K)) {
+      max_index = std::max(max_index, bad);
+      continue;
+    }
+    for (int64_t m0 = m_begin; m0 < m_end; m0 += kFloat4x1DecodeMaxTokens) {
+      uint32_t result = 0;
+      switch (std::min<int64_t>(kFloat4x1DecodeMaxTokens, m_end - m0)) {
+#define SPARSEFLOW_CASE(n) \
+  case n: result = pass(std::integral_constant<int, n>(), r, m0); break;
+        SPARSEFLOW_CASE(1) SPARSEFLOW_CASE(2) SPARSEFLOW_CASE(3) SPARSEFLOW_CASE(4) SPARSEFLOW_CASE(5)
+        SPARSEFLOW_CASE(6)
+#undef SPARSEFLOW_CASE
+      }
+      max_index = std::max(max_index, result);
+    }
+  }
+  return max_index;
+}
+
 // In-place transpose of 16 rows of 16 floats.
 inline void transpose16x16_ps(__m512 r[16]) {
   __m512 t[16];

@@ -250,41 +250,18 @@ uint32_t linear_f4x1_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_end
   });
 }
 
-namespace {
-
-template <bool kSpan16, bool kBf16>
-uint32_t decode_group(const FloatArgs& a, int64_t r, const float* x, int64_t m0, int64_t tokens) {
-  static_assert(kFloat4x1DecodeMaxTokens == 6, "one case per token count");
-  switch (tokens) {
-#define SPARSEFLOW_CASE(n) \
-  case n: return row_4x1_decode<n, kSpan16, kBf16>(a, r, x, a.ldx, m0);
-    SPARSEFLOW_CASE(1) SPARSEFLOW_CASE(2) SPARSEFLOW_CASE(3) SPARSEFLOW_CASE(4) SPARSEFLOW_CASE(5) SPARSEFLOW_CASE(6)
-#undef SPARSEFLOW_CASE
-  }
-  return 0;
-}
-
-}  // namespace
-
 uint32_t linear_f4x1_decode_avx512(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t m_begin,
                                    int64_t m_end) {
-  const Weight& w = a.w;
-  const bool span16 = w.tile_span == kTileSpan, bf16 = w.dtype == DType::kBF16;
-  auto group = span16 ? (bf16 ? &decode_group<true, true> : &decode_group<true, false>)
-                      : (bf16 ? &decode_group<false, true> : &decode_group<false, false>);
-  uint32_t max_index = 0;
-  for (int64_t r = br_begin; r < br_end; ++r) {
-    if (const uint32_t bad = index_out_of_range(w.indices + w.rowptr[r], w.rowptr[r + 1] - w.rowptr[r], w.K)) {
-      max_index = std::max(max_index, bad);
-      continue;
+  const bool span16 = a.w.tile_span == kTileSpan, bf16 = a.w.dtype == DType::kBF16;
+  return for_decode_passes(a, br_begin, br_end, m_begin, m_end, [&a, span16, bf16](auto mt, int64_t r, int64_t m0) {
+    const float* x = a.xt + m0 * a.ldx;
+    if (span16) {
+      return bf16 ? row_4x1_decode<mt, true, true>(a, r, x, a.ldx, m0)
+                  : row_4x1_decode<mt, true, false>(a, r, x, a.ldx, m0);
     }
-    for (int64_t m0 = m_begin; m0 < m_end; m0 += kFloat4x1DecodeMaxTokens) {
-      const float* x = a.xt + m0 * a.ldx;
-      const int64_t tokens = std::min<int64_t>(kFloat4x1DecodeMaxTokens, m_end - m0);
-      max_index = std::max(max_index, group(a, r, x, m0, tokens));
-    }
-  }
-  return max_index;
+    return bf16 ? row_4x1_decode<mt, false, true>(a, r, x, a.ldx, m0)
+                : row_4x1_decode<mt, false, false>(a, r, x, a.ldx, m0);
+  });
 }
 
 void transpose_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_t M, int64_t K, bool full_lines,

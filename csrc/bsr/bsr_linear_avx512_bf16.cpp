@@ -196,18 +196,6 @@ uint32_t row_4x1_decode(const FloatArgs& a, int64_t r, const uint16_t* x, int64_
   return 0;
 }
 
-template <bool kSpan16>
-uint32_t decode_group(const FloatArgs& a, int64_t r, const uint16_t* x, int64_t m0, int64_t tokens) {
-  static_assert(kFloat4x1DecodeMaxTokens == 6, "one case per token count");
-  switch (tokens) {
-#define SPARSEFLOW_CASE(n) \
-  case n: return row_4x1_decode<n, kSpan16>(a, r, x, a.ldx, m0);
-    SPARSEFLOW_CASE(1) SPARSEFLOW_CASE(2) SPARSEFLOW_CASE(3) SPARSEFLOW_CASE(4) SPARSEFLOW_CASE(5) SPARSEFLOW_CASE(6)
-#undef SPARSEFLOW_CASE
-  }
-  return 0;
-}
-
 }  // namespace
 
 uint32_t linear_bf16_4x1_avx512bf16(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_t p_begin,
@@ -219,20 +207,11 @@ uint32_t linear_bf16_4x1_avx512bf16(const FloatArgs& a, int64_t br_begin, int64_
 
 uint32_t linear_bf16_4x1_decode_avx512bf16(const FloatArgs& a, const uint16_t* x, int64_t br_begin, int64_t br_end,
                                            int64_t m_begin, int64_t m_end) {
-  const Weight& w = a.w;
-  const auto group = w.tile_span == kTileSpan ? &decode_group<true> : &decode_group<false>;
-  uint32_t max_index = 0;
-  for (int64_t r = br_begin; r < br_end; ++r) {
-    if (const uint32_t bad = index_out_of_range(w.indices + w.rowptr[r], w.rowptr[r + 1] - w.rowptr[r], w.K)) {
-      max_index = std::max(max_index, bad);
-      continue;
-    }
-    for (int64_t m0 = m_begin; m0 < m_end; m0 += kFloat4x1DecodeMaxTokens) {
-      const int64_t tokens = std::min<int64_t>(kFloat4x1DecodeMaxTokens, m_end - m0);
-      max_index = std::max(max_index, group(a, r, x + m0 * a.ldx, m0, tokens));
-    }
-  }
-  return max_index;
+  const bool span16 = a.w.tile_span == kTileSpan;
+  return for_decode_passes(a, br_begin, br_end, m_begin, m_end, [&a, x, span16](auto mt, int64_t r, int64_t m0) {
+    return span16 ? row_4x1_decode<mt, true>(a, r, x + m0 * a.ldx, a.ldx, m0)
+                  : row_4x1_decode<mt, false>(a, r, x + m0 * a.ldx, a.ldx, m0);
+  });
 }
 
 uint32_t linear_bf16_16x1_avx512bf16(const FloatArgs& a, const uint16_t* panels, int64_t br_begin, int64_t br_end,
