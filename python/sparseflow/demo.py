@@ -51,7 +51,8 @@ RECIPES = [
     # bf16 rows read against the dense bf16 model (F.linear bf16: oneDNN, AVX512_BF16 or AMX where the CPU has it)
     Recipe("dense bf16", None, model_dtype=torch.bfloat16),
     Recipe("sparsegpt 2:4 bf16", "sparsegpt", "2:4", kernel_format="2:4", model_dtype=torch.bfloat16),
-    Recipe("sparsegpt 50% 4x1 bf16", "sparsegpt", "4x1", sparsity=0.5, kernel_format="4x1", model_dtype=torch.bfloat16),
+    Recipe("sparsegpt 50% 4x1 bf16", "sparsegpt", "4x1", sparsity=0.5, kernel_format="4x1",
+           model_dtype=torch.bfloat16),
 ]
 QUICK_RECIPES = ("dense", "magnitude 2:4", "wanda 2:4")
 # One recipe's line of the table.

@@ -101,8 +101,8 @@ def _pack_setup(dtype: str, block, N: int, K: int, sparsity: float) -> Prepared:
 
 @suite("cpu-linear", ops=("bsr_pack", "bsr_linear"), devices=("cpu",), sparsity_axis=True)
 def cpu_linear(ctx: SuiteContext):
-    """Block-sparse linear (int8 4x1 / 16x1 VNNI, fp32/bf16 4x1, fp32/bf16 16x1 and 1x16 AVX-512) vs dense F.linear /
-    _int_mm / CSR."""
+    """Block-sparse linear (int8 4x1 / 16x1 VNNI, fp32/bf16 4x1, fp32/bf16 16x1 and 1x16 AVX-512) vs dense
+    F.linear / _int_mm / CSR."""
     shapes = ctx.pick(full=[(768, 3072), (3072, 768), (4096, 4096), (11008, 4096), (4096, 11008)], quick=[(4096, 4096)], tiny=[(40, 70)])
     tokens = ctx.pick(full=(1, 8, 32, 128), quick=(1, 32, 128), tiny=(1, 17))
     sparsities = ctx.pick(full=(0.5, 0.7, 0.8, 0.9, 0.95), quick=(0.5, 0.9), tiny=(0.5,))

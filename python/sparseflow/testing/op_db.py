@@ -267,9 +267,9 @@ BSR_CASES = (
     (41, 75, 4, 1, 0.5, torch.float32, "auto"),  # float 4x1 tiles, span-16
     (30, 600, 1, 1, 0.05, torch.float32, "4x1"),  # float 4x1, plain tiles
     (18, 40, 6, 2, 0.5, torch.float32, "auto"),  # float 4x1 re-cut from 6-row blocks
-    (43, 75, 4, 1, 0.5, torch.bfloat16, "auto"),  # bf16 float 4x1 tiles, span-16 (an odd tile count per row)
-    (30, 600, 1, 1, 0.05, torch.bfloat16, "4x1"),  # bf16 float 4x1, plain tiles
-    (18, 40, 6, 2, 0.5, torch.bfloat16, "auto"),  # bf16 float 4x1 re-cut from 6-row blocks
+    (43, 75, 4, 1, 0.5, torch.bfloat16, "auto"),  # bf16 4x1 tiles, span-16 (odd tile counts per row)
+    (30, 600, 1, 1, 0.05, torch.bfloat16, "4x1"),  # bf16 4x1, plain tiles
+    (18, 40, 6, 2, 0.5, torch.bfloat16, "auto"),  # bf16 4x1 re-cut from 6-row blocks
     (24, 66, 8, 8, 0.5, torch.bfloat16, "auto"),
     (5, 16, 1, 4, 0.5, torch.bfloat16, "1x16"),
     (6, 10, 4, 1, 0.0, torch.float32, "auto"),
