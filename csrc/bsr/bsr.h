@@ -179,12 +179,17 @@ constexpr int64_t kSumChunkBlocks = 64;
 constexpr int64_t kFloat4x1DecodeMaxTokens = 6;
 
 // Token panels of the AVX-512 float kernels; panel p holds tokens [16p, 16p + w), w = min(16, M - 16p).
-// 16x1: [K][w] at offset 16p * K (float 4x1: [K][16], zeros past the w tokens), so one cache line serves all
-// the panel's tokens for one input channel.
+// 16x1: [K][w] at offset 16p * K (float 4x1: [K][float4x1_panel_line(w, K)], zeros past the w tokens), so one
+// cache line serves all the panel's tokens for one input channel.
 // 1x16: [K16 / 16][w][16] at offset 16p * K16 (K16 = K rounded up to 16, zero-padded), so a block's 16
 // input channels are one aligned line per token and the tokens' lines are adjacent (rows of x itself are
 // a multiple of 4 KiB apart for typical K and would fight over the same L1 sets).
 constexpr int kF32PanelTokens = 16;
+// The float 4x1 panel kernels' line (floats per input channel) of a panel of w tokens: 8 (an aligned ymm) up to 8
+// tokens; 16 (a cache line) for 9-15 tokens when K <= 3072, else w. Lines of w floats straddle cache lines: 9
+// tokens ran 1.1-1.2x slower than on 16-float lines at K = 576-3072 (fp32, 2 threads); at K = 4096 the padded
+// panel (256 KiB) ran 1.05-1.1x slower instead. 16-float lines for 8 tokens ran 1.3x slower (768x3072 50 %).
+constexpr int64_t float4x1_panel_line(int64_t w, int64_t K) { return w <= 8 ? 8 : K <= 3072 ? kF32PanelTokens : w; }
 
 // int8 weights: activations quantized per token to u8 with a zero point (asymmetric), computed as
 //   lo = min(0, min_k x), hi = max(0, max_k x), scale = (hi - lo) / 255 (1 if that is 0),
@@ -244,9 +249,9 @@ void quantize_rows_portable(const QuantArgs& q, int64_t m_begin, int64_t m_end);
 
 // ---- AVX-512F (bsr_linear_avx512.cpp)
 void quantize_rows_avx512(const QuantArgs& q, int64_t m_begin, int64_t m_end);
-// Writes panels [p_begin, p_end) of xt from x rows (fp32 or bf16); full_lines: the last panel's lines also hold
-// kF32PanelTokens floats (zeros past its tokens), so every line is one aligned cache line.
-void transpose_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_t M, int64_t K, bool full_lines,
+// Writes panels [p_begin, p_end) of xt from x rows (fp32 or bf16); with float4x1_lines, the last panel's lines are
+// float4x1_panel_line(w, K) floats (zeros past its w tokens) instead of w.
+void transpose_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_t M, int64_t K, bool float4x1_lines,
                                  float* xt, int64_t p_begin, int64_t p_end);
 // bf16 x rows -> [K][w] bf16 panels (the AVX512_BF16 kernel's layout, same offsets as the fp32 16x1 one).
 void transpose_panels_bf16_avx512(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, uint16_t* xt,

@@ -341,15 +341,14 @@ uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cp
   }
   if (path == CpuPath::kF16x1Avx512 || path == CpuPath::kF4x1Avx512 || path == CpuPath::kBf4x1Avx512Bf16) {
     const int64_t panels = ceil_div(M, kF32PanelTokens);
-    // The 4x1 kernels load whole 64-byte panel lines (the last panel's padded with zeros): a line of 7 or 9
-    // tokens straddled cache lines and ran slower than one of 16.
-    const bool full_lines = path != CpuPath::kF16x1Avx512;
-    if (M == 1 && !x_bf16 && !full_lines) {
+    // The 4x1 kernels load whole aligned panel lines (float4x1_panel_line; the last panel's padded with zeros).
+    const bool float4x1_lines = path != CpuPath::kF16x1Avx512;
+    if (M == 1 && !x_bf16 && !float4x1_lines) {
       a.xt = x2.data_ptr<float>();  // one token: its panel [K][1] is the row itself
     } else {
-      float* xt = thread_scratch().get<float>(kSlotPanels, (full_lines ? panels * kF32PanelTokens : M) * K);
+      float* xt = thread_scratch().get<float>(kSlotPanels, (float4x1_lines ? panels * kF32PanelTokens : M) * K);
       at::parallel_for(0, panels, 1, [&](int64_t b, int64_t e) {
-        transpose_panels_f32_avx512(x2.data_ptr(), x_bf16, x2.stride(0), M, K, full_lines, xt, b, e);
+        transpose_panels_f32_avx512(x2.data_ptr(), x_bf16, x2.stride(0), M, K, float4x1_lines, xt, b, e);
       });
       a.xt = xt;
     }

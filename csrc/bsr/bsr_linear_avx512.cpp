@@ -106,7 +106,7 @@ void row_1x16(const FloatArgs& a, int64_t n, const float* panel, int64_t m0) {
 struct Zmm {
   using V = __m512;
   static V zero() { return _mm512_setzero_ps(); }
-  static V load(const float* p) { return _mm512_load_ps(p); }
+  static V load(int n, const float* p) { return _mm512_maskz_loadu_ps(lanes16(n), p); }
   static V fmadd(float w, V x, V acc) { return _mm512_fmadd_ps(_mm512_set1_ps(w), x, acc); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static __m512 wide(V v) { return v; }
@@ -114,14 +114,14 @@ struct Zmm {
 struct Ymm {
   using V = __m256;
   static V zero() { return _mm256_setzero_ps(); }
-  static V load(const float* p) { return _mm256_load_ps(p); }
+  static V load(int n, const float* p) { return _mm256_maskz_loadu_ps(static_cast<__mmask8>(lanes16(n)), p); }
   static V fmadd(float w, V x, V acc) { return _mm256_fmadd_ps(_mm256_set1_ps(w), x, acc); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static __m512 wide(V v) { return _mm512_zextps256_ps512(v); }
 };
 
-// One block-row of the float 4x1 layout against a panel of MT tokens (lanes = tokens): per tile, the four
-// blocks' activation lines (each shared by the tile's 4 output channels) and 16 FMAs with the weights broadcast
+// One block-row of the float 4x1 layout against a panel of MT tokens (lanes = tokens; lines of
+// float4x1_panel_line(MT, K) floats): per tile, the four blocks' activation lines (each shared by the tile's 4 output channels) and 16 FMAs with the weights broadcast
 // from memory. At MT = 16 every lane is a useful product: the 16x1 kernel's FMAs per stored weight, without the
 // zeros a 16x1 re-cut of 4x1 blocks stores. No software prefetch of the activation lines: with one per block
 // (the 16x1 kernel's) it ran 10-25 % slower (Zen 4, 576x1536 and 1536x576, 50 %, 16-256 tokens).
@@ -131,6 +131,7 @@ void row_4x1(const FloatArgs& a, int64_t r, const float* panel, int64_t m0) {
   using V = typename Vec::V;
   const Weight& w = a.w;
   const auto* values = static_cast<const std::conditional_t<kBf16, uint16_t, float>*>(w.values);
+  const int64_t line = float4x1_panel_line(MT, w.K);
   V sum[4];
   for (int c = 0; c < 4; ++c) sum[c] = Vec::zero();
   const int64_t end = w.rowptr[r + 1];
@@ -142,7 +143,7 @@ void row_4x1(const FloatArgs& a, int64_t r, const float* panel, int64_t m0) {
       const auto* tile = values + b * 4;
 #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) {
-        const V xj = Vec::load(panel + int64_t(w.indices[b + j]) * kF32PanelTokens);
+        const V xj = Vec::load(MT, panel + int64_t(w.indices[b + j]) * line);
 #pragma GCC unroll 4
         for (int c = 0; c < 4; ++c) {
           const float wc = kBf16 ? bf16_to_float(tile[4 * c + j]) : tile[4 * c + j];
@@ -264,13 +265,13 @@ uint32_t linear_f4x1_decode_avx512(const FloatArgs& a, int64_t br_begin, int64_t
   });
 }
 
-void transpose_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_t M, int64_t K, bool full_lines,
+void transpose_panels_f32_avx512(const void* x, bool x_bf16, int64_t ldx, int64_t M, int64_t K, bool float4x1_lines,
                                  float* xt, int64_t p_begin, int64_t p_end) {
   const int64_t esize = x_bf16 ? 2 : 4;
   for (int64_t p = p_begin; p < p_end; ++p) {
     const int64_t m0 = p * kF32PanelTokens;
     const int64_t tokens = std::min<int64_t>(kF32PanelTokens, M - m0);
-    const int64_t width = full_lines ? kF32PanelTokens : tokens;
+    const int64_t width = float4x1_lines ? float4x1_panel_line(tokens, K) : tokens;
     float* panel = xt + m0 * K;
     const __mmask16 store_mask = lanes16(width);
     for (int64_t k = 0; k < K; k += 16) {

@@ -66,7 +66,7 @@ struct Zmm {
   using V = __m512;
   using I = __m512i;
   static V zero() { return _mm512_setzero_ps(); }
-  static I load(const float* p) { return _mm512_load_si512(p); }
+  static I load(int n, const float* p) { return _mm512_castps_si512(_mm512_maskz_loadu_ps(lanes16(n), p)); }
   static I pair(I lo, I hi) { return _mm512_or_si512(_mm512_srli_epi32(lo, 16), hi); }  // lo's bf16 to the low half
   static V dot(V acc, I x, uint32_t w) {
     return _mm512_dpbf16_ps(acc, (__m512bh)x, (__m512bh)_mm512_set1_epi32(static_cast<int>(w)));
@@ -78,7 +78,9 @@ struct Ymm {
   using V = __m256;
   using I = __m256i;
   static V zero() { return _mm256_setzero_ps(); }
-  static I load(const float* p) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(p)); }
+  static I load(int n, const float* p) {
+    return _mm256_castps_si256(_mm256_maskz_loadu_ps(static_cast<__mmask8>(lanes16(n)), p));
+  }
   static I pair(I lo, I hi) { return _mm256_or_si256(_mm256_srli_epi32(lo, 16), hi); }
   static V dot(V acc, I x, uint32_t w) {
     return _mm256_dpbf16_ps(acc, (__m256bh)x, (__m256bh)_mm256_set1_epi32(static_cast<int>(w)));
@@ -102,6 +104,7 @@ void row_4x1(const FloatArgs& a, int64_t r, const float* panel, int64_t m0) {
   using I = typename Vec::I;
   const Weight& w = a.w;
   const auto* values = static_cast<const uint16_t*>(w.values);
+  const int64_t line = float4x1_panel_line(MT, w.K);
   V sum[4];
   for (int c = 0; c < 4; ++c) sum[c] = Vec::zero();
   const int64_t end = w.rowptr[r + 1];
@@ -113,8 +116,8 @@ void row_4x1(const FloatArgs& a, int64_t r, const float* panel, int64_t m0) {
       const uint16_t* tile = values + b * 4;
 #pragma GCC unroll 2
       for (int p = 0; p < 2; ++p) {
-        const I x = Vec::pair(Vec::load(panel + int64_t(w.indices[b + 2 * p]) * kF32PanelTokens),
-                              Vec::load(panel + int64_t(w.indices[b + 2 * p + 1]) * kF32PanelTokens));
+        const I x = Vec::pair(Vec::load(MT, panel + int64_t(w.indices[b + 2 * p]) * line),
+                              Vec::load(MT, panel + int64_t(w.indices[b + 2 * p + 1]) * line));
 #pragma GCC unroll 4
         for (int c = 0; c < 4; ++c) acc[c][p] = Vec::dot(acc[c][p], x, weight_pair(tile, c, p));
       }
