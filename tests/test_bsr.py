@@ -367,6 +367,23 @@ def test_float_4x1_tiles_on_every_path(isa, K, density, dtype, isa_guard):
         assert_bsr_linear_close(ops.bsr_linear(*args), ref.bsr_linear(*args), args)
 
 
+@pytest.mark.parametrize("isa", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_float_4x1_last_panels_above_3072_inputs(isa, dtype, isa_guard):
+    """Above K = 3072 a last panel of 9-15 tokens keeps lines of its own token count (float4x1_panel_line, bsr.h);
+    at or below it, 16-float lines; up to 8 tokens, 8-float lines."""
+    _select(isa)
+    N = 21
+    for K in (3072, 3073):
+        packed = _float_4x1_weight(N, K, 0.05, dtype)
+        assert int(packed[0][1]) == 6
+        bias = torch.randn(N)
+        for M in (8, 9, 13, 25):
+            x = _x(M, K, dtype, seed=M)
+            args = (x, *packed, N, K, bias, None, ref.ACTIVATIONS[M % 4], torch.float32)
+            assert_bsr_linear_close(ops.bsr_linear(*args), ref.bsr_linear(*args), args)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_float_4x1_weights_take_span16_and_plain_tiles(dtype):
     assert int(_float_4x1_weight(38, 300, 0.5, dtype)[0][6]) == 16
