@@ -101,60 +101,27 @@ void row_1x16(const FloatArgs& a, int64_t n, const float* panel, int64_t m0) {
   store_channel_tokens<MT>(a, n, m0, v);
 }
 
-// Vectors of the float 4x1 panel kernel: 16 tokens in a zmm, or up to 8 in a ymm, which on CPUs that split
-// 512-bit operations in two halves (Zen 4) runs a panel of 8 or fewer tokens in half the time.
-struct Zmm {
-  using V = __m512;
-  static V zero() { return _mm512_setzero_ps(); }
-  static V load(int n, const float* p) { return _mm512_maskz_loadu_ps(lanes16(n), p); }
-  static V fmadd(float w, V x, V acc) { return _mm512_fmadd_ps(_mm512_set1_ps(w), x, acc); }
-  static V add(V a, V b) { return _mm512_add_ps(a, b); }
-  static __m512 wide(V v) { return v; }
-};
-struct Ymm {
-  using V = __m256;
-  static V zero() { return _mm256_setzero_ps(); }
-  static V load(int n, const float* p) { return _mm256_maskz_loadu_ps(static_cast<__mmask8>(lanes16(n)), p); }
-  static V fmadd(float w, V x, V acc) { return _mm256_fmadd_ps(_mm256_set1_ps(w), x, acc); }
-  static V add(V a, V b) { return _mm256_add_ps(a, b); }
-  static __m512 wide(V v) { return _mm512_zextps256_ps512(v); }
-};
-
-// One block-row of the float 4x1 layout against a panel of MT tokens (lanes = tokens; lines of
-// float4x1_panel_line(MT, K) floats): per tile, the four blocks' activation lines (each shared by the tile's 4 output channels) and 16 FMAs with the weights broadcast
+// One block-row of the float 4x1 layout against a panel of MT tokens (row_4x1_panel): per tile, the four
+// blocks' activation lines (each shared by the tile's 4 output channels) and 16 FMAs with the weights broadcast
 // from memory. At MT = 16 every lane is a useful product: the 16x1 kernel's FMAs per stored weight, without the
 // zeros a 16x1 re-cut of 4x1 blocks stores. No software prefetch of the activation lines: with one per block
 // (the 16x1 kernel's) it ran 10-25 % slower (Zen 4, 576x1536 and 1536x576, 50 %, 16-256 tokens).
 template <int MT, bool kBf16>
 void row_4x1(const FloatArgs& a, int64_t r, const float* panel, int64_t m0) {
-  using Vec = std::conditional_t<(MT <= 8), Ymm, Zmm>;
-  using V = typename Vec::V;
-  const Weight& w = a.w;
-  const auto* values = static_cast<const std::conditional_t<kBf16, uint16_t, float>*>(w.values);
-  const int64_t line = float4x1_panel_line(MT, w.K);
-  V sum[4];
-  for (int c = 0; c < 4; ++c) sum[c] = Vec::zero();
-  const int64_t end = w.rowptr[r + 1];
-  for (int64_t b0 = w.rowptr[r]; b0 < end; b0 += kSumChunkBlocks) {  // rows hold whole tiles; 64 = 16 tiles
-    const int64_t b1 = std::min<int64_t>(end, b0 + kSumChunkBlocks);
-    V acc[4][2];  // two chains per output channel: FMA latency
-    for (int c = 0; c < 4; ++c) acc[c][0] = acc[c][1] = Vec::zero();
-    for (int64_t b = b0; b < b1; b += 4) {
-      const auto* tile = values + b * 4;
+  using Vec = TokenVec<MT>;
+  const auto* values = static_cast<const std::conditional_t<kBf16, uint16_t, float>*>(a.w.values);
+  row_4x1_panel<MT, Vec>(a, r, panel, m0, [values](auto& acc, int64_t b, const float* const* lines) {
+    const auto* tile = values + b * 4;
 #pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        const V xj = Vec::load(MT, panel + int64_t(w.indices[b + j]) * line);
+    for (int j = 0; j < 4; ++j) {
+      const auto xj = Vec::load(MT, lines[j]);
 #pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c) {
-          const float wc = kBf16 ? bf16_to_float(tile[4 * c + j]) : tile[4 * c + j];
-          acc[c][j & 1] = Vec::fmadd(wc, xj, acc[c][j & 1]);
-        }
+      for (int c = 0; c < 4; ++c) {
+        const float wc = kBf16 ? bf16_to_float(tile[4 * c + j]) : tile[4 * c + j];
+        acc[c][j & 1] = Vec::fmadd(wc, xj, acc[c][j & 1]);
       }
     }
-    for (int c = 0; c < 4; ++c) sum[c] = Vec::add(sum[c], Vec::add(acc[c][0], acc[c][1]));
-  }
-  const int64_t n0 = r * 4, rows = std::min<int64_t>(4, w.N - n0);
-  for (int64_t c = 0; c < rows; ++c) store_channel_tokens<MT>(a, n0 + c, m0, Vec::wide(sum[c]));
+  });
 }
 
 // Word 2L of the result is word L % 4 of the tile's four 16-bit indices (word 4, zero, fills the odd words):

@@ -60,33 +60,25 @@ void row_pairs(const FloatArgs& a, int64_t r, const uint16_t* panel, int64_t m0)
   store_16x1<MT>(a, r, m0, sum);
 }
 
-// Vectors of the 4x1 panel kernel: 16 tokens in a zmm, or up to 8 in a ymm (Zen 4 runs 512-bit operations as
-// two halves, so a panel of 8 or fewer tokens takes half the time).
-struct Zmm {
-  using V = __m512;
+// The token vectors with bf16 pairs: a pair (x[t, ka], x[t, kb]) from two panel lines of fp32 values of bf16 x
+// (bits << 16) is one shift and one or, and vdpbf16ps adds it times a channel's weight pair broadcast to each lane.
+struct ZmmPairs : Zmm {
   using I = __m512i;
-  static V zero() { return _mm512_setzero_ps(); }
-  static I load(int n, const float* p) { return _mm512_castps_si512(_mm512_maskz_loadu_ps(lanes16(n), p)); }
-  static I pair(I lo, I hi) { return _mm512_or_si512(_mm512_srli_epi32(lo, 16), hi); }  // lo's bf16 to the low half
+  static I pair(V lo, V hi) {
+    return _mm512_or_si512(_mm512_srli_epi32(_mm512_castps_si512(lo), 16), _mm512_castps_si512(hi));
+  }
   static V dot(V acc, I x, uint32_t w) {
     return _mm512_dpbf16_ps(acc, (__m512bh)x, (__m512bh)_mm512_set1_epi32(static_cast<int>(w)));
   }
-  static V add(V a, V b) { return _mm512_add_ps(a, b); }
-  static __m512 wide(V v) { return v; }
 };
-struct Ymm {
-  using V = __m256;
+struct YmmPairs : Ymm {
   using I = __m256i;
-  static V zero() { return _mm256_setzero_ps(); }
-  static I load(int n, const float* p) {
-    return _mm256_castps_si256(_mm256_maskz_loadu_ps(static_cast<__mmask8>(lanes16(n)), p));
+  static I pair(V lo, V hi) {
+    return _mm256_or_si256(_mm256_srli_epi32(_mm256_castps_si256(lo), 16), _mm256_castps_si256(hi));
   }
-  static I pair(I lo, I hi) { return _mm256_or_si256(_mm256_srli_epi32(lo, 16), hi); }
   static V dot(V acc, I x, uint32_t w) {
     return _mm256_dpbf16_ps(acc, (__m256bh)x, (__m256bh)_mm256_set1_epi32(static_cast<int>(w)));
   }
-  static V add(V a, V b) { return _mm256_add_ps(a, b); }
-  static __m512 wide(V v) { return _mm512_zextps256_ps512(v); }
 };
 
 // Channel c's weights for the pair p of a tile: (W[c, k_2p], W[c, k_2p+1]) as one dword.
@@ -96,36 +88,21 @@ inline uint32_t weight_pair(const uint16_t* tile, int c, int p) {
   return v;
 }
 
-// One block-row of float 4x1 bf16 weights against a panel of MT tokens (fp32 values of bf16 x, lanes = tokens).
+// One block-row of float 4x1 bf16 weights against a panel of MT tokens (row_4x1_panel): per tile, 2 pairs of
+// activation lines and 8 vdpbf16ps.
 template <int MT>
 void row_4x1(const FloatArgs& a, int64_t r, const float* panel, int64_t m0) {
-  using Vec = std::conditional_t<(MT <= 8), Ymm, Zmm>;
-  using V = typename Vec::V;
-  using I = typename Vec::I;
-  const Weight& w = a.w;
-  const auto* values = static_cast<const uint16_t*>(w.values);
-  const int64_t line = float4x1_panel_line(MT, w.K);
-  V sum[4];
-  for (int c = 0; c < 4; ++c) sum[c] = Vec::zero();
-  const int64_t end = w.rowptr[r + 1];
-  for (int64_t b0 = w.rowptr[r]; b0 < end; b0 += kSumChunkBlocks) {  // rows hold whole tiles; 64 = 16 tiles
-    const int64_t b1 = std::min<int64_t>(end, b0 + kSumChunkBlocks);
-    V acc[4][2];  // one chain per channel and pair
-    for (int c = 0; c < 4; ++c) acc[c][0] = acc[c][1] = Vec::zero();
-    for (int64_t b = b0; b < b1; b += 4) {
-      const uint16_t* tile = values + b * 4;
+  using Vec = std::conditional_t<(MT <= 8), YmmPairs, ZmmPairs>;
+  const auto* values = static_cast<const uint16_t*>(a.w.values);
+  row_4x1_panel<MT, Vec>(a, r, panel, m0, [values](auto& acc, int64_t b, const float* const* lines) {
+    const uint16_t* tile = values + b * 4;
 #pragma GCC unroll 2
-      for (int p = 0; p < 2; ++p) {
-        const I x = Vec::pair(Vec::load(MT, panel + int64_t(w.indices[b + 2 * p]) * line),
-                              Vec::load(MT, panel + int64_t(w.indices[b + 2 * p + 1]) * line));
+    for (int p = 0; p < 2; ++p) {
+      const auto x = Vec::pair(Vec::load(MT, lines[2 * p]), Vec::load(MT, lines[2 * p + 1]));
 #pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c) acc[c][p] = Vec::dot(acc[c][p], x, weight_pair(tile, c, p));
-      }
+      for (int c = 0; c < 4; ++c) acc[c][p] = Vec::dot(acc[c][p], x, weight_pair(tile, c, p));
     }
-    for (int c = 0; c < 4; ++c) sum[c] = Vec::add(sum[c], Vec::add(acc[c][0], acc[c][1]));
-  }
-  const int64_t n0 = r * 4, rows = std::min<int64_t>(4, w.N - n0);
-  for (int64_t c = 0; c < rows; ++c) store_channel_tokens<MT>(a, n0 + c, m0, Vec::wide(sum[c]));
+  });
 }
 
 // Decode of one block-row of float 4x1 bf16 weights for MT <= kFloat4x1DecodeMaxTokens tokens of padded bf16 rows x
