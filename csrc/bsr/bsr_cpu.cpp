@@ -9,6 +9,7 @@
 #include <memory>
 #include <new>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "bsr_common.h"
@@ -284,6 +285,27 @@ CpuPath choose_cpu_path(const Weight& w, int64_t M, CpuIsa isa, AmxKernels* amx)
   return CpuPath::kFloatPortable;
 }
 
+// The float 4x1 decodes read x as rows of K + kTileSpan values, zeros past K, for the span-16 windows (x itself has
+// no such slack): bf16 rows as they are for the AVX512_BF16 kernel (T = uint16_t), fp32 rows for the AVX-512F one
+// (T = float; bf16 x widened).
+template <typename T>
+T* padded_rows(const at::Tensor& x2, int64_t K) {
+  const int64_t M = x2.size(0), ld = K + kTileSpan;
+  T* rows = thread_scratch().get<T>(kSlotPanels, M * ld);
+  const bool x_bf16 = x2.scalar_type() == at::kBFloat16;
+  for (int64_t m = 0; m < M; ++m) {
+    T* row = rows + m * ld;
+    if (x_bf16 && std::is_same_v<T, float>) {
+      const at::BFloat16* x = x2.data_ptr<at::BFloat16>() + m * x2.stride(0);
+      for (int64_t k = 0; k < K; ++k) row[k] = static_cast<float>(x[k]);
+    } else if (K > 0) {  // the same element type (x may be null)
+      std::memcpy(row, static_cast<const char*>(x2.data_ptr()) + m * x2.stride(0) * sizeof(T), K * sizeof(T));
+    }
+    std::memset(row + K, 0, kTileSpan * sizeof(T));
+  }
+  return rows;
+}
+
 uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, CpuPath path, const AmxKernels& amx) {
   const int64_t M = x2.size(0), K = w.K;
   FloatArgs a;
@@ -310,33 +332,16 @@ uint32_t run_float(const Weight& w, const Epilogue& ep, const at::Tensor& x2, Cp
       return bf16_amx != nullptr ? bf16_amx(a, xt, b, e, p0, p1) : linear_bf16_16x1_avx512bf16(a, xt, b, e, p0, p1);
     });
   }
-  // The float 4x1 decodes read rows with kTileSpan zeros past K, for the span-16 windows (x itself has no such
-  // slack): bf16 rows for the AVX512_BF16 kernel, fp32 rows (bf16 x widened) for the AVX-512F one.
   if (path == CpuPath::kBf4x1DecodeAvx512Bf16 || path == CpuPath::kBf4x1DecodeSpan16Avx512Bf16) {
     a.ldx = K + kTileSpan;
-    uint16_t* rows = thread_scratch().get<uint16_t>(kSlotPanels, M * a.ldx);
-    const auto* x = reinterpret_cast<const uint16_t*>(x2.data_ptr<at::BFloat16>());
-    for (int64_t m = 0; m < M; ++m) {
-      if (K > 0) std::memcpy(rows + m * a.ldx, x + m * x2.stride(0), K * sizeof(uint16_t));  // (x may be null)
-      std::memset(rows + m * a.ldx + K, 0, kTileSpan * sizeof(uint16_t));
-    }
+    const uint16_t* rows = padded_rows<uint16_t>(x2, K);
     return run_tasks(w, M, 1, [&](int64_t b, int64_t e, int64_t) {
       return linear_bf16_4x1_decode_avx512bf16(a, rows, b, e, 0, M);
     });
   }
   if (path == CpuPath::kF4x1Decode || path == CpuPath::kF4x1DecodeSpan16) {
     a.ldx = K + kTileSpan;
-    float* rows = thread_scratch().get<float>(kSlotPanels, M * a.ldx);
-    for (int64_t m = 0; m < M; ++m) {
-      if (x_bf16) {
-        const at::BFloat16* x = x2.data_ptr<at::BFloat16>() + m * x2.stride(0);
-        for (int64_t k = 0; k < K; ++k) rows[m * a.ldx + k] = static_cast<float>(x[k]);
-      } else if (K > 0) {  // (x may be null)
-        std::memcpy(rows + m * a.ldx, x2.data_ptr<float>() + m * x2.stride(0), K * sizeof(float));
-      }
-      std::memset(rows + m * a.ldx + K, 0, kTileSpan * sizeof(float));
-    }
-    a.xt = rows;
+    a.xt = padded_rows<float>(x2, K);
     return run_tasks(w, M, 1, [&](int64_t b, int64_t e, int64_t) { return linear_f4x1_decode_avx512(a, b, e, 0, M); });
   }
   if (path == CpuPath::kF16x1Avx512 || path == CpuPath::kF4x1Avx512 || path == CpuPath::kBf4x1Avx512Bf16) {
