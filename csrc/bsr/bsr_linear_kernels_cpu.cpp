@@ -23,7 +23,7 @@ uint32_t float_rows(const FloatArgs& a, int64_t br_begin, int64_t br_end, int64_
   const Weight& w = a.w;
   const NativeBlock nb = native_block(w.layout);
   const bool lanes_are_channels = w.layout == Layout::kF16x1;
-  const bool tiled = is_tiled_layout(w.layout);  // fp32 4x1
+  const bool tiled = is_tiled_layout(w.layout);  // float 4x1 (fp32 or bf16): value tile_element(b, 4, c)
   uint32_t max_index = 0;
   for (int64_t r = br_begin; r < br_end; ++r) {
     const int64_t row0 = r * nb.rows;
